@@ -1,0 +1,139 @@
+#include "ops/common/tf_glue.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include "ops/common/blas.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+
+namespace tfmps {
+namespace tfglue {
+
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::Var;
+
+ParallelFor CpuParallelFor(OpKernelContext* ctx) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    if (total <= 0) return;
+    if (total == 1) {
+      fn(0, 1);
+      return;
+    }
+    workers->ParallelFor(total, cost, fn);
+  };
+}
+
+LockedVariables::~LockedVariables() {
+  for (auto it = locked_.rbegin(); it != locked_.rend(); ++it) (*it)->unlock();
+}
+
+absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<ArgGroup>& groups,
+                                      tensorflow::DataType dtype) {
+  const std::string op = ctx->op_kernel().type_string();
+  std::map<const Var*, std::string> seen;  // variable -> the argument that named it first
+  for (const ArgGroup& g : groups) {
+    offsets_.push_back(static_cast<int>(vars_.size()));
+    for (int i = 0; i < g.count; ++i) {
+      const int index = g.Index(i);
+      if (ctx->input_dtype(index) != tensorflow::DT_RESOURCE) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(op, ": ", g.Label(i), " must be a resource variable handle, got ",
+                         tensorflow::DataTypeString(ctx->input_dtype(index))));
+      }
+      tensorflow::core::RefCountPtr<Var> var;
+      absl::Status s = tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, index), &var);
+      if (!s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, ": ", g.Label(i), " does not refer to a live resource variable: ", s.message()));
+      }
+      auto [it, inserted] = seen.emplace(var.get(), g.Label(i));
+      if (!inserted) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, ": ", it->second, " and ", g.Label(i),
+            " are the same variable; every variable and optimizer slot must be distinct"));
+      }
+      vars_.push_back(std::move(var));
+    }
+  }
+  // Lock in address order (deadlock-free against any other op doing the same).
+  std::vector<tsl::mutex*> mus;
+  mus.reserve(vars_.size());
+  for (auto& v : vars_) mus.push_back(v->mu());
+  std::sort(mus.begin(), mus.end());
+  for (tsl::mutex* mu : mus) {
+    mu->lock();
+    locked_.push_back(mu);
+  }
+  int gi = 0;
+  for (const ArgGroup& g : groups) {
+    for (int i = 0; i < g.count; ++i) {
+      Var* var = vars_[offsets_[gi] + i].get();
+      if (!var->is_initialized) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            op, ": ", g.Label(i), " is not initialized (assign it a value before updating it)"));
+      }
+      Tensor* t = var->tensor();
+      if (t->dtype() != dtype) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, ": ", g.Label(i), " holds ", tensorflow::DataTypeString(t->dtype()),
+            " but the gradients are ", tensorflow::DataTypeString(dtype),
+            "; variables, slots and gradients must share one dtype"));
+      }
+      // Copy-on-write, as TensorFlow's training ops do: never update a buffer that a
+      // reader (or copy-on-read mode) still shares.
+      if (var->copy_on_read_mode.load() || !t->RefCountIsOne()) {
+        Tensor copy;
+        tsl::AllocatorAttributes attr;
+        attr.set_gpu_compatible(true);
+        attr.set_nic_compatible(true);
+        TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
+        if (t->TotalBytes() > 0) {
+          std::memcpy(copy.data(), t->data(), t->TotalBytes());
+        }
+        *t = copy;
+      }
+    }
+    ++gi;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSameShape(const OpKernelContext* ctx, const std::string& a,
+                            const tensorflow::TensorShape& shape, const std::string& b,
+                            const tensorflow::TensorShape& other) {
+  if (shape == other) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      ctx->op_kernel().type_string(), ": ", a, " and ", b, " do not have the same shape: ",
+      shape.DebugString(), " vs ", other.DebugString()));
+}
+
+absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
+                               const std::vector<int>& handles, int dense) {
+  tensorflow::shape_inference::ShapeHandle s = c->input(dense);
+  for (int h : handles) {
+    auto* data = c->input_handle_shapes_and_types(h);
+    if (data == nullptr || data->empty()) continue;
+    tensorflow::shape_inference::ShapeHandle merged;
+    absl::Status st = c->Merge(s, (*data)[0].shape, &merged);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the variable at input ", h, " has shape ", c->DebugString((*data)[0].shape),
+          " but its gradient (input ", dense, ") has shape ", c->DebugString(c->input(dense))));
+    }
+    s = merged;
+  }
+  return absl::OkStatus();
+}
+
+void EnsureBlasThreads(OpKernelContext* ctx) {
+  static std::once_flag once;
+  std::call_once(once, [ctx] {
+    blas::SetNumThreads(ctx->device()->tensorflow_cpu_worker_threads()->num_threads);
+  });
+}
+
+}  // namespace tfglue
+}  // namespace tfmps

@@ -1,0 +1,91 @@
+// Helpers shared by every family's TensorFlow glue (the *_ops.cc files): thread pool,
+// argument naming for error messages, scalar inputs, and locked access to resource
+// variables. Only glue includes this file; backends never see TensorFlow types.
+#ifndef TFMPS_COMMON_TF_GLUE_H_
+#define TFMPS_COMMON_TF_GLUE_H_
+
+#include <string>
+#include <vector>
+
+#include "ops/common/backend.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tfmps {
+namespace tfglue {
+
+// TF's intra-op thread pool as the backends' ParallelFor.
+ParallelFor CpuParallelFor(tensorflow::OpKernelContext* ctx);
+
+// A named group of consecutive inputs: a list ("vars", 3 entries -> "vars[0]".."vars[2]")
+// or a single input ("var"). Used to name arguments in error messages.
+struct ArgGroup {
+  std::string name;
+  int first = 0;  // flat input index of entry 0
+  int count = 1;
+  bool is_list = false;
+
+  std::string Label(int i) const {
+    return is_list ? name + "[" + std::to_string(i) + "]" : name;
+  }
+  int Index(int i) const { return first + i; }
+};
+
+// Reads a scalar input of type T ("lr", ...), failing with InvalidArgument naming it.
+template <typename T>
+absl::Status GetScalar(tensorflow::OpKernelContext* ctx, int index, const char* name, T* out) {
+  const tensorflow::Tensor& t = ctx->input(index);
+  if (!tensorflow::TensorShapeUtils::IsScalar(t.shape())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ctx->op_kernel().type_string(), ": ", name, " must be a scalar, got shape ",
+        t.shape().DebugString()));
+  }
+  *out = t.scalar<T>()();
+  return absl::OkStatus();
+}
+
+// The resource variables named by a set of ArgGroups, looked up once, checked to be
+// distinct, initialized and of dtype `dtype`, then locked exclusively in address order
+// (so two ops over overlapping lists cannot deadlock) until this object dies. Before
+// handing out a tensor it makes sure nobody else holds its buffer (copy-on-write, as
+// TensorFlow's own training ops do), so an in-place update never changes a value some
+// reader already has.
+class LockedVariables {
+ public:
+  LockedVariables() = default;
+  ~LockedVariables();
+  LockedVariables(const LockedVariables&) = delete;
+  LockedVariables& operator=(const LockedVariables&) = delete;
+
+  absl::Status Acquire(tensorflow::OpKernelContext* ctx, const std::vector<ArgGroup>& groups,
+                       tensorflow::DataType dtype);
+
+  // The updatable tensor of entry i of group g (in the order given to Acquire).
+  tensorflow::Tensor* tensor(int g, int i) { return vars_[offsets_[g] + i]->tensor(); }
+
+ private:
+  std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> vars_;
+  std::vector<int> offsets_;
+  std::vector<tsl::mutex*> locked_;
+};
+
+// Checks that `t` has `shape`; message: "<op>: <a> and <b> do not have the same shape: [..] vs [..]".
+absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const std::string& a,
+                            const tensorflow::TensorShape& shape, const std::string& b,
+                            const tensorflow::TensorShape& other);
+
+// Shape-function helper: merges the shapes of the variables behind resource handles at
+// inputs `handles` with the dense shape at input `dense` (when the handles carry shape
+// data), so graph construction catches mismatches before anything runs.
+absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
+                               const std::vector<int>& handles, int dense);
+
+// Sizes BLAS's thread pool to TF's intra-op pool once per process.
+void EnsureBlasThreads(tensorflow::OpKernelContext* ctx);
+
+}  // namespace tfglue
+}  // namespace tfmps
+
+#endif  // TFMPS_COMMON_TF_GLUE_H_

@@ -1,0 +1,406 @@
+// TensorFlow glue of the optim family: op definitions with shape functions, argument
+// validation, and dispatch to the backends declared in optim.h.
+//
+// Each rule exists twice: a single-variable op (MpsApplyAdam: var, m, v, ...) and a
+// multi-tensor op (MpsMultiApplyAdam: vars, ms, vs, ... lists of N) that updates a whole
+// list in one call. Both share one kernel: their flat input layout is the same with N = 1.
+//
+// Hyper-parameters that Keras keeps as Python floats (beta1, beta2, epsilon, rho,
+// momentum) are float64 scalar inputs, so the kernel rounds derived constants such as
+// 1 - beta1 exactly as Keras does; lr has the variables' dtype, like Keras's cast. All
+// are inputs, never attributes: a schedule may change them every step.
+//
+// Optional slots (Adam's vhats, SGD's momentums, RMSProp's mgs and moms) are lists whose
+// length attribute is 0 (option off) or N (option on).
+#include <string>
+#include <vector>
+
+#include "ops/common/tf_glue.h"
+#include "ops/optim/optim.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tfmps {
+namespace optim {
+namespace {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+using tfglue::ArgGroup;
+
+// MPSNNOptimizerDescriptor's gradient options and the update semantics (optim.h).
+constexpr char kAttrT[] = "T: {float, double}";
+constexpr char kAttrSemantics[] = "semantics: {'keras', 'mps'} = 'keras'";
+constexpr char kAttrRescale[] = "gradient_rescale: float = 1.0";
+constexpr char kAttrClip[] = "clip_gradient: bool = false";
+constexpr char kAttrClipMin[] = "gradient_clip_min: float = 0.0";
+constexpr char kAttrClipMax[] = "gradient_clip_max: float = 0.0";
+constexpr char kAttrReg[] = "regularization: {'none', 'l1', 'l2'} = 'none'";
+constexpr char kAttrRegScale[] = "regularization_scale: float = 0.0";
+
+// The resource groups of one rule: for each, the single op's input name, the multi op's,
+// and the length attribute of an optional group (nullptr: always N entries).
+struct SlotSpec {
+  const char* single;
+  const char* list;
+  const char* len_attr;
+};
+
+const std::vector<SlotSpec> kAdamSlots = {
+    {"var", "vars", nullptr}, {"m", "ms", nullptr}, {"v", "vs", nullptr}, {"vhat", "vhats", "M"}};
+const std::vector<SlotSpec> kSgdSlots = {{"var", "vars", nullptr}, {"momentum_slot", "momentums", "M"}};
+const std::vector<SlotSpec> kRmsPropSlots = {
+    {"var", "vars", nullptr}, {"ms", "mss", nullptr}, {"mg", "mgs", "C"}, {"mom", "moms", "K"}};
+
+// Scalars following the gradients, with their names (for messages).
+const std::vector<const char*> kAdamScalars = {"lr", "step", "beta1", "beta2", "epsilon"};
+const std::vector<const char*> kSgdScalars = {"lr", "momentum"};
+const std::vector<const char*> kRmsPropScalars = {"lr", "rho", "momentum", "epsilon"};
+
+// Lengths of the resource groups: N, or 0/N for optional groups. `op` names the op in
+// messages. Used by both the shape function and the kernel constructor.
+template <typename Ctx>
+absl::Status GroupLengths(Ctx* c, const std::string& op, const std::vector<SlotSpec>& slots,
+                          bool multi, int* n, std::vector<int>* lens) {
+  *n = 1;
+  if (multi) TF_RETURN_IF_ERROR(c->GetAttr("N", n));
+  lens->clear();
+  for (const SlotSpec& s : slots) {
+    int len = *n;
+    if (s.len_attr != nullptr) {
+      TF_RETURN_IF_ERROR(c->GetAttr(s.len_attr, &len));
+      if (len != 0 && len != *n) {
+        return absl::InvalidArgumentError(absl::StrCat(op, ": ", multi ? s.list : s.single,
+                                                       " must hold 0 or ", *n, " variables, got ", len));
+      }
+    }
+    lens->push_back(len);
+  }
+  return absl::OkStatus();
+}
+
+// Shape function: optional groups hold 0 or N, each gradient matches its variable's and
+// slots' shapes wherever the handles carry shapes, and the trailing inputs are scalars.
+std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
+                                                            const std::vector<SlotSpec>* slots,
+                                                            int num_scalars, bool multi) {
+  return [=](InferenceContext* c) -> absl::Status {
+    int n;
+    std::vector<int> lens;
+    TF_RETURN_IF_ERROR(GroupLengths(c, op, *slots, multi, &n, &lens));
+    int first_grad = 0;
+    for (int len : lens) first_grad += len;
+    for (int i = 0; i < n; ++i) {
+      std::vector<int> handles;
+      int base = 0;
+      for (int len : lens) {
+        if (len > 0) handles.push_back(base + i);
+        base += len;
+      }
+      TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, handles, first_grad + i));
+    }
+    ShapeHandle unused;
+    for (int k = 0; k < num_scalars; ++k) {
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(first_grad + n + k), 0, &unused));
+    }
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- Adam
+REGISTER_OP("MpsApplyAdam")
+    .Input("var: resource").Input("m: resource").Input("v: resource").Input("vhat: M * resource")
+    .Input("grad: T")
+    .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
+    .Input("epsilon: double")
+    .Attr("M: int >= 0")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsApplyAdam", &kAdamSlots, 5, false))
+    .Doc(R"doc(
+Adam (AMSGrad when `vhat` is given) on one resource variable, in place. See
+tf_mps.ops.apply_adam for the update rules of both semantics.
+)doc");
+
+REGISTER_OP("MpsMultiApplyAdam")
+    .Input("vars: N * resource").Input("ms: N * resource").Input("vs: N * resource")
+    .Input("vhats: M * resource")
+    .Input("grads: N * T")
+    .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
+    .Input("epsilon: double")
+    .Attr("N: int >= 1").Attr("M: int >= 0")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsMultiApplyAdam", &kAdamSlots, 5, true))
+    .Doc(R"doc(
+Adam (AMSGrad when `vhats` is given) on N resource variables in one call, in place.
+)doc");
+
+// ------------------------------------------------------------------------------ SGD
+REGISTER_OP("MpsApplySgd")
+    .Input("var: resource").Input("momentum_slot: M * resource")
+    .Input("grad: T")
+    .Input("lr: T").Input("momentum: double")
+    .Attr("M: int >= 0").Attr("nesterov: bool = false")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsApplySgd", &kSgdSlots, 2, false))
+    .Doc("SGD (momentum when `momentum_slot` is given, Nesterov if `nesterov`) on one variable.");
+
+REGISTER_OP("MpsMultiApplySgd")
+    .Input("vars: N * resource").Input("momentums: M * resource")
+    .Input("grads: N * T")
+    .Input("lr: T").Input("momentum: double")
+    .Attr("N: int >= 1").Attr("M: int >= 0").Attr("nesterov: bool = false")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsMultiApplySgd", &kSgdSlots, 2, true))
+    .Doc("SGD on N resource variables in one call, in place.");
+
+// -------------------------------------------------------------------------- RMSProp
+REGISTER_OP("MpsApplyRmsProp")
+    .Input("var: resource").Input("ms: resource").Input("mg: C * resource").Input("mom: K * resource")
+    .Input("grad: T")
+    .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
+    .Attr("C: int >= 0").Attr("K: int >= 0")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsApplyRmsProp", &kRmsPropSlots, 4, false))
+    .Doc("RMSProp (centered when `mg` is given, momentum when `mom` is given) on one variable.");
+
+REGISTER_OP("MpsMultiApplyRmsProp")
+    .Input("vars: N * resource").Input("mss: N * resource").Input("mgs: C * resource")
+    .Input("moms: K * resource")
+    .Input("grads: N * T")
+    .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
+    .Attr("N: int >= 1").Attr("C: int >= 0").Attr("K: int >= 0")
+    .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
+    .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
+    .SetShapeFn(RuleShapeFn("MpsMultiApplyRmsProp", &kRmsPropSlots, 4, true))
+    .Doc("RMSProp on N resource variables in one call, in place.");
+
+// -------------------------------------------------------------------------- kernels
+namespace {
+
+// The variables of one Compute call, locked for its duration. Kernels are shared
+// between concurrent calls, so this lives on the stack, never in the kernel.
+template <typename T>
+class Slots {
+ public:
+  Slots(const std::vector<ArgGroup>* groups) : groups_(groups) {}
+  tfglue::LockedVariables& locked() { return locked_; }
+  // Data of slot group g entry i, or nullptr when that optional group is empty.
+  T* operator()(int g, int i) {
+    return (*groups_)[g].count == 0 ? nullptr : locked_.tensor(g, i)->template flat<T>().data();
+  }
+  int64_t size(int i) { return locked_.tensor(0, i)->NumElements(); }
+
+ private:
+  const std::vector<ArgGroup>* groups_;
+  tfglue::LockedVariables locked_;
+};
+
+// What every optimizer kernel shares: attributes, the flat input layout, and validation
+// of variables, slots and gradients. Subclasses read their scalars and call a backend.
+template <typename T>
+class OptimizerKernel : public OpKernel {
+ public:
+  OptimizerKernel(OpKernelConstruction* c, const std::vector<SlotSpec>& slots, bool multi)
+      : OpKernel(c) {
+    const std::string op = type_string();
+    std::vector<int> lens;
+    OP_REQUIRES_OK(c, GroupLengths(c, op, slots, multi, &n_, &lens));
+    int index = 0;
+    for (size_t g = 0; g < slots.size(); ++g) {
+      groups_.push_back({multi ? slots[g].list : slots[g].single, index, lens[g], multi});
+      index += lens[g];
+    }
+    grads_ = {multi ? "grads" : "grad", index, n_, multi};
+    first_scalar_ = index + n_;
+
+    std::string semantics, regularization;
+    OP_REQUIRES_OK(c, c->GetAttr("semantics", &semantics));
+    semantics_ = semantics == "mps" ? Semantics::kMps : Semantics::kKeras;
+    OP_REQUIRES_OK(c, c->GetAttr("gradient_rescale", &gradient_.rescale));
+    OP_REQUIRES_OK(c, c->GetAttr("clip_gradient", &gradient_.clip));
+    OP_REQUIRES_OK(c, c->GetAttr("gradient_clip_min", &gradient_.clip_min));
+    OP_REQUIRES_OK(c, c->GetAttr("gradient_clip_max", &gradient_.clip_max));
+    OP_REQUIRES_OK(c, c->GetAttr("regularization", &regularization));
+    gradient_.regularization = regularization == "l1"   ? Regularization::kL1
+                               : regularization == "l2" ? Regularization::kL2
+                                                        : Regularization::kNone;
+    OP_REQUIRES_OK(c, c->GetAttr("regularization_scale", &gradient_.regularization_scale));
+    OP_REQUIRES(c, !gradient_.clip || gradient_.clip_min <= gradient_.clip_max,
+                absl::InvalidArgumentError(absl::StrCat(
+                    op, ": gradient_clip_min must be <= gradient_clip_max, got ",
+                    gradient_.clip_min, " > ", gradient_.clip_max)));
+  }
+
+ protected:
+  // Looks up, locks and validates every variable and slot against the gradients.
+  absl::Status Acquire(OpKernelContext* ctx, Slots<T>* slots) const {
+    tfglue::LockedVariables& locked = slots->locked();
+    TF_RETURN_IF_ERROR(locked.Acquire(ctx, groups_, tensorflow::DataTypeToEnum<T>::value));
+    for (int i = 0; i < n_; ++i) {
+      const tensorflow::TensorShape& var_shape = locked.tensor(0, i)->shape();
+      for (size_t g = 1; g < groups_.size(); ++g) {
+        if (groups_[g].count == 0) continue;
+        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape,
+                                                  groups_[g].Label(i), locked.tensor(g, i)->shape()));
+      }
+      TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape, grads_.Label(i),
+                                                ctx->input(grads_.Index(i)).shape()));
+    }
+    return absl::OkStatus();
+  }
+
+  const T* grad(OpKernelContext* ctx, int i) const {
+    return ctx->input(grads_.Index(i)).template flat<T>().data();
+  }
+  bool has(int g) const { return groups_[g].count > 0; }
+  // Scalar input k (0-based, after the gradients), named for messages.
+  template <typename S>
+  absl::Status Scalar(OpKernelContext* ctx, int k, const char* name, S* out) const {
+    return tfglue::GetScalar<S>(ctx, first_scalar_ + k, name, out);
+  }
+
+  int n_ = 1;
+  int first_scalar_ = 0;
+  std::vector<ArgGroup> groups_;
+  ArgGroup grads_;
+  Semantics semantics_ = Semantics::kKeras;
+  GradientTransform gradient_;
+};
+
+template <typename T>
+class AdamOp : public OptimizerKernel<T> {
+ public:
+  AdamOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kAdamSlots, multi) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    AdamParams p;
+    T lr;
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "step", &p.step));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 2, "beta1", &p.beta1));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 3, "beta2", &p.beta2));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 4, "epsilon", &p.epsilon));
+    OP_REQUIRES(ctx, p.step >= 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    this->type_string(), ": step must be >= 1 (the 1-based time step), got ", p.step)));
+    p.lr = static_cast<double>(lr);
+    p.amsgrad = this->has(3);
+    p.semantics = this->semantics_;
+    p.gradient = this->gradient_;
+
+    Slots<T> s(&this->groups_);
+    OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
+    std::vector<AdamSlots<T>> vars(this->n_);
+    for (int i = 0; i < this->n_; ++i) {
+      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), s.size(i)};
+    }
+    AdamCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+  }
+};
+
+template <typename T>
+class SgdOp : public OptimizerKernel<T> {
+ public:
+  SgdOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kSgdSlots, multi) {
+    OP_REQUIRES_OK(c, c->GetAttr("nesterov", &nesterov_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    SgdParams p;
+    T lr;
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "momentum", &p.momentum));
+    p.lr = static_cast<double>(lr);
+    p.use_momentum = this->has(1);
+    p.nesterov = nesterov_;
+    p.semantics = this->semantics_;
+    p.gradient = this->gradient_;
+    OP_REQUIRES(ctx, p.use_momentum || !nesterov_,
+                absl::InvalidArgumentError(absl::StrCat(
+                    this->type_string(), ": nesterov=True needs momentum slots (", this->groups_[1].name,
+                    "), got none")));
+
+    Slots<T> s(&this->groups_);
+    OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
+    std::vector<SgdSlots<T>> vars(this->n_);
+    for (int i = 0; i < this->n_; ++i) {
+      vars[i] = {s(0, i), s(1, i), this->grad(ctx, i), s.size(i)};
+    }
+    SgdCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+  }
+
+ private:
+  bool nesterov_ = false;
+};
+
+template <typename T>
+class RmsPropOp : public OptimizerKernel<T> {
+ public:
+  RmsPropOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kRmsPropSlots, multi) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    RmsPropParams p;
+    T lr;
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "rho", &p.rho));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 2, "momentum", &p.momentum));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 3, "epsilon", &p.epsilon));
+    p.lr = static_cast<double>(lr);
+    p.centered = this->has(2);
+    p.use_momentum = this->has(3);
+    p.semantics = this->semantics_;
+    p.gradient = this->gradient_;
+
+    Slots<T> s(&this->groups_);
+    OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
+    std::vector<RmsPropSlots<T>> vars(this->n_);
+    for (int i = 0; i < this->n_; ++i) {
+      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), s.size(i)};
+    }
+    RmsPropCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+  }
+};
+
+// Registers Kernel<T> for both forms of one rule on the CPU for float and double.
+template <template <typename> class Kernel, bool kMulti>
+struct Form {
+  template <typename T>
+  class K : public Kernel<T> {
+   public:
+    explicit K(OpKernelConstruction* c) : Kernel<T>(c, kMulti) {}
+  };
+};
+
+#define TFMPS_REGISTER_OPTIMIZER(NAME, KERNEL, MULTI, T)                                   \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name(NAME).Device(DEVICE_CPU).TypeConstraint<T>("T"),                                \
+      Form<KERNEL, MULTI>::template K<T>)
+#define TFMPS_REGISTER_RULE(SINGLE, MULTI_NAME, KERNEL)      \
+  TFMPS_REGISTER_OPTIMIZER(SINGLE, KERNEL, false, float);    \
+  TFMPS_REGISTER_OPTIMIZER(SINGLE, KERNEL, false, double);   \
+  TFMPS_REGISTER_OPTIMIZER(MULTI_NAME, KERNEL, true, float); \
+  TFMPS_REGISTER_OPTIMIZER(MULTI_NAME, KERNEL, true, double)
+
+TFMPS_REGISTER_RULE("MpsApplyAdam", "MpsMultiApplyAdam", AdamOp);
+TFMPS_REGISTER_RULE("MpsApplySgd", "MpsMultiApplySgd", SgdOp);
+TFMPS_REGISTER_RULE("MpsApplyRmsProp", "MpsMultiApplyRmsProp", RmsPropOp);
+
+#undef TFMPS_REGISTER_RULE
+#undef TFMPS_REGISTER_OPTIMIZER
+
+}  // namespace
+}  // namespace optim
+}  // namespace tfmps
