@@ -32,7 +32,6 @@ class BuildInfoOp : public tensorflow::OpKernel {
   using OpKernel::OpKernel;
   void Compute(tensorflow::OpKernelContext* ctx) override {
     tfglue::EnsureBlasThreads(ctx);
-    const int tf_threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
     std::string json = "{";
     json += "\"tf_version_built\": \"" TFMPS_TF_VERSION "\"";
     json += ", \"backends\": [\"cpu\"";
@@ -42,7 +41,6 @@ class BuildInfoOp : public tensorflow::OpKernel {
     json += "]";
     json += ", \"blas\": \"" + JsonEscape(blas::Description()) + "\"";
     json += ", \"blas_threads\": " + std::to_string(blas::NumThreads());
-    json += ", \"tf_intra_op_threads\": " + std::to_string(tf_threads);
     json += ", \"compiler\": \"" + JsonEscape(__VERSION__) + "\"";
     json += "}";
     tensorflow::Tensor* out = nullptr;

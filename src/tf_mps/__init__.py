@@ -1,0 +1,34 @@
+"""tf-mps: TensorFlow and Keras on Apple GPUs through Metal Performance Shaders.
+
+On every platform tf-mps provides fused ops with a fast CPU backend (BLAS and
+TensorFlow's thread pool); on macOS the same ops run on the GPU through MPS.
+
+    import tf_mps
+    model.compile(optimizer=tf_mps.keras.optimizers.Adam(1e-3), loss=...)
+
+Submodules: ``tf_mps.ops`` (the ops), ``tf_mps.keras`` (Keras optimizers), and
+``python -m tf_mps`` prints an environment report with a self-check.
+"""
+
+from tf_mps._lib import LibraryLoadError, build_info, library_path
+from tf_mps._lib import load as _load
+
+__version__ = "0.1.0"
+
+_load()
+
+from tf_mps import ops  # noqa: E402
+
+
+def __getattr__(name):
+    # Keras is imported on first use: `import tf_mps` stays as cheap as TensorFlow.
+    if name == "keras":
+        import importlib
+
+        module = importlib.import_module("tf_mps.keras")
+        globals()["keras"] = module
+        return module
+    raise AttributeError(f"module 'tf_mps' has no attribute {name!r}")
+
+
+__all__ = ["LibraryLoadError", "build_info", "library_path", "ops", "keras", "__version__"]

@@ -1,0 +1,290 @@
+"""Keras 3 optimizers that update all variables with one fused tf-mps op per step.
+
+``tf_mps.keras.optimizers.Adam``, ``SGD`` and ``RMSProp`` subclass Keras's own classes:
+same constructor arguments and defaults, same schedules, ``weight_decay``,
+``clipnorm``/``clipvalue``/``global_clipnorm``, ``use_ema``, gradient accumulation, loss
+scaling (``LossScaleOptimizer`` under ``mixed_float16``), ``get_config``/``from_config``
+and saving. Only the per-variable ``update_step`` loop is replaced: all variables of one
+dtype are updated by a single multi-tensor op (``tf_mps.ops.apply_*``), with results
+equal to Keras's (``semantics="keras"``, the default).
+
+tf-mps-only keyword arguments (all optional; see ``tf_mps.ops.optim``):
+
+* ``semantics``: ``"keras"`` or ``"mps"`` (the MPSNNOptimizer formulas).
+* ``gradient_rescale``, ``gradient_clip=(min, max)``, ``regularization`` (``"l1"`` /
+  ``"l2"``) and ``regularization_scale``: MPSNNOptimizerDescriptor's gradient options.
+
+Fallback contract: XLA cannot compile custom ops. Inside an XLA-compiled step
+(``jit_compile=True``), and under a non-default ``tf.distribute`` strategy's cross-replica
+update, the optimizer runs Keras's own update math instead (identical results) when the
+options are Keras-equivalent, and raises a ``ValueError`` when they are not (``semantics=
+"mps"`` or gradient options), never silently changing results. ``jit_compile="auto"``
+already resolves to ``False`` on Apple-silicon GPUs and on CPU-only machines.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tf_mps.ops import optim as _optim
+
+try:  # TensorFlow's own test for "this graph is being compiled by XLA".
+    from tensorflow.python.framework import ops as _tf_ops
+    from tensorflow.python.ops import control_flow_util as _cfu
+
+    def _in_xla_context() -> bool:
+        return bool(_cfu.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()))
+
+except ImportError:  # pragma: no cover - TensorFlow moved it: assume no XLA
+    def _in_xla_context() -> bool:
+        return False
+
+
+_FUSED_KWARGS = ("semantics", "gradient_rescale", "gradient_clip", "regularization", "regularization_scale")
+
+
+def _tf_variable(v):
+    inner = getattr(v, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else v
+
+
+class _FusedOptimizer:
+    """Machinery shared by the fused optimizers (a mixin ahead of the Keras class)."""
+
+    def _init_fused(self, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
+        if semantics not in ("keras", "mps"):
+            raise ValueError(f"{type(self).__name__}: semantics must be 'keras' or 'mps', got {semantics!r}")
+        if regularization not in (None, "none", "l1", "l2"):
+            raise ValueError(
+                f"{type(self).__name__}: regularization must be None, 'l1' or 'l2', got {regularization!r}"
+            )
+        if gradient_clip is not None:
+            gradient_clip = (float(gradient_clip[0]), float(gradient_clip[1]))
+            if not gradient_clip[0] <= gradient_clip[1]:
+                raise ValueError(f"{type(self).__name__}: gradient_clip must be (min, max) with min <= max")
+        self.semantics = semantics
+        self.gradient_rescale = float(gradient_rescale)
+        self.gradient_clip = gradient_clip
+        self.regularization = None if regularization == "none" else regularization
+        self.regularization_scale = float(regularization_scale)
+
+    def _fused_options(self) -> dict:
+        return dict(
+            semantics=self.semantics,
+            gradient_rescale=self.gradient_rescale,
+            gradient_clip=self.gradient_clip,
+            regularization=self.regularization,
+            regularization_scale=self.regularization_scale,
+        )
+
+    def _keras_equivalent(self) -> bool:
+        return (
+            self.semantics == "keras"
+            and self.gradient_rescale == 1.0
+            and self.gradient_clip is None
+            and self.regularization is None
+        )
+
+    def _fused_config(self) -> dict:
+        return {k: getattr(self, k) for k in _FUSED_KWARGS}
+
+    def _cannot_fuse(self, where: str) -> None:
+        """Called where the fused op cannot run: fall back or refuse loudly."""
+        if not self._keras_equivalent():
+            raise ValueError(
+                f"{type(self).__name__}: semantics={self.semantics!r} and MPS gradient options "
+                f"need the fused tf-mps op, which cannot run {where}. Compile the model with "
+                "jit_compile=False (or use the default options)."
+            )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if _in_xla_context():
+            self._cannot_fuse("inside an XLA-compiled function")
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        if tf.distribute.has_strategy():
+            # Keras's tf.distribute path merges across replicas, then calls update_step
+            # per variable (fused per variable, below).
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        by_dtype: dict = {}
+        for g, v in zip(grads, trainable_variables):
+            by_dtype.setdefault(v.dtype, []).append((g, v))
+        for pairs in by_dtype.values():
+            gs = [g for g, _ in pairs]
+            vs = [v for _, v in pairs]
+            self._fused_apply(gs, vs, learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if _in_xla_context():
+            self._cannot_fuse("inside an XLA-compiled function")
+            return super().update_step(gradient, variable, learning_rate)
+        self._fused_apply([gradient], [variable], learning_rate)
+
+    def _slots(self, slot_list, variables):
+        if not slot_list:
+            return None
+        return [slot_list[self._get_variable_index(v)] for v in variables]
+
+    def _fused_apply(self, grads, variables, learning_rate):
+        raise NotImplementedError
+
+    @staticmethod
+    def _cast_grads(grads, variables):
+        # Keras casts each gradient to its variable's dtype; so do we.
+        out = []
+        for g, v in zip(grads, variables):
+            if isinstance(g, tf.IndexedSlices):
+                if g.values.dtype != v.dtype:
+                    g = tf.IndexedSlices(tf.cast(g.values, v.dtype), g.indices, g.dense_shape)
+            elif g.dtype != v.dtype:
+                g = tf.cast(g, v.dtype)
+            out.append(g)
+        return out
+
+
+@keras.saving.register_keras_serializable(package="tf_mps")
+class Adam(_FusedOptimizer, keras.optimizers.Adam):
+    """Adam with a fused multi-tensor update: ``keras.optimizers.Adam``'s arguments and
+    results, plus tf-mps's keyword arguments (module docstring). Kingma & Ba, 2015;
+    AMSGrad: Reddi et al., 2018."""
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        *,
+        semantics="keras",
+        gradient_rescale=1.0,
+        gradient_clip=None,
+        regularization=None,
+        regularization_scale=0.0,
+        name="adam",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+            amsgrad=amsgrad, name=name, **kwargs,
+        )
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+
+    def _fused_apply(self, grads, variables, learning_rate):
+        variables = [_tf_variable(v) for v in variables]
+        dtype = variables[0].dtype
+        _optim.apply_adam(
+            variables,
+            [_tf_variable(m) for m in self._slots(self._momentums, variables)],
+            [_tf_variable(v) for v in self._slots(self._velocities, variables)],
+            self._cast_grads(grads, variables),
+            tf.cast(learning_rate, dtype),
+            self.iterations + 1,
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
+            [_tf_variable(v) for v in self._slots(self._velocity_hats, variables)] if self.amsgrad else None,
+            **self._fused_options(),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._fused_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_mps")
+class SGD(_FusedOptimizer, keras.optimizers.SGD):
+    """SGD (momentum, Nesterov) with a fused multi-tensor update: ``keras.optimizers.SGD``'s
+    arguments and results, plus tf-mps's keyword arguments (module docstring)."""
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.0,
+        nesterov=False,
+        *,
+        semantics="keras",
+        gradient_rescale=1.0,
+        gradient_clip=None,
+        regularization=None,
+        regularization_scale=0.0,
+        name="SGD",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, name=name, **kwargs)
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+
+    def _fused_apply(self, grads, variables, learning_rate):
+        variables = [_tf_variable(v) for v in variables]
+        dtype = variables[0].dtype
+        momentums = self._slots(self.momentums, variables) if self.momentum != 0 else None
+        _optim.apply_sgd(
+            variables,
+            self._cast_grads(grads, variables),
+            tf.cast(learning_rate, dtype),
+            self.momentum,
+            [_tf_variable(m) for m in momentums] if momentums else None,
+            self.nesterov and self.momentum != 0,
+            **self._fused_options(),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._fused_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_mps")
+class RMSProp(_FusedOptimizer, keras.optimizers.RMSprop):
+    """RMSProp (centered, momentum) with a fused multi-tensor update:
+    ``keras.optimizers.RMSprop``'s arguments and results, plus tf-mps's keyword arguments
+    (module docstring). Hinton, Coursera lecture 6e; centered: Graves, 2013."""
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        rho=0.9,
+        momentum=0.0,
+        epsilon=1e-7,
+        centered=False,
+        *,
+        semantics="keras",
+        gradient_rescale=1.0,
+        gradient_clip=None,
+        regularization=None,
+        regularization_scale=0.0,
+        name="rmsprop",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+            centered=centered, name=name, **kwargs,
+        )
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+
+    def _fused_apply(self, grads, variables, learning_rate):
+        variables = [_tf_variable(v) for v in variables]
+        dtype = variables[0].dtype
+        _optim.apply_rmsprop(
+            variables,
+            [_tf_variable(s) for s in self._slots(self._velocities, variables)],
+            self._cast_grads(grads, variables),
+            tf.cast(learning_rate, dtype),
+            self.rho,
+            self.momentum,
+            self.epsilon,
+            [_tf_variable(a) for a in self._slots(self._average_gradients, variables)] if self.centered else None,
+            [_tf_variable(m) for m in self._slots(self._momentums, variables)] if self.momentum > 0 else None,
+            **self._fused_options(),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._fused_config())
+        return config
+
+
+RMSprop = RMSProp  # Keras's spelling
+
+__all__ = ["Adam", "SGD", "RMSProp", "RMSprop"]
