@@ -64,6 +64,7 @@ struct AdamParams {
   double lr, beta1, beta2, epsilon;
   int64_t step;  // 1-based time step t
   bool amsgrad;
+  bool grad_sq;  // AdamSlots::grad_sq given
   Semantics semantics;
   GradientTransform gradient;
 };
@@ -80,15 +81,22 @@ struct RmsPropParams {
   double lr, rho, momentum, epsilon;
   bool centered;      // average-gradient slots present
   bool use_momentum;  // momentum slots present
+  bool grad_sq;       // RmsPropSlots::grad_sq given
   Semantics semantics;
   GradientTransform gradient;
 };
 
 // One variable and its slots: all arrays hold `size` elements. Optional slots are
 // nullptr when the option is off. Distinct variables never alias (checked by the glue).
+//
+// grad_sq (Adam, RMSProp; optional) replaces g*g in the second-moment update. Keras
+// squares each slice of a sparse gradient before summing duplicate indices (its
+// ops.square acts on IndexedSlices values), so with repeated indices its second moment
+// sees sum(g_k^2), not (sum g_k)^2; the Python layer passes that sum here in Keras
+// semantics to stay identical to Keras.
 template <typename T>
 struct AdamSlots {
-  T* var; T* m; T* v; T* vhat; const T* grad; int64_t size;
+  T* var; T* m; T* v; T* vhat; const T* grad; const T* grad_sq; int64_t size;
 };
 template <typename T>
 struct SgdSlots {
@@ -96,7 +104,7 @@ struct SgdSlots {
 };
 template <typename T>
 struct RmsPropSlots {
-  T* var; T* ms; T* mg; T* mom; const T* grad; int64_t size;
+  T* var; T* ms; T* mg; T* mom; const T* grad; const T* grad_sq; int64_t size;
 };
 
 // CPU backend: the whole list in one pass over memory, spread over `parallel`.

@@ -74,6 +74,14 @@ inline T Grad(const GradOptions<T>& o, T g, T w) {
   return kTransform ? o(g, w) : g;
 }
 
+// Keras's ops.cast(python_float, dtype) converts the Python float to floatx (float32)
+// before casting: in float64, Keras's SGD momentum and Adam's power bases are the
+// float32-rounded values. Keras semantics repeats that rounding.
+template <typename T>
+inline T KerasCast(double x) {
+  return T(static_cast<float>(x));
+}
+
 // max that propagates a NaN in either argument, like tf.maximum.
 template <typename T>
 inline T NanMax(T a, T b) {
@@ -81,7 +89,7 @@ inline T NanMax(T a, T b) {
 }
 
 // ---------------------------------------------------------------------------- Adam
-template <bool kTransform, bool kAmsgrad, bool kKeras, typename T>
+template <bool kTransform, bool kAmsgrad, bool kKeras, bool kSq, typename T>
 void AdamChunk(const AdamSlots<T>& s, int64_t b, int64_t e, T alpha, T beta1, T beta2,
                T omb1, T omb2, T eps, const GradOptions<T>& o) {
   T* __restrict w = s.var;
@@ -89,15 +97,17 @@ void AdamChunk(const AdamSlots<T>& s, int64_t b, int64_t e, T alpha, T beta1, T 
   T* __restrict v = s.v;
   T* __restrict vh = s.vhat;
   const T* __restrict gr = s.grad;
+  const T* __restrict gsq = s.grad_sq;
   for (int64_t i = b; i < e; ++i) {
     const T g = Grad<kTransform>(o, gr[i], w[i]);
+    const T g2 = kSq ? gsq[i] : g * g;
     T mi, vi;
     if (kKeras) {
       mi = m[i] + (g - m[i]) * omb1;
-      vi = v[i] + (g * g - v[i]) * omb2;
+      vi = v[i] + (g2 - v[i]) * omb2;
     } else {
       mi = beta1 * m[i] + omb1 * g;
-      vi = beta2 * v[i] + omb2 * (g * g);
+      vi = beta2 * v[i] + omb2 * g2;
     }
     m[i] = mi;
     v[i] = vi;
@@ -113,18 +123,20 @@ void AdamChunk(const AdamSlots<T>& s, int64_t b, int64_t e, T alpha, T beta1, T 
   }
 }
 
-template <bool kTransform, bool kAmsgrad, bool kKeras, typename T>
+template <bool kTransform, bool kAmsgrad, bool kKeras, bool kSq, typename T>
 void AdamAll(const AdamParams& p, const std::vector<AdamSlots<T>>& vars, const ParallelFor& parallel) {
   // alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed in T as Keras does
   // (MPS computes it in float on the GPU).
   const T t = T(p.step);
-  const T b1p = std::pow(T(p.beta1), t);
-  const T b2p = std::pow(T(p.beta2), t);
+  const T base1 = kKeras ? KerasCast<T>(p.beta1) : T(p.beta1);
+  const T base2 = kKeras ? KerasCast<T>(p.beta2) : T(p.beta2);
+  const T b1p = std::pow(base1, t);
+  const T b2p = std::pow(base2, t);
   const T alpha = T(p.lr) * std::sqrt(T(1) - b2p) / (T(1) - b1p);
   const T omb1 = T(1.0 - p.beta1), omb2 = T(1.0 - p.beta2);
   const GradOptions<T> o(p.gradient);
   RunUnits(vars, 12, parallel, [&](const AdamSlots<T>& s, int64_t b, int64_t e) {
-    AdamChunk<kTransform, kAmsgrad, kKeras, T>(s, b, e, alpha, T(p.beta1), T(p.beta2), omb1,
+    AdamChunk<kTransform, kAmsgrad, kKeras, kSq, T>(s, b, e, alpha, T(p.beta1), T(p.beta2), omb1,
                                                omb2, T(p.epsilon), o);
   });
 }
@@ -158,14 +170,14 @@ void SgdChunk(const SgdSlots<T>& s, int64_t b, int64_t e, T lr, T mu, const Grad
 template <bool kTransform, int kMode, bool kKeras, typename T>
 void SgdAll(const SgdParams& p, const std::vector<SgdSlots<T>>& vars, const ParallelFor& parallel) {
   const GradOptions<T> o(p.gradient);
-  const T lr = T(p.lr), mu = T(p.momentum);
+  const T lr = T(p.lr), mu = kKeras ? KerasCast<T>(p.momentum) : T(p.momentum);
   RunUnits(vars, 4, parallel, [&](const SgdSlots<T>& s, int64_t b, int64_t e) {
     SgdChunk<kTransform, kMode, kKeras, T>(s, b, e, lr, mu, o);
   });
 }
 
 // ------------------------------------------------------------------------- RMSProp
-template <bool kTransform, bool kCentered, bool kMomentum, bool kKeras, typename T>
+template <bool kTransform, bool kCentered, bool kMomentum, bool kKeras, bool kSq, typename T>
 void RmsPropChunk(const RmsPropSlots<T>& s, int64_t b, int64_t e, T lr, T rho, T omr, T mu,
                   T eps, const GradOptions<T>& o) {
   T* __restrict w = s.var;
@@ -173,9 +185,10 @@ void RmsPropChunk(const RmsPropSlots<T>& s, int64_t b, int64_t e, T lr, T rho, T
   T* __restrict mg = s.mg;
   T* __restrict mom = s.mom;
   const T* __restrict gr = s.grad;
+  const T* __restrict gsq = s.grad_sq;
   for (int64_t i = b; i < e; ++i) {
     const T g = Grad<kTransform>(o, gr[i], w[i]);
-    const T si = rho * ms[i] + omr * (g * g);
+    const T si = rho * ms[i] + omr * (kSq ? gsq[i] : g * g);
     ms[i] = si;
     T d;
     if (kCentered) {
@@ -196,14 +209,14 @@ void RmsPropChunk(const RmsPropSlots<T>& s, int64_t b, int64_t e, T lr, T rho, T
   }
 }
 
-template <bool kTransform, bool kCentered, bool kMomentum, bool kKeras, typename T>
+template <bool kTransform, bool kCentered, bool kMomentum, bool kKeras, bool kSq, typename T>
 void RmsPropAll(const RmsPropParams& p, const std::vector<RmsPropSlots<T>>& vars,
                 const ParallelFor& parallel) {
   const GradOptions<T> o(p.gradient);
   const T lr = T(p.lr), rho = T(p.rho), omr = T(1.0 - p.rho), mu = T(p.momentum),
           eps = T(p.epsilon);
   RunUnits(vars, 10, parallel, [&](const RmsPropSlots<T>& s, int64_t b, int64_t e) {
-    RmsPropChunk<kTransform, kCentered, kMomentum, kKeras, T>(s, b, e, lr, rho, omr, mu, eps, o);
+    RmsPropChunk<kTransform, kCentered, kMomentum, kKeras, kSq, T>(s, b, e, lr, rho, omr, mu, eps, o);
   });
 }
 
@@ -231,10 +244,11 @@ void WithFlags(F&& f, bool first, Rest... rest) {
 template <typename T>
 void AdamCpu(const AdamParams& p, const std::vector<AdamSlots<T>>& vars, const ParallelFor& parallel) {
   WithFlags(
-      [&](auto tr, auto ams, auto keras) {
-        AdamAll<decltype(tr)::value, decltype(ams)::value, decltype(keras)::value, T>(p, vars, parallel);
+      [&](auto tr, auto ams, auto keras, auto sq) {
+        AdamAll<decltype(tr)::value, decltype(ams)::value, decltype(keras)::value, decltype(sq)::value, T>(
+            p, vars, parallel);
       },
-      !p.gradient.is_identity(), p.amsgrad, p.semantics == Semantics::kKeras);
+      !p.gradient.is_identity(), p.amsgrad, p.semantics == Semantics::kKeras, p.grad_sq);
 }
 
 template <typename T>
@@ -251,11 +265,12 @@ template <typename T>
 void RmsPropCpu(const RmsPropParams& p, const std::vector<RmsPropSlots<T>>& vars,
                 const ParallelFor& parallel) {
   WithFlags(
-      [&](auto tr, auto centered, auto mom, auto keras) {
+      [&](auto tr, auto centered, auto mom, auto keras, auto sq) {
         RmsPropAll<decltype(tr)::value, decltype(centered)::value, decltype(mom)::value,
-                   decltype(keras)::value, T>(p, vars, parallel);
+                   decltype(keras)::value, decltype(sq)::value, T>(p, vars, parallel);
       },
-      !p.gradient.is_identity(), p.centered, p.use_momentum, p.semantics == Semantics::kKeras);
+      !p.gradient.is_identity(), p.centered, p.use_momentum, p.semantics == Semantics::kKeras,
+      p.grad_sq);
 }
 
 template void AdamCpu<float>(const AdamParams&, const std::vector<AdamSlots<float>>&, const ParallelFor&);

@@ -87,13 +87,25 @@ absl::Status GroupLengths(Ctx* c, const std::string& op, const std::vector<SlotS
 
 // Shape function: optional groups hold 0 or N, each gradient matches its variable's and
 // slots' shapes wherever the handles carry shapes, and the trailing inputs are scalars.
+// Length of the optional grads_sq list (attr S): 0 or N.
+template <typename Ctx>
+absl::Status SquaresLength(Ctx* c, const std::string& op, bool multi, int n, int* len) {
+  TF_RETURN_IF_ERROR(c->GetAttr("S", len));
+  if (*len != 0 && *len != n) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", multi ? "grads_sq" : "grad_sq",
+                                                   " must hold 0 or ", n, " tensors, got ", *len));
+  }
+  return absl::OkStatus();
+}
+
 std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
                                                             const std::vector<SlotSpec>* slots,
-                                                            int num_scalars, bool multi) {
+                                                            bool has_sq, int num_scalars, bool multi) {
   return [=](InferenceContext* c) -> absl::Status {
-    int n;
+    int n, sq = 0;
     std::vector<int> lens;
     TF_RETURN_IF_ERROR(GroupLengths(c, op, *slots, multi, &n, &lens));
+    if (has_sq) TF_RETURN_IF_ERROR(SquaresLength(c, op, multi, n, &sq));
     int first_grad = 0;
     for (int len : lens) first_grad += len;
     for (int i = 0; i < n; ++i) {
@@ -104,10 +116,14 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
         base += len;
       }
       TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, handles, first_grad + i));
+      if (sq > 0) {
+        ShapeHandle merged;
+        TF_RETURN_IF_ERROR(c->Merge(c->input(first_grad + i), c->input(first_grad + n + i), &merged));
+      }
     }
     ShapeHandle unused;
     for (int k = 0; k < num_scalars; ++k) {
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(first_grad + n + k), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(first_grad + n + sq + k), 0, &unused));
     }
     return absl::OkStatus();
   };
@@ -118,13 +134,13 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
 // ----------------------------------------------------------------------------- Adam
 REGISTER_OP("MpsApplyAdam")
     .Input("var: resource").Input("m: resource").Input("v: resource").Input("vhat: M * resource")
-    .Input("grad: T")
+    .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
     .Input("epsilon: double")
-    .Attr("M: int >= 0")
+    .Attr("M: int >= 0").Attr("S: int >= 0")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsApplyAdam", &kAdamSlots, 5, false))
+    .SetShapeFn(RuleShapeFn("MpsApplyAdam", &kAdamSlots, true, 5, false))
     .Doc(R"doc(
 Adam (AMSGrad when `vhat` is given) on one resource variable, in place. See
 tf_mps.ops.apply_adam for the update rules of both semantics.
@@ -133,13 +149,13 @@ tf_mps.ops.apply_adam for the update rules of both semantics.
 REGISTER_OP("MpsMultiApplyAdam")
     .Input("vars: N * resource").Input("ms: N * resource").Input("vs: N * resource")
     .Input("vhats: M * resource")
-    .Input("grads: N * T")
+    .Input("grads: N * T").Input("grads_sq: S * T")
     .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
     .Input("epsilon: double")
-    .Attr("N: int >= 1").Attr("M: int >= 0")
+    .Attr("N: int >= 1").Attr("M: int >= 0").Attr("S: int >= 0")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsMultiApplyAdam", &kAdamSlots, 5, true))
+    .SetShapeFn(RuleShapeFn("MpsMultiApplyAdam", &kAdamSlots, true, 5, true))
     .Doc(R"doc(
 Adam (AMSGrad when `vhats` is given) on N resource variables in one call, in place.
 )doc");
@@ -152,7 +168,7 @@ REGISTER_OP("MpsApplySgd")
     .Attr("M: int >= 0").Attr("nesterov: bool = false")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsApplySgd", &kSgdSlots, 2, false))
+    .SetShapeFn(RuleShapeFn("MpsApplySgd", &kSgdSlots, false, 2, false))
     .Doc("SGD (momentum when `momentum_slot` is given, Nesterov if `nesterov`) on one variable.");
 
 REGISTER_OP("MpsMultiApplySgd")
@@ -162,29 +178,29 @@ REGISTER_OP("MpsMultiApplySgd")
     .Attr("N: int >= 1").Attr("M: int >= 0").Attr("nesterov: bool = false")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsMultiApplySgd", &kSgdSlots, 2, true))
+    .SetShapeFn(RuleShapeFn("MpsMultiApplySgd", &kSgdSlots, false, 2, true))
     .Doc("SGD on N resource variables in one call, in place.");
 
 // -------------------------------------------------------------------------- RMSProp
 REGISTER_OP("MpsApplyRmsProp")
     .Input("var: resource").Input("ms: resource").Input("mg: C * resource").Input("mom: K * resource")
-    .Input("grad: T")
+    .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
-    .Attr("C: int >= 0").Attr("K: int >= 0")
+    .Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsApplyRmsProp", &kRmsPropSlots, 4, false))
+    .SetShapeFn(RuleShapeFn("MpsApplyRmsProp", &kRmsPropSlots, true, 4, false))
     .Doc("RMSProp (centered when `mg` is given, momentum when `mom` is given) on one variable.");
 
 REGISTER_OP("MpsMultiApplyRmsProp")
     .Input("vars: N * resource").Input("mss: N * resource").Input("mgs: C * resource")
     .Input("moms: K * resource")
-    .Input("grads: N * T")
+    .Input("grads: N * T").Input("grads_sq: S * T")
     .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
-    .Attr("N: int >= 1").Attr("C: int >= 0").Attr("K: int >= 0")
+    .Attr("N: int >= 1").Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0")
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
-    .SetShapeFn(RuleShapeFn("MpsMultiApplyRmsProp", &kRmsPropSlots, 4, true))
+    .SetShapeFn(RuleShapeFn("MpsMultiApplyRmsProp", &kRmsPropSlots, true, 4, true))
     .Doc("RMSProp on N resource variables in one call, in place.");
 
 // -------------------------------------------------------------------------- kernels
@@ -213,7 +229,7 @@ class Slots {
 template <typename T>
 class OptimizerKernel : public OpKernel {
  public:
-  OptimizerKernel(OpKernelConstruction* c, const std::vector<SlotSpec>& slots, bool multi)
+  OptimizerKernel(OpKernelConstruction* c, const std::vector<SlotSpec>& slots, bool has_sq, bool multi)
       : OpKernel(c) {
     const std::string op = type_string();
     std::vector<int> lens;
@@ -224,7 +240,10 @@ class OptimizerKernel : public OpKernel {
       index += lens[g];
     }
     grads_ = {multi ? "grads" : "grad", index, n_, multi};
-    first_scalar_ = index + n_;
+    int sq = 0;
+    if (has_sq) OP_REQUIRES_OK(c, SquaresLength(c, op, multi, n_, &sq));
+    grads_sq_ = {multi ? "grads_sq" : "grad_sq", index + n_, sq, multi};
+    first_scalar_ = index + n_ + sq;
 
     std::string semantics, regularization;
     OP_REQUIRES_OK(c, c->GetAttr("semantics", &semantics));
@@ -258,12 +277,19 @@ class OptimizerKernel : public OpKernel {
       }
       TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape, grads_.Label(i),
                                                 ctx->input(grads_.Index(i)).shape()));
+      if (grads_sq_.count > 0) {
+        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape, grads_sq_.Label(i),
+                                                  ctx->input(grads_sq_.Index(i)).shape()));
+      }
     }
     return absl::OkStatus();
   }
 
   const T* grad(OpKernelContext* ctx, int i) const {
     return ctx->input(grads_.Index(i)).template flat<T>().data();
+  }
+  const T* grad_sq(OpKernelContext* ctx, int i) const {
+    return grads_sq_.count == 0 ? nullptr : ctx->input(grads_sq_.Index(i)).template flat<T>().data();
   }
   bool has(int g) const { return groups_[g].count > 0; }
   // Scalar input k (0-based, after the gradients), named for messages.
@@ -276,6 +302,7 @@ class OptimizerKernel : public OpKernel {
   int first_scalar_ = 0;
   std::vector<ArgGroup> groups_;
   ArgGroup grads_;
+  ArgGroup grads_sq_;
   Semantics semantics_ = Semantics::kKeras;
   GradientTransform gradient_;
 };
@@ -283,7 +310,7 @@ class OptimizerKernel : public OpKernel {
 template <typename T>
 class AdamOp : public OptimizerKernel<T> {
  public:
-  AdamOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kAdamSlots, multi) {}
+  AdamOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kAdamSlots, true, multi) {}
 
   void Compute(OpKernelContext* ctx) override {
     AdamParams p;
@@ -298,6 +325,7 @@ class AdamOp : public OptimizerKernel<T> {
                     this->type_string(), ": step must be >= 1 (the 1-based time step), got ", p.step)));
     p.lr = static_cast<double>(lr);
     p.amsgrad = this->has(3);
+    p.grad_sq = this->grads_sq_.count > 0;
     p.semantics = this->semantics_;
     p.gradient = this->gradient_;
 
@@ -305,7 +333,7 @@ class AdamOp : public OptimizerKernel<T> {
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
     std::vector<AdamSlots<T>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
-      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), s.size(i)};
+      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
     AdamCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
   }
@@ -314,7 +342,7 @@ class AdamOp : public OptimizerKernel<T> {
 template <typename T>
 class SgdOp : public OptimizerKernel<T> {
  public:
-  SgdOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kSgdSlots, multi) {
+  SgdOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kSgdSlots, false, multi) {
     OP_REQUIRES_OK(c, c->GetAttr("nesterov", &nesterov_));
   }
 
@@ -349,7 +377,8 @@ class SgdOp : public OptimizerKernel<T> {
 template <typename T>
 class RmsPropOp : public OptimizerKernel<T> {
  public:
-  RmsPropOp(OpKernelConstruction* c, bool multi) : OptimizerKernel<T>(c, kRmsPropSlots, multi) {}
+  RmsPropOp(OpKernelConstruction* c, bool multi)
+      : OptimizerKernel<T>(c, kRmsPropSlots, true, multi) {}
 
   void Compute(OpKernelContext* ctx) override {
     RmsPropParams p;
@@ -361,6 +390,7 @@ class RmsPropOp : public OptimizerKernel<T> {
     p.lr = static_cast<double>(lr);
     p.centered = this->has(2);
     p.use_momentum = this->has(3);
+    p.grad_sq = this->grads_sq_.count > 0;
     p.semantics = this->semantics_;
     p.gradient = this->gradient_;
 
@@ -368,7 +398,7 @@ class RmsPropOp : public OptimizerKernel<T> {
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
     std::vector<RmsPropSlots<T>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
-      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), s.size(i)};
+      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
     RmsPropCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
   }

@@ -73,21 +73,43 @@ def _as_list(op: str, name: str, values, n: int | None, *, optional: bool = Fals
     return values
 
 
-def _dense_gradient(op: str, name: str, g, var: tf.Variable):
-    """The gradient as a dense tensor of the variable's dtype (IndexedSlices summed)."""
+def _dense_gradient(op: str, name: str, g, var: tf.Variable, keras_squares: bool):
+    """The gradient as a dense tensor of the variable's dtype, IndexedSlices summed.
+
+    Returns (g, g_sq): g_sq is None for a dense gradient. For an IndexedSlices gradient
+    with `keras_squares`, g_sq is the sum over duplicate indices of each slice squared,
+    which is what Keras's second-moment updates see (ops.square acts on the slices before
+    they are summed): with repeated indices it differs from g*g.
+    """
+    g_sq = None
     if isinstance(g, tf.IndexedSlices):
-        rows = tf.math.unsorted_segment_sum(g.values, g.indices, tf.shape(var, out_type=g.indices.dtype)[0])
-        g = tf.reshape(rows, tf.shape(var))
+        if g.values.dtype != var.dtype:
+            raise _invalid(
+                f"{op}: {name} has dtype {g.values.dtype.name} but its variable holds "
+                f"{var.dtype.name}; cast the gradient (Keras's optimizers do)"
+            )
+        rows = tf.shape(var, out_type=g.indices.dtype)[0]
+        if keras_squares:
+            g_sq = tf.reshape(tf.math.unsorted_segment_sum(tf.square(g.values), g.indices, rows), tf.shape(var))
+        g = tf.reshape(tf.math.unsorted_segment_sum(g.values, g.indices, rows), tf.shape(var))
     g = tf.convert_to_tensor(g)
     if g.dtype != var.dtype:
         raise _invalid(
             f"{op}: {name} has dtype {g.dtype.name} but its variable holds {var.dtype.name}; "
             "cast the gradient (Keras's optimizers do) or pass a variable of that dtype"
         )
-    return g
+    return g, g_sq
 
 
-def _common(op: str, variables, grads, slot_lists):
+def _split_by_squares(grad_sq_list):
+    """Index groups for separate op calls: a multi-tensor call takes squared-gradient
+    sums for all of its variables or for none."""
+    with_sq = [i for i, s in enumerate(grad_sq_list) if s is not None]
+    without = [i for i, s in enumerate(grad_sq_list) if s is None]
+    return [(idx, flag) for idx, flag in ((without, False), (with_sq, True)) if idx]
+
+
+def _common(op: str, variables, grads, slot_lists, keras_squares=False):
     """Normalizes the variable/gradient/slot lists of one call, or raises naming the argument."""
     multi = isinstance(variables, (list, tuple))
     base = "MpsMulti" + op if multi else "Mps" + op
@@ -110,10 +132,12 @@ def _common(op: str, variables, grads, slot_lists):
                 "one call updates variables of one dtype"
             )
     grad_list = _as_list(base, names[1], grads, n)
-    grad_list = [
-        _dense_gradient(base, f"{names[1]}[{i}]" if multi else names[1], g, v)
+    pairs = [
+        _dense_gradient(base, f"{names[1]}[{i}]" if multi else names[1], g, v, keras_squares)
         for i, (g, v) in enumerate(zip(grad_list, var_list))
     ]
+    grad_list = [g for g, _ in pairs]
+    grad_sq_list = [s for _, s in pairs]
     slots = []
     for (single, plural, optional), values in slot_lists:
         name = plural if multi else single
@@ -124,7 +148,7 @@ def _common(op: str, variables, grads, slot_lists):
                 for i, v in enumerate(values)
             ]
         )
-    return multi, base, var_list, grad_list, slots, dtype
+    return multi, base, var_list, grad_list, grad_sq_list, slots, dtype
 
 
 def _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
@@ -145,6 +169,19 @@ def _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularizati
             raise _invalid(f"{op}: gradient_clip must be (min, max) with min <= max, got {gradient_clip!r}")
         attrs.update(clip_gradient=True, gradient_clip_min=float(lo), gradient_clip_max=float(hi))
     return attrs
+
+
+def _keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization):
+    return semantics == "keras" and gradient_rescale == 1.0 and gradient_clip is None and regularization in (
+        None, "none")
+
+
+def _run(multi, groups, call):
+    """Runs call(indices, with_sq) per group; returns the op (graph) or None (eager)."""
+    results = [call(idx, with_sq) for idx, with_sq in groups]
+    if not multi or len(results) == 1:
+        return results[0]
+    return tf.group(*[r for r in results if r is not None]) if not tf.executing_eagerly() else None
 
 
 def _scalar(x, dtype):
@@ -202,9 +239,10 @@ def apply_adam(
     Returns:
       The op (None in eager mode, where the update has happened).
     """
-    multi, op, var_list, grad_list, slots, dtype = _common(
+    multi, op, var_list, grad_list, grad_sq_list, slots, dtype = _common(
         "ApplyAdam", variables, grads,
         [(("m", "ms", False), ms), (("v", "vs", False), vs), (("vhat", "vhats", True), vhats)],
+        keras_squares=_keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
     )
     attrs = _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
     lib = _lib.load()
@@ -217,13 +255,20 @@ def apply_adam(
         **attrs,
     )
     handles = [v.handle for v in var_list]
-    if multi:
-        return lib.mps_multi_apply_adam(
-            vars=handles, ms=slots[0], vs=slots[1], vhats=slots[2], grads=grad_list, **common
+
+    def call(idx, with_sq):
+        pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
+        sq = pick(grad_sq_list) if with_sq else []
+        if multi:
+            return lib.mps_multi_apply_adam(
+                vars=pick(handles), ms=pick(slots[0]), vs=pick(slots[1]), vhats=pick(slots[2]),
+                grads=pick(grad_list), grads_sq=sq, **common,
+            )
+        return lib.mps_apply_adam(
+            var=handles[0], m=slots[0][0], v=slots[1][0], vhat=slots[2], grad=grad_list[0], grad_sq=sq, **common
         )
-    return lib.mps_apply_adam(
-        var=handles[0], m=slots[0][0], v=slots[1][0], vhat=slots[2], grad=grad_list[0], **common
-    )
+
+    return _run(multi, _split_by_squares(grad_sq_list), call)
 
 
 def apply_sgd(
@@ -258,7 +303,7 @@ def apply_sgd(
       momentums: momentum slots (same form as ``variables``) or None for plain SGD.
       nesterov: Nesterov momentum (needs ``momentums``).
     """
-    multi, op, var_list, grad_list, slots, dtype = _common(
+    multi, op, var_list, grad_list, _, slots, dtype = _common(
         "ApplySgd", variables, grads, [(("momentum_slot", "momentums", True), momentums)]
     )
     attrs = _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
@@ -304,13 +349,14 @@ def apply_rmsprop(
       average_gradients: the ``a`` slots (centered) or None.
       momentums: the ``mom`` slots or None.
     """
-    multi, op, var_list, grad_list, slots, dtype = _common(
+    multi, op, var_list, grad_list, grad_sq_list, slots, dtype = _common(
         "ApplyRmsProp", variables, grads,
         [
             (("ms", "mss", False), velocities),
             (("mg", "mgs", True), average_gradients),
             (("mom", "moms", True), momentums),
         ],
+        keras_squares=_keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
     )
     attrs = _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
     lib = _lib.load()
@@ -318,13 +364,20 @@ def apply_rmsprop(
     common = dict(
         lr=_scalar(learning_rate, dtype), rho=_f64(rho), momentum=_f64(momentum), epsilon=_f64(epsilon), **attrs
     )
-    if multi:
-        return lib.mps_multi_apply_rms_prop(
-            vars=handles, mss=slots[0], mgs=slots[1], moms=slots[2], grads=grad_list, **common
+
+    def call(idx, with_sq):
+        pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
+        sq = pick(grad_sq_list) if with_sq else []
+        if multi:
+            return lib.mps_multi_apply_rms_prop(
+                vars=pick(handles), mss=pick(slots[0]), mgs=pick(slots[1]), moms=pick(slots[2]),
+                grads=pick(grad_list), grads_sq=sq, **common,
+            )
+        return lib.mps_apply_rms_prop(
+            var=handles[0], ms=slots[0][0], mg=slots[1], mom=slots[2], grad=grad_list[0], grad_sq=sq, **common
         )
-    return lib.mps_apply_rms_prop(
-        var=handles[0], ms=slots[0][0], mg=slots[1], mom=slots[2], grad=grad_list[0], **common
-    )
+
+    return _run(multi, _split_by_squares(grad_sq_list), call)
 
 
 for _name in (

@@ -1,0 +1,53 @@
+"""Shared test configuration: tolerances (stated once, here), hypothesis profiles, and
+the device parameter every op test runs under."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Relative tolerances by dtype, for comparisons that are not expected to be bit-exact.
+RTOL = {np.float32: 1e-6, np.float64: 1e-12}
+# Against a float64 NumPy reference, float32 results differ by accumulated rounding.
+RTOL_VS_FLOAT64 = {np.float32: 2e-5, np.float64: 1e-12}
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+# Devices the op tests run on. The simulated tf-mps device joins this list once the
+# device plugin exists (issue: PluggableDevice); until then, the CPU only.
+DEVICES = ["/CPU:0"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    import tensorflow as tf
+
+    with tf.device(request.param):
+        yield request.param
+
+
+def assert_rel_close(actual, expected, rtol, what=""):
+    """Norm-wise relative error: max|actual - expected| <= rtol * max|expected|.
+
+    The measure used for "matches to 1e-6 relative": element-wise relative error is
+    meaningless for elements that pass near zero."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    err = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    assert actual.shape == expected.shape, f"{what}: shapes {actual.shape} vs {expected.shape}"
+    assert err <= rtol * scale, f"{what}: max |diff| {err:.3g} > {rtol:g} * max |expected| {scale:.3g}"
+
+
+def assert_close(actual, expected, rtol, atol=0.0, what=""):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)

@@ -1,0 +1,64 @@
+"""Float64 NumPy references of the optimizer rules, written from the equations in
+ops/optim/optim.h and ../shared/MPS_REFERENCE.md (not from the kernels)."""
+
+import numpy as np
+
+
+def transform_gradient(g, w, rescale=1.0, clip=None, regularization=None, scale=0.0):
+    """MPSNNOptimizerDescriptor: rescale, then clip, then regularize."""
+    g = g * rescale
+    if clip is not None:
+        g = np.clip(g, clip[0], clip[1])
+    if regularization == "l1":
+        g = g + scale * np.sign(w)
+    elif regularization == "l2":
+        g = g + scale * w
+    return g
+
+
+def adam(w, m, v, vhat, g, lr, t, beta1, beta2, eps, semantics):
+    """One Adam step; returns new (w, m, v, vhat). vhat is None without AMSGrad."""
+    alpha = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    denom_v = v
+    if vhat is not None:
+        vhat = np.maximum(vhat, v)
+        denom_v = vhat
+    w = w - alpha * m / (np.sqrt(denom_v) + eps)
+    return w, m, v, vhat
+
+
+def sgd(w, mom, g, lr, mu, nesterov, semantics):
+    """One SGD step; returns new (w, mom). mom is None for plain SGD."""
+    if mom is None:
+        return w - lr * g, None
+    if semantics == "keras":
+        mom = mu * mom - lr * g
+        w = w + (mu * mom - lr * g if nesterov else mom)
+    elif nesterov:
+        mom = mu * mom + g
+        w = w - lr * (g + mu * mom)
+    else:
+        mom = mu * mom + lr * g
+        w = w - mom
+    return w, mom
+
+
+def rmsprop(w, s, a, mom, g, lr, rho, mu, eps, semantics):
+    """One RMSProp step; returns new (w, s, a, mom); a/mom None when off."""
+    s = rho * s + (1 - rho) * g * g
+    var = s
+    if a is not None:
+        a = rho * a + (1 - rho) * g
+        var = s - a * a
+    if semantics == "keras":
+        inc = lr * g / np.sqrt(var + eps)
+    else:
+        inc = lr * g / (np.sqrt(var) + eps)
+    if mom is not None:
+        mom = mu * mom + inc
+        w = w - mom
+    else:
+        w = w - inc
+    return w, s, a, mom
