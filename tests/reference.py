@@ -17,8 +17,15 @@ def transform_gradient(g, w, rescale=1.0, clip=None, regularization=None, scale=
 
 
 def adam(w, m, v, vhat, g, lr, t, beta1, beta2, eps, semantics):
-    """One Adam step; returns new (w, m, v, vhat). vhat is None without AMSGrad."""
-    alpha = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+    """One Adam step; returns new (w, m, v, vhat). vhat is None without AMSGrad.
+
+    Keras computes beta**t from ops.cast(beta, dtype), which rounds the Python float
+    through float32 even for float64 variables; its semantics keeps that rounding."""
+    if semantics == "keras":
+        beta1_pow, beta2_pow = float(np.float32(beta1)) ** t, float(np.float32(beta2)) ** t
+    else:
+        beta1_pow, beta2_pow = beta1**t, beta2**t
+    alpha = lr * np.sqrt(1 - beta2_pow) / (1 - beta1_pow)
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
     denom_v = v

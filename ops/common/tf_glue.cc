@@ -48,7 +48,10 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
       absl::Status s = tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, index), &var);
       if (!s.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            op, ": ", g.Label(i), " does not refer to a live resource variable: ", s.message()));
+            op, ": ", g.Label(i),
+            " does not refer to a live resource variable (deleted, never initialized, or not a "
+            "variable): ",
+            s.message()));
       }
       auto [it, inserted] = seen.emplace(var.get(), g.Label(i));
       if (!inserted) {

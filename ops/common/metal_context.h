@@ -1,0 +1,68 @@
+// The process-wide Metal context (macOS only; metal_context.mm): one device, one command
+// queue, and the table that maps host pointers back to the MTLBuffers holding them.
+//
+// On Apple silicon every tensor of the tf-mps device lives in a unified-memory MTLBuffer
+// (MTLResourceStorageModeShared): the device plugin's allocator creates it, registers
+// it here, and hands TensorFlow the buffer's `contents` pointer (or a pointer inside it).
+// A Metal backend that receives plain pointers through the backend seam finds their
+// buffers with FindBuffer; a pointer that is not in a registered buffer (host memory of
+// the CPU device, say) makes the backend return kUnsupported, and the caller runs the
+// CPU backend on the same memory.
+//
+// Plain C++ for C++ callers; the accessors that return Objective-C types are declared
+// only when compiled as Objective-C++ (__OBJC__).
+#ifndef TFMPS_COMMON_METAL_CONTEXT_H_
+#define TFMPS_COMMON_METAL_CONTEXT_H_
+
+#include <cstddef>
+
+#ifdef __OBJC__
+#import <Metal/Metal.h>
+#endif
+
+namespace tfmps {
+namespace metal {
+
+// A registered buffer, as an opaque handle (a bridged, not retained, id<MTLBuffer>),
+// and the byte offset of the looked-up pointer inside it.
+struct BufferRef {
+  void* buffer = nullptr;
+  size_t offset = 0;
+  bool found() const { return buffer != nullptr; }
+};
+
+// True when the system has a Metal device. Creates the context on first use.
+bool Available();
+
+// Records that [base, base + length) is the contents of `mtl_buffer_bridged` (a
+// `(__bridge void*)` id<MTLBuffer>). The table retains the buffer until
+// UnregisterBuffer(base). Registering an already registered base replaces the entry.
+void RegisterBuffer(void* base, size_t length, void* mtl_buffer_bridged);
+void UnregisterBuffer(void* base);
+
+// The buffer that holds all of [ptr, ptr + bytes), or a BufferRef that is not found().
+// The handle stays valid while the buffer is registered: the allocator unregisters a
+// buffer only when TensorFlow frees it, which cannot happen while a kernel holds the
+// tensor.
+BufferRef FindBuffer(const void* ptr, size_t bytes);
+
+// For the allocator: a new zero-filled shared-storage buffer of `length` bytes,
+// registered; returns its contents, or nullptr (no device, or out of memory).
+void* AllocateSharedBuffer(size_t length);
+// Unregisters (and so releases) a buffer from AllocateSharedBuffer.
+void FreeSharedBuffer(void* base);
+
+#ifdef __OBJC__
+// nil when !Available(). Every tf-mps GPU command goes through this one queue, so that
+// work submitted by different kernels runs in submission order.
+id<MTLDevice> Device();
+id<MTLCommandQueue> Queue();
+inline id<MTLBuffer> BufferOf(const BufferRef& ref) {
+  return (__bridge id<MTLBuffer>)ref.buffer;
+}
+#endif
+
+}  // namespace metal
+}  // namespace tfmps
+
+#endif  // TFMPS_COMMON_METAL_CONTEXT_H_

@@ -1,0 +1,97 @@
+// The process-wide Metal context and buffer table (see metal_context.h). Built with ARC.
+#import <Metal/Metal.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "ops/common/metal_context.h"
+
+namespace tfmps {
+namespace metal {
+namespace {
+
+struct Context {
+  id<MTLDevice> device;
+  id<MTLCommandQueue> queue;
+};
+
+// Created on first use (a C++ static: thread-safe initialization), never destroyed, so
+// that kernels running during interpreter shutdown still find it.
+const Context& GetContext() {
+  static const Context* context = [] {
+    Context* c = new Context();
+    c->device = MTLCreateSystemDefaultDevice();
+    c->queue = c->device != nil ? [c->device newCommandQueue] : nil;
+    return c;
+  }();
+  return *context;
+}
+
+struct Entry {
+  size_t length;
+  id<MTLBuffer> buffer;  // strong: the table keeps registered buffers alive
+};
+
+// Keyed by base address, so the entry that may contain p is the last one with base <= p.
+struct Table {
+  std::mutex mu;
+  std::map<uintptr_t, Entry> entries;
+};
+
+Table& GetTable() {
+  static Table* table = new Table();
+  return *table;
+}
+
+}  // namespace
+
+bool Available() { return GetContext().queue != nil; }
+
+id<MTLDevice> Device() { return GetContext().device; }
+
+id<MTLCommandQueue> Queue() { return GetContext().queue; }
+
+void RegisterBuffer(void* base, size_t length, void* mtl_buffer_bridged) {
+  Table& t = GetTable();
+  std::lock_guard<std::mutex> lock(t.mu);
+  t.entries[reinterpret_cast<uintptr_t>(base)] =
+      Entry{length, (__bridge id<MTLBuffer>)mtl_buffer_bridged};
+}
+
+void UnregisterBuffer(void* base) {
+  Table& t = GetTable();
+  std::lock_guard<std::mutex> lock(t.mu);
+  t.entries.erase(reinterpret_cast<uintptr_t>(base));
+}
+
+BufferRef FindBuffer(const void* ptr, size_t bytes) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  Table& t = GetTable();
+  std::lock_guard<std::mutex> lock(t.mu);
+  auto it = t.entries.upper_bound(p);
+  if (it == t.entries.begin()) return {};
+  --it;
+  const size_t offset = p - it->first;
+  // Written so that no sum can overflow.
+  if (offset > it->second.length || bytes > it->second.length - offset) return {};
+  return BufferRef{(__bridge void*)it->second.buffer, offset};
+}
+
+void* AllocateSharedBuffer(size_t length) {
+  id<MTLDevice> device = Device();
+  if (device == nil) return nullptr;
+  // Shared storage: one allocation that the CPU and the GPU both address, which is what
+  // lets CPU kernels and the CPU fallback run on the same tensors without copies.
+  id<MTLBuffer> buffer = [device newBufferWithLength:length
+                                             options:MTLResourceStorageModeShared];
+  if (buffer == nil) return nullptr;
+  void* base = [buffer contents];
+  RegisterBuffer(base, [buffer length], (__bridge void*)buffer);
+  return base;
+}
+
+void FreeSharedBuffer(void* base) { UnregisterBuffer(base); }
+
+}  // namespace metal
+}  // namespace tfmps

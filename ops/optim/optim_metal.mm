@@ -1,0 +1,324 @@
+// Metal backend of the optim family: MPSNNOptimizer{Adam,StochasticGradientDescent,
+// RMSProp} on MPSVectors that alias the variables' unified-memory MTLBuffers. Built with
+// ARC. Nothing here has run on a Mac yet: it is type-checked on Linux only.
+//
+// What MPS runs exactly, and why the rest returns kUnsupported (formulas: optim.h, and
+// Apple's MPSNNOptimizers.h, which MPS_REFERENCE.md summarizes):
+//  * Semantics::kMps is MPS's own rule set: Adam (and AMSGrad), SGD (plain, momentum,
+//    Nesterov) and plain RMSProp run here. Centered or momentum RMSProp have no MPS
+//    class.
+//  * Semantics::kKeras promises Keras's rounding, operation for operation.
+//    - Plain SGD: w - g*lr is the same product and difference in both rule sets: runs.
+//    - SGD momentum/Nesterov: Keras keeps the momentum slot with the opposite sign
+//      (m = mu*m - lr*g, w += m; MPS: m = mu*m + lr*g, w -= m) and Keras Nesterov uses
+//      a different update; the slot contents themselves would differ.
+//    - RMSProp: Keras divides by sqrt(s + eps), MPS by sqrt(s) + eps.
+//    - Adam: algebraically MPS's formula, but not Keras's rounding: Keras raises
+//      float32(beta) to the power t in float32, MPS takes beta as double (its beta1 and
+//      beta2 properties are double). float32(0.999) alone moves 1 - beta2, and so the
+//      step size, by 1.3e-5 relative at t = 1, far beyond float rounding; the moment
+//      updates are also rounded in a different order (m + (g - m)*(1 - b1)).
+//  * grad_sq (the sum of squares Keras uses for sparse gradients): MPS squares g itself.
+//  * Gradient options: Apple's header documents the clip bounds as applied "before
+//    rescaling", the reverse of optim.h's order (rescale, then clip). The orders agree
+//    when rescale == 1 or clipping is off; clip with rescale != 1 stays unsupported
+//    until a Mac settles which one MPS does.
+//  * Pointers outside registered MTLBuffers, or not 16-byte aligned inside them: Metal
+//    wants buffer offsets aligned to the widest type the kernel reads (up to 16 bytes),
+//    and MPS reads float4 where it can.
+// Caveat for a Mac run to settle: the Metal compiler may contract a*b + c into an fma
+// (one rounding instead of two), so even plain SGD may differ from Keras in the last bit.
+#import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ops/common/metal_context.h"
+#include "ops/optim/optim.h"
+
+namespace tfmps {
+namespace optim {
+namespace {
+
+constexpr size_t kOffsetAlignment = 16;
+
+// ------------------------------------------------------------------ argument mapping
+std::string GradientUnsupported(const GradientTransform& g) {
+  if (g.clip && g.rescale != 1.0f) {
+    return "gradient clipping together with rescale != 1 (MPS's order of the two is "
+           "not settled)";
+  }
+  return "";
+}
+
+MPSNNRegularizationType ToMps(Regularization r) {
+  switch (r) {
+    case Regularization::kL1: return MPSNNRegularizationTypeL1;
+    case Regularization::kL2: return MPSNNRegularizationTypeL2;
+    case Regularization::kNone: break;
+  }
+  return MPSNNRegularizationTypeNone;
+}
+
+MPSNNOptimizerDescriptor* MakeDescriptor(const GradientTransform& g, double lr) {
+  return [MPSNNOptimizerDescriptor optimizerDescriptorWithLearningRate:static_cast<float>(lr)
+                                                       gradientRescale:g.rescale
+                                                 applyGradientClipping:g.clip
+                                                       gradientClipMax:g.clip_max
+                                                       gradientClipMin:g.clip_min
+                                                    regularizationType:ToMps(g.regularization)
+                                                   regularizationScale:g.regularization_scale];
+}
+
+// A float vector of n elements over the buffer that holds p, in place; nil if p is not
+// in a registered buffer or is misaligned there.
+MPSVector* Wrap(const void* p, int64_t n) {
+  const metal::BufferRef ref = metal::FindBuffer(p, static_cast<size_t>(n) * sizeof(float));
+  if (!ref.found() || ref.offset % kOffsetAlignment != 0) return nil;
+  MPSVectorDescriptor* d = [MPSVectorDescriptor vectorDescriptorWithLength:static_cast<NSUInteger>(n)
+                                                                  dataType:MPSDataTypeFloat32];
+  return [[MPSVector alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+}
+
+BackendStatus NotInBuffer(const char* op, size_t index) {
+  return BackendStatus::Unsupported(std::string(op) + ": variable " + std::to_string(index) +
+                                    " or one of its slots is not in a 16-byte aligned, "
+                                    "registered Metal buffer");
+}
+
+// --------------------------------------------------------------- optimizer cache
+// MPS optimizer objects, keyed by everything fixed at creation. The learning rate and
+// Adam's time step change every call and are set on the cached object instead, under
+// the entry's lock, which is held until the last variable is encoded.
+struct Key {
+  int kind;
+  double a, b, c;
+  bool flag;
+  float rescale, clip_min, clip_max, regularization_scale;
+  bool clip;
+  int regularization;
+
+  bool operator<(const Key& o) const {
+    return std::tie(kind, a, b, c, flag, rescale, clip_min, clip_max, regularization_scale,
+                    clip, regularization) <
+           std::tie(o.kind, o.a, o.b, o.c, o.flag, o.rescale, o.clip_min, o.clip_max,
+                    o.regularization_scale, o.clip, o.regularization);
+  }
+};
+
+Key MakeKey(int kind, double a, double b, double c, bool flag, const GradientTransform& g) {
+  // Unused options are zeroed so that they do not split the cache.
+  const bool reg = g.regularization != Regularization::kNone;
+  return Key{kind, a, b, c, flag, g.rescale, g.clip ? g.clip_min : 0.0f,
+             g.clip ? g.clip_max : 0.0f, reg ? g.regularization_scale : 0.0f, g.clip,
+             static_cast<int>(g.regularization)};
+}
+
+struct Cached {
+  std::mutex mu;
+  MPSNNOptimizer* optimizer = nil;
+};
+
+// Grows by one entry per distinct set of hyper-parameters; never shrinks.
+Cached& GetCached(const Key& key, const std::function<MPSNNOptimizer*()>& make) {
+  static std::mutex mu;
+  static auto* cache = new std::map<Key, std::unique_ptr<Cached>>();
+  std::lock_guard<std::mutex> lock(mu);
+  std::unique_ptr<Cached>& entry = (*cache)[key];
+  if (!entry) {
+    entry = std::make_unique<Cached>();
+    entry->optimizer = make();
+  }
+  return *entry;
+}
+
+// ---------------------------------------------------------------------- submit
+// One command buffer for the whole list, committed and waited for: when this returns,
+// the CPU (and any later kernel) sees the updated variables in unified memory.
+BackendStatus Submit(const char* op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
+  id<MTLCommandBuffer> cb = [metal::Queue() commandBuffer];
+  if (cb == nil) return BackendStatus::Internal(std::string(op) + ": no Metal command buffer");
+  encode(cb);
+  [cb commit];
+  [cb waitUntilCompleted];
+  if ([cb status] == MTLCommandBufferStatusCompleted) return BackendStatus::Ok();
+  NSError* error = [cb error];
+  const char* what = error != nil ? [[error localizedDescription] UTF8String] : nullptr;
+  return BackendStatus::Internal(std::string(op) + ": Metal command buffer failed: " +
+                                 (what != nullptr ? what : "no error reported"));
+}
+
+BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool grad_sq,
+                       const GradientTransform& g) {
+  if (semantics == Semantics::kKeras && !keras_ok) {
+    return BackendStatus::Unsupported(std::string(op) +
+                                      ": Keras semantics differ from MPS's formula");
+  }
+  if (grad_sq) {
+    return BackendStatus::Unsupported(std::string(op) + ": grad_sq (MPS squares g itself)");
+  }
+  const std::string why = GradientUnsupported(g);
+  if (!why.empty()) return BackendStatus::Unsupported(std::string(op) + ": " + why);
+  if (!metal::Available()) return BackendStatus::Unsupported(std::string(op) + ": no Metal device");
+  return BackendStatus::Ok();
+}
+
+enum Kind { kAdam, kSgd, kRmsProp };
+
+}  // namespace
+
+// -------------------------------------------------------------------------- Adam
+BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>& vars) {
+  const char* op = "MPSNNOptimizerAdam";
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq, p.gradient);
+  if (!s.ok()) return s;
+  @autoreleasepool {
+    struct Vectors {
+      MPSVector *var, *m, *v, *vhat, *grad;
+    };
+    std::vector<Vectors> vecs;
+    for (size_t i = 0; i < vars.size(); ++i) {
+      const AdamSlots<float>& x = vars[i];
+      if (x.size == 0) continue;
+      Vectors w{Wrap(x.var, x.size), Wrap(x.m, x.size), Wrap(x.v, x.size),
+                p.amsgrad ? Wrap(x.vhat, x.size) : nil, Wrap(x.grad, x.size)};
+      if (w.var == nil || w.m == nil || w.v == nil || w.grad == nil || (p.amsgrad && w.vhat == nil)) {
+        return NotInBuffer(op, i);
+      }
+      vecs.push_back(w);
+    }
+    if (vecs.empty()) return BackendStatus::Ok();
+    Cached& cached = GetCached(MakeKey(kAdam, p.beta1, p.beta2, p.epsilon, false, p.gradient), [&] {
+      return [[MPSNNOptimizerAdam alloc] initWithDevice:metal::Device()
+                                                  beta1:p.beta1
+                                                  beta2:p.beta2
+                                                epsilon:static_cast<float>(p.epsilon)
+                                               timeStep:0
+                                    optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+    });
+    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+      std::lock_guard<std::mutex> lock(cached.mu);
+      MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached.optimizer;
+      [adam setLearningRate:static_cast<float>(p.lr)];
+      for (const Vectors& w : vecs) {
+        // Every encode advances timeStep before using it, so each variable is set to
+        // step - 1 to be updated with t = step.
+        adam.timeStep = static_cast<NSUInteger>(p.step - 1);
+        if (p.amsgrad) {
+          [adam encodeToCommandBuffer:cb
+                  inputGradientVector:w.grad
+                    inputValuesVector:w.var
+                  inputMomentumVector:w.m
+                  inputVelocityVector:w.v
+                maximumVelocityVector:w.vhat
+                   resultValuesVector:w.var];
+        } else {
+          [adam encodeToCommandBuffer:cb
+                  inputGradientVector:w.grad
+                    inputValuesVector:w.var
+                  inputMomentumVector:w.m
+                  inputVelocityVector:w.v
+                   resultValuesVector:w.var];
+        }
+      }
+    });
+  }
+}
+
+// --------------------------------------------------------------------------- SGD
+BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& vars) {
+  const char* op = "MPSNNOptimizerStochasticGradientDescent";
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/!p.use_momentum, false, p.gradient);
+  if (!s.ok()) return s;
+  @autoreleasepool {
+    struct Vectors {
+      MPSVector *var, *momentum, *grad;
+    };
+    std::vector<Vectors> vecs;
+    for (size_t i = 0; i < vars.size(); ++i) {
+      const SgdSlots<float>& x = vars[i];
+      if (x.size == 0) continue;
+      // A nil momentum vector is MPS's plain rule, w -= lr*g.
+      Vectors w{Wrap(x.var, x.size), p.use_momentum ? Wrap(x.momentum, x.size) : nil,
+                Wrap(x.grad, x.size)};
+      if (w.var == nil || w.grad == nil || (p.use_momentum && w.momentum == nil)) {
+        return NotInBuffer(op, i);
+      }
+      vecs.push_back(w);
+    }
+    if (vecs.empty()) return BackendStatus::Ok();
+    const double mu = p.use_momentum ? p.momentum : 0.0;
+    const bool nesterov = p.use_momentum && p.nesterov;
+    Cached& cached = GetCached(MakeKey(kSgd, mu, 0.0, 0.0, nesterov, p.gradient), [&] {
+      return [[MPSNNOptimizerStochasticGradientDescent alloc]
+                initWithDevice:metal::Device()
+                 momentumScale:static_cast<float>(mu)
+           useNesterovMomentum:nesterov
+           optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+    });
+    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+      std::lock_guard<std::mutex> lock(cached.mu);
+      MPSNNOptimizerStochasticGradientDescent* sgd =
+          (MPSNNOptimizerStochasticGradientDescent*)cached.optimizer;
+      [sgd setLearningRate:static_cast<float>(p.lr)];
+      for (const Vectors& w : vecs) {
+        [sgd encodeToCommandBuffer:cb
+               inputGradientVector:w.grad
+                 inputValuesVector:w.var
+               inputMomentumVector:w.momentum
+                resultValuesVector:w.var];
+      }
+    });
+  }
+}
+
+// ----------------------------------------------------------------------- RMSProp
+BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlots<float>>& vars) {
+  const char* op = "MPSNNOptimizerRMSProp";
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq, p.gradient);
+  if (!s.ok()) return s;
+  if (p.centered || p.use_momentum) {
+    return BackendStatus::Unsupported(std::string(op) + ": centered or momentum RMSProp");
+  }
+  @autoreleasepool {
+    struct Vectors {
+      MPSVector *var, *ms, *grad;
+    };
+    std::vector<Vectors> vecs;
+    for (size_t i = 0; i < vars.size(); ++i) {
+      const RmsPropSlots<float>& x = vars[i];
+      if (x.size == 0) continue;
+      Vectors w{Wrap(x.var, x.size), Wrap(x.ms, x.size), Wrap(x.grad, x.size)};
+      if (w.var == nil || w.ms == nil || w.grad == nil) return NotInBuffer(op, i);
+      vecs.push_back(w);
+    }
+    if (vecs.empty()) return BackendStatus::Ok();
+    Cached& cached = GetCached(MakeKey(kRmsProp, p.rho, p.epsilon, 0.0, false, p.gradient), [&] {
+      return [[MPSNNOptimizerRMSProp alloc] initWithDevice:metal::Device()
+                                                     decay:p.rho
+                                                   epsilon:static_cast<float>(p.epsilon)
+                                       optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+    });
+    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+      std::lock_guard<std::mutex> lock(cached.mu);
+      MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached.optimizer;
+      [rms setLearningRate:static_cast<float>(p.lr)];
+      for (const Vectors& w : vecs) {
+        [rms encodeToCommandBuffer:cb
+               inputGradientVector:w.grad
+                 inputValuesVector:w.var
+           inputSumOfSquaresVector:w.ms
+                resultValuesVector:w.var];
+      }
+    });
+  }
+}
+
+}  // namespace optim
+}  // namespace tfmps
