@@ -5,10 +5,11 @@ import numpy as np
 
 
 def transform_gradient(g, w, rescale=1.0, clip=None, regularization=None, scale=0.0):
-    """MPSNNOptimizerDescriptor: rescale, then clip, then regularize."""
-    g = g * rescale
+    """MPSNNOptimizerDescriptor: clip ("before gradient is rescaled", Apple's
+    documentation), then rescale, then regularize."""
     if clip is not None:
         g = np.clip(g, clip[0], clip[1])
+    g = g * rescale
     if regularization == "l1":
         g = g + scale * np.sign(w)
     elif regularization == "l2":

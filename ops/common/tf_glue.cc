@@ -34,8 +34,9 @@ LockedVariables::~LockedVariables() {
 absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<ArgGroup>& groups,
                                       tensorflow::DataType dtype) {
   const std::string op = ctx->op_kernel().type_string();
-  std::map<const Var*, std::string> seen;  // variable -> the argument that named it first
-  for (const ArgGroup& g : groups) {
+  std::map<const Var*, std::pair<int, int>> seen;  // variable -> (group, entry) naming it first
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const ArgGroup& g = groups[gi];
     offsets_.push_back(static_cast<int>(vars_.size()));
     for (int i = 0; i < g.count; ++i) {
       const int index = g.Index(i);
@@ -53,10 +54,11 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
             "variable): ",
             s.message()));
       }
-      auto [it, inserted] = seen.emplace(var.get(), g.Label(i));
+      auto [it, inserted] = seen.emplace(var.get(), std::make_pair(static_cast<int>(gi), i));
       if (!inserted) {
+        const auto [first_group, first_entry] = it->second;
         return absl::InvalidArgumentError(absl::StrCat(
-            op, ": ", it->second, " and ", g.Label(i),
+            op, ": ", groups[first_group].Label(first_entry), " and ", g.Label(i),
             " are the same variable; every variable and optimizer slot must be distinct"));
       }
       vars_.push_back(std::move(var));
@@ -105,13 +107,12 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
   return absl::OkStatus();
 }
 
-absl::Status CheckSameShape(const OpKernelContext* ctx, const std::string& a,
-                            const tensorflow::TensorShape& shape, const std::string& b,
-                            const tensorflow::TensorShape& other) {
+absl::Status CheckSameShape(const OpKernelContext* ctx, const ArgGroup& a, const ArgGroup& b, int i,
+                            const tensorflow::TensorShape& shape, const tensorflow::TensorShape& other) {
   if (shape == other) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      ctx->op_kernel().type_string(), ": ", a, " and ", b, " do not have the same shape: ",
-      shape.DebugString(), " vs ", other.DebugString()));
+      ctx->op_kernel().type_string(), ": ", a.Label(i), " and ", b.Label(i),
+      " do not have the same shape: ", shape.DebugString(), " vs ", other.DebugString()));
 }
 
 absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,

@@ -71,9 +71,11 @@ class LockedVariables {
   std::vector<tsl::mutex*> locked_;
 };
 
-// Checks that `t` has `shape`; message: "<op>: <a> and <b> do not have the same shape: [..] vs [..]".
-absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const std::string& a,
-                            const tensorflow::TensorShape& shape, const std::string& b,
+// Checks that entry i of `a` (with `shape`) and entry i of `b` (with `other`) agree;
+// message: "<op>: vars[i] and grads[i] do not have the same shape: [..] vs [..]".
+// Labels are only built on failure: this runs for every variable of every step.
+absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const ArgGroup& a, const ArgGroup& b,
+                            int i, const tensorflow::TensorShape& shape,
                             const tensorflow::TensorShape& other);
 
 // Shape-function helper: merges the shapes of the variables behind resource handles at

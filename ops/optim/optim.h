@@ -1,7 +1,7 @@
 // Fused optimizer updates: the backend interface of the optim family.
 //
 // Every update first transforms the gradient as MPSNNOptimizerDescriptor does
-// (rescale, then clip, then regularize; see GradientTransform), then applies one of
+// (clip, then rescale, then regularize; see GradientTransform), then applies one of
 // two documented rule sets:
 //
 //  * Semantics::kKeras -- Keras 3's update_step, operation for operation (same
@@ -12,10 +12,11 @@
 //    (RMSProp centered/momentum) in the same style. Documented in docs/optimizers.md.
 //
 // Adam (t = step, 1-based):
-//   keras: b1p = b1^t, b2p = b2^t (rounded to T); alpha = lr*sqrt(1-b2p)/(1-b1p)
+//   keras: b1p = b1^t, b2p = b2^t (in T); alpha = lr*sqrt(1-b2p)/(1-b1p) (in T)
 //          m += (g-m)*(1-b1); v += (g^2-v)*(1-b2); [amsgrad: vhat = max(vhat,v); v := vhat]
 //          w -= (m*alpha)/(sqrt(v)+eps)
-//   mps:   lr_t = lr*sqrt(1-b2^t)/(1-b1^t); m = b1*m+(1-b1)*g; v = b2*v+(1-b2)*g^2;
+//   mps:   lr_t = lr*sqrt(1-b2^t)/(1-b1^t) (in double, as MPS takes double betas);
+//          m = b1*m+(1-b1)*g; v = b2*v+(1-b2)*g^2;
 //          [amsgrad: vhat = max(vhat,v); v := vhat]  w -= lr_t*m/(sqrt(v)+eps)
 // SGD (mu = momentum):
 //   keras: plain w -= g*lr; momentum m = mu*m - g*lr, w += m;
@@ -43,8 +44,10 @@ enum class Semantics { kKeras, kMps };
 enum class Regularization { kNone, kL1, kL2 };
 
 // MPSNNOptimizerDescriptor's gradient options, applied in this order before the rule:
-//   g = g * rescale;  if clip: g = min(max(g, clip_min), clip_max);
+//   if clip: g = min(max(g, clip_min), clip_max);  g = g * rescale;
 //   L1: g += scale * sign(w);  L2: g += scale * w
+// Apple documents gradientClipMax/Min as the bounds "before gradient is rescaled"
+// (../shared/MPS_REFERENCE.md says rescale first; Apple's documentation wins).
 struct GradientTransform {
   float rescale = 1.0f;
   bool clip = false;

@@ -35,7 +35,13 @@ template <typename Slots, typename Body>
 void RunUnits(const std::vector<Slots>& vars, int64_t cycles_per_element,
               const ParallelFor& parallel, const Body& body) {
   const std::vector<Unit> units = MakeUnits(vars);
-  parallel(static_cast<int64_t>(units.size()), kChunk * cycles_per_element,
+  if (units.empty()) return;
+  int64_t elements = 0;
+  for (const Unit& u : units) elements += u.end - u.begin;
+  // The pool splits by cost: a list of tiny variables runs inline instead of paying
+  // for a thread hand-off per unit.
+  const int64_t cost_per_unit = elements / static_cast<int64_t>(units.size()) * cycles_per_element;
+  parallel(static_cast<int64_t>(units.size()), std::max<int64_t>(cost_per_unit, 1),
            [&](int64_t first, int64_t last) {
              for (int64_t u = first; u < last; ++u) {
                const Unit& unit = units[u];
@@ -59,8 +65,8 @@ struct GradOptions {
 
   // NaN gradients stay NaN through the clip (IEEE: comparisons with NaN are false).
   inline T operator()(T g, T w) const {
-    g = g * rescale;
     if (clip) g = g < lo ? lo : (g > hi ? hi : g);
+    g = g * rescale;
     if (l1) g = g + scale * T((w > T(0)) - (w < T(0)));
     if (l2) g = g + scale * w;
     return g;
@@ -125,14 +131,18 @@ void AdamChunk(const AdamSlots<T>& s, int64_t b, int64_t e, T alpha, T beta1, T 
 
 template <bool kTransform, bool kAmsgrad, bool kKeras, bool kSq, typename T>
 void AdamAll(const AdamParams& p, const std::vector<AdamSlots<T>>& vars, const ParallelFor& parallel) {
-  // alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed in T as Keras does
-  // (MPS computes it in float on the GPU).
-  const T t = T(p.step);
-  const T base1 = kKeras ? KerasCast<T>(p.beta1) : T(p.beta1);
-  const T base2 = kKeras ? KerasCast<T>(p.beta2) : T(p.beta2);
-  const T b1p = std::pow(base1, t);
-  const T b2p = std::pow(base2, t);
-  const T alpha = T(p.lr) * std::sqrt(T(1) - b2p) / (T(1) - b1p);
+  // alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t): in T from float32-cast betas as
+  // Keras does; in double for MPS, whose beta1/beta2 properties are double.
+  T alpha;
+  if (kKeras) {
+    const T t = T(p.step);
+    const T b1p = std::pow(KerasCast<T>(p.beta1), t);
+    const T b2p = std::pow(KerasCast<T>(p.beta2), t);
+    alpha = T(p.lr) * std::sqrt(T(1) - b2p) / (T(1) - b1p);
+  } else {
+    const double t = static_cast<double>(p.step);
+    alpha = T(p.lr * std::sqrt(1.0 - std::pow(p.beta2, t)) / (1.0 - std::pow(p.beta1, t)));
+  }
   const T omb1 = T(1.0 - p.beta1), omb2 = T(1.0 - p.beta2);
   const GradOptions<T> o(p.gradient);
   RunUnits(vars, 12, parallel, [&](const AdamSlots<T>& s, int64_t b, int64_t e) {

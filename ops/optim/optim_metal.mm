@@ -15,19 +15,22 @@
 //    - RMSProp: Keras divides by sqrt(s + eps), MPS by sqrt(s) + eps.
 //    - Adam: algebraically MPS's formula, but not Keras's rounding: Keras raises
 //      float32(beta) to the power t in float32, MPS takes beta as double (its beta1 and
-//      beta2 properties are double). float32(0.999) alone moves 1 - beta2, and so the
-//      step size, by 1.3e-5 relative at t = 1, far beyond float rounding; the moment
-//      updates are also rounded in a different order (m + (g - m)*(1 - b1)).
+//      beta2 properties are double). float32(0.999) alone moves 1 - beta2^t by 1.3e-5
+//      and the step size by 6.7e-6 relative (t = 1..10), a hundred times float
+//      rounding; the moment updates are also rounded in another order
+//      (m + (g - m)*(1 - b1) against b1*m + (1 - b1)*g).
 //  * grad_sq (the sum of squares Keras uses for sparse gradients): MPS squares g itself.
-//  * Gradient options: Apple's header documents the clip bounds as applied "before
-//    rescaling", the reverse of optim.h's order (rescale, then clip). The orders agree
-//    when rescale == 1 or clipping is off; clip with rescale != 1 stays unsupported
-//    until a Mac settles which one MPS does.
+//  * Gradient options map one to one onto MPSNNOptimizerDescriptor (clip, then rescale,
+//    then regularize: the order Apple documents and optim.h follows).
 //  * Pointers outside registered MTLBuffers, or not 16-byte aligned inside them: Metal
 //    wants buffer offsets aligned to the widest type the kernel reads (up to 16 bytes),
-//    and MPS reads float4 where it can.
-// Caveat for a Mac run to settle: the Metal compiler may contract a*b + c into an fma
-// (one rounding instead of two), so even plain SGD may differ from Keras in the last bit.
+//    and a vectorized MPS kernel may read float4.
+// Updates are in place (resultValuesVector is inputValuesVector). Apple calls these
+// out-of-place updates, yet overwrites the momentum and velocity vectors in place, which
+// an elementwise kernel can only do if each element is read and written by one thread.
+// For a Mac run to settle: in-place values; and whether the Metal compiler contracts
+// a*b + c into one fma (one rounding, not two), which would make even plain SGD differ
+// from Keras in the last bit.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstdint>
@@ -49,14 +52,6 @@ namespace {
 constexpr size_t kOffsetAlignment = 16;
 
 // ------------------------------------------------------------------ argument mapping
-std::string GradientUnsupported(const GradientTransform& g) {
-  if (g.clip && g.rescale != 1.0f) {
-    return "gradient clipping together with rescale != 1 (MPS's order of the two is "
-           "not settled)";
-  }
-  return "";
-}
-
 MPSNNRegularizationType ToMps(Regularization r) {
   switch (r) {
     case Regularization::kL1: return MPSNNRegularizationTypeL1;
@@ -81,7 +76,8 @@ MPSNNOptimizerDescriptor* MakeDescriptor(const GradientTransform& g, double lr) 
 MPSVector* Wrap(const void* p, int64_t n) {
   const metal::BufferRef ref = metal::FindBuffer(p, static_cast<size_t>(n) * sizeof(float));
   if (!ref.found() || ref.offset % kOffsetAlignment != 0) return nil;
-  MPSVectorDescriptor* d = [MPSVectorDescriptor vectorDescriptorWithLength:static_cast<NSUInteger>(n)
+  const NSUInteger length = static_cast<NSUInteger>(n);
+  MPSVectorDescriptor* d = [MPSVectorDescriptor vectorDescriptorWithLength:length
                                                                   dataType:MPSDataTypeFloat32];
   return [[MPSVector alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
 }
@@ -125,17 +121,22 @@ struct Cached {
   MPSNNOptimizer* optimizer = nil;
 };
 
-// Grows by one entry per distinct set of hyper-parameters; never shrinks.
-Cached& GetCached(const Key& key, const std::function<MPSNNOptimizer*()>& make) {
+// beta1, beta2, epsilon, momentum and rho are op inputs, so a schedule may change them
+// every step: the cache is bounded, and emptied when full. Callers hold a shared_ptr, so
+// an entry in use outlives its eviction.
+constexpr size_t kMaxCached = 64;
+
+std::shared_ptr<Cached> GetCached(const Key& key, const std::function<MPSNNOptimizer*()>& make) {
   static std::mutex mu;
-  static auto* cache = new std::map<Key, std::unique_ptr<Cached>>();
+  static auto* cache = new std::map<Key, std::shared_ptr<Cached>>();
   std::lock_guard<std::mutex> lock(mu);
-  std::unique_ptr<Cached>& entry = (*cache)[key];
-  if (!entry) {
-    entry = std::make_unique<Cached>();
-    entry->optimizer = make();
-  }
-  return *entry;
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  if (cache->size() >= kMaxCached) cache->clear();
+  auto entry = std::make_shared<Cached>();
+  entry->optimizer = make();
+  (*cache)[key] = entry;
+  return entry;
 }
 
 // ---------------------------------------------------------------------- submit
@@ -154,8 +155,7 @@ BackendStatus Submit(const char* op, const std::function<void(id<MTLCommandBuffe
                                  (what != nullptr ? what : "no error reported"));
 }
 
-BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool grad_sq,
-                       const GradientTransform& g) {
+BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool grad_sq) {
   if (semantics == Semantics::kKeras && !keras_ok) {
     return BackendStatus::Unsupported(std::string(op) +
                                       ": Keras semantics differ from MPS's formula");
@@ -163,8 +163,6 @@ BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool 
   if (grad_sq) {
     return BackendStatus::Unsupported(std::string(op) + ": grad_sq (MPS squares g itself)");
   }
-  const std::string why = GradientUnsupported(g);
-  if (!why.empty()) return BackendStatus::Unsupported(std::string(op) + ": " + why);
   if (!metal::Available()) return BackendStatus::Unsupported(std::string(op) + ": no Metal device");
   return BackendStatus::Ok();
 }
@@ -176,7 +174,7 @@ enum Kind { kAdam, kSgd, kRmsProp };
 // -------------------------------------------------------------------------- Adam
 BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerAdam";
-  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq, p.gradient);
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq);
   if (!s.ok()) return s;
   @autoreleasepool {
     struct Vectors {
@@ -188,13 +186,15 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
       if (x.size == 0) continue;
       Vectors w{Wrap(x.var, x.size), Wrap(x.m, x.size), Wrap(x.v, x.size),
                 p.amsgrad ? Wrap(x.vhat, x.size) : nil, Wrap(x.grad, x.size)};
-      if (w.var == nil || w.m == nil || w.v == nil || w.grad == nil || (p.amsgrad && w.vhat == nil)) {
+      if (w.var == nil || w.m == nil || w.v == nil || w.grad == nil ||
+          (p.amsgrad && w.vhat == nil)) {
         return NotInBuffer(op, i);
       }
       vecs.push_back(w);
     }
     if (vecs.empty()) return BackendStatus::Ok();
-    Cached& cached = GetCached(MakeKey(kAdam, p.beta1, p.beta2, p.epsilon, false, p.gradient), [&] {
+    const Key key = MakeKey(kAdam, p.beta1, p.beta2, p.epsilon, false, p.gradient);
+    std::shared_ptr<Cached> cached = GetCached(key, [&] {
       return [[MPSNNOptimizerAdam alloc] initWithDevice:metal::Device()
                                                   beta1:p.beta1
                                                   beta2:p.beta2
@@ -203,8 +203,8 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
                                     optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
     return Submit(op, [&](id<MTLCommandBuffer> cb) {
-      std::lock_guard<std::mutex> lock(cached.mu);
-      MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached.optimizer;
+      std::lock_guard<std::mutex> lock(cached->mu);
+      MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached->optimizer;
       [adam setLearningRate:static_cast<float>(p.lr)];
       for (const Vectors& w : vecs) {
         // Every encode advances timeStep before using it, so each variable is set to
@@ -234,7 +234,7 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
 // --------------------------------------------------------------------------- SGD
 BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerStochasticGradientDescent";
-  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/!p.use_momentum, false, p.gradient);
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/!p.use_momentum, false);
   if (!s.ok()) return s;
   @autoreleasepool {
     struct Vectors {
@@ -255,7 +255,8 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
     if (vecs.empty()) return BackendStatus::Ok();
     const double mu = p.use_momentum ? p.momentum : 0.0;
     const bool nesterov = p.use_momentum && p.nesterov;
-    Cached& cached = GetCached(MakeKey(kSgd, mu, 0.0, 0.0, nesterov, p.gradient), [&] {
+    const Key key = MakeKey(kSgd, mu, 0.0, 0.0, nesterov, p.gradient);
+    std::shared_ptr<Cached> cached = GetCached(key, [&] {
       return [[MPSNNOptimizerStochasticGradientDescent alloc]
                 initWithDevice:metal::Device()
                  momentumScale:static_cast<float>(mu)
@@ -263,9 +264,9 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
            optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
     return Submit(op, [&](id<MTLCommandBuffer> cb) {
-      std::lock_guard<std::mutex> lock(cached.mu);
+      std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerStochasticGradientDescent* sgd =
-          (MPSNNOptimizerStochasticGradientDescent*)cached.optimizer;
+          (MPSNNOptimizerStochasticGradientDescent*)cached->optimizer;
       [sgd setLearningRate:static_cast<float>(p.lr)];
       for (const Vectors& w : vecs) {
         [sgd encodeToCommandBuffer:cb
@@ -281,7 +282,7 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
 // ----------------------------------------------------------------------- RMSProp
 BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerRMSProp";
-  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq, p.gradient);
+  BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq);
   if (!s.ok()) return s;
   if (p.centered || p.use_momentum) {
     return BackendStatus::Unsupported(std::string(op) + ": centered or momentum RMSProp");
@@ -299,15 +300,16 @@ BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlot
       vecs.push_back(w);
     }
     if (vecs.empty()) return BackendStatus::Ok();
-    Cached& cached = GetCached(MakeKey(kRmsProp, p.rho, p.epsilon, 0.0, false, p.gradient), [&] {
+    const Key key = MakeKey(kRmsProp, p.rho, p.epsilon, 0.0, false, p.gradient);
+    std::shared_ptr<Cached> cached = GetCached(key, [&] {
       return [[MPSNNOptimizerRMSProp alloc] initWithDevice:metal::Device()
                                                      decay:p.rho
                                                    epsilon:static_cast<float>(p.epsilon)
                                        optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
     return Submit(op, [&](id<MTLCommandBuffer> cb) {
-      std::lock_guard<std::mutex> lock(cached.mu);
-      MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached.optimizer;
+      std::lock_guard<std::mutex> lock(cached->mu);
+      MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached->optimizer;
       [rms setLearningRate:static_cast<float>(p.lr)];
       for (const Vectors& w : vecs) {
         [rms encodeToCommandBuffer:cb

@@ -272,13 +272,13 @@ class OptimizerKernel : public OpKernel {
       const tensorflow::TensorShape& var_shape = locked.tensor(0, i)->shape();
       for (size_t g = 1; g < groups_.size(); ++g) {
         if (groups_[g].count == 0) continue;
-        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape,
-                                                  groups_[g].Label(i), locked.tensor(g, i)->shape()));
+        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0], groups_[g], i, var_shape,
+                                                  locked.tensor(g, i)->shape()));
       }
-      TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape, grads_.Label(i),
+      TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0], grads_, i, var_shape,
                                                 ctx->input(grads_.Index(i)).shape()));
       if (grads_sq_.count > 0) {
-        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0].Label(i), var_shape, grads_sq_.Label(i),
+        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0], grads_sq_, i, var_shape,
                                                   ctx->input(grads_sq_.Index(i)).shape()));
       }
     }

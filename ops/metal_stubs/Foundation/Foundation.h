@@ -7,14 +7,14 @@
 #ifndef TFMPS_STUB_FOUNDATION_H_
 #define TFMPS_STUB_FOUNDATION_H_
 
-// 64-bit Apple platforms (LP64): NSInteger is long, NSUInteger unsigned long.
-typedef long NSInteger;
+// 64-bit Apple platforms (LP64): NSUInteger is unsigned long.
 typedef unsigned long NSUInteger;
 
 // BOOL is C bool on Apple silicon (objc.h: OBJC_BOOL_IS_BOOL on arm64).
 typedef bool BOOL;
 #define YES __objc_yes
 #define NO __objc_no
+#define nil nullptr  // objc.h's definition when the compiler has nullptr
 
 // NS_ENUM / NS_OPTIONS as Foundation defines them for C++: a typed enum, and for
 // options an integer typedef plus an anonymous enum (so `a | b` needs no cast).
@@ -30,7 +30,6 @@ typedef bool BOOL;
 __attribute__((objc_root_class))
 @interface NSObject <NSObject>
 + (instancetype)alloc;
-+ (instancetype)new;
 - (instancetype)init;
 @end
 

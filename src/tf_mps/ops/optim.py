@@ -13,7 +13,8 @@ Two documented semantics (``semantics=``):
   Descent`` and ``MPSNNOptimizerRMSProp`` (see ``docs/optimizers.md``).
 
 Both apply MPSNNOptimizerDescriptor's gradient options first, in this order:
-``g = g * gradient_rescale``; ``g = clip(g, *gradient_clip)`` if given; then
+``g = clip(g, *gradient_clip)`` if given (Apple: the bounds apply "before gradient is
+rescaled"); ``g = g * gradient_rescale``; then
 ``g += regularization_scale * sign(w)`` (``"l1"``) or ``* w`` (``"l2"``).
 
 Sparse gradients (``tf.IndexedSlices``, e.g. from ``Embedding``) are summed into a dense
