@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sets up tf-mps from nothing on a Debian machine with Python 3.10-3.12: a virtual
+# environment in .venv with TensorFlow, the BLAS wheel and the build tools, then builds
+# and installs tf-mps into it. Idempotent: a second run rebuilds only what changed.
+#
+#   scripts/setup.sh            # the package
+#   scripts/setup.sh --test     # plus the test tools (pytest, hypothesis) and clang-19
+#                               # for the Linux type-check of the Metal backend
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+with_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+  echo "setup.sh: tf-mps needs Python 3.10-3.12 (TensorFlow 2.21); '$python' is $("$python" --version 2>&1)." >&2
+  echo "setup.sh: set PYTHON=/path/to/python3.11 and run again." >&2
+  exit 1
+fi
+
+if [[ "$with_test" == 1 && "$(uname -s)" == "Linux" ]] && ! command -v clang++-19 >/dev/null 2>&1; then
+  echo "== installing clang-19 (Linux type-check of the Objective-C++ Metal backend)"
+  sudo_cmd=""
+  [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq clang-19 >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "== creating .venv with $("$python" --version 2>&1)"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+
+echo "== installing TensorFlow, BLAS and build tools into .venv"
+case "$(uname -s)" in
+  Darwin) tf_pkgs=("tensorflow==2.21.*") ;;
+  *) tf_pkgs=("tensorflow-cpu==2.21.*" "scipy-openblas32>=0.3.27") ;;
+esac
+"${pip[@]}" install -q "${tf_pkgs[@]}" "scikit-build-core>=0.10" cmake ninja
+
+extras=""
+[[ "$with_test" == 1 ]] && extras="[test]"
+echo "== building and installing tf-mps$extras (at most 2 compile jobs)"
+# No build isolation: the build must see the very TensorFlow it will load into.
+"${pip[@]}" install -q --no-build-isolation ".$extras"
+echo "== ready: .venv/bin/python -m tf_mps"
