@@ -59,7 +59,7 @@ def _copy_rate(nbytes: int, repeats: int) -> tuple[float, int]:
         bounds = np.linspace(0, n, threads + 1).astype(int)
         chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            def copy():
+            def copy(chunks=chunks):
                 list(pool.map(lambda c: np.copyto(*c), chunks))  # numpy releases the GIL
             copy()
             for _ in range(repeats):

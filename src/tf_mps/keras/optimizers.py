@@ -86,8 +86,10 @@ class _FusedOptimizer:
             and self.regularization is None
         )
 
-    def _fused_config(self) -> dict:
-        return {k: getattr(self, k) for k in _FUSED_KWARGS}
+    def get_config(self):
+        config = super().get_config()  # the Keras class's: every Keras argument
+        config.update({k: getattr(self, k) for k in _FUSED_KWARGS})
+        return config
 
     def _cannot_fuse(self, where: str) -> None:
         """Called where the fused op cannot run: fall back or refuse loudly."""
@@ -187,11 +189,6 @@ class Adam(_FusedOptimizer, keras.optimizers.Adam):
             **self._fused_options(),
         )
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._fused_config())
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tf_mps")
 class SGD(_FusedOptimizer, keras.optimizers.SGD):
@@ -228,11 +225,6 @@ class SGD(_FusedOptimizer, keras.optimizers.SGD):
             self.nesterov and self.momentum != 0,
             **self._fused_options(),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._fused_config())
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_mps")
@@ -278,11 +270,6 @@ class RMSProp(_FusedOptimizer, keras.optimizers.RMSprop):
             [_tf_variable(m) for m in self._slots(self._momentums, variables)] if self.momentum > 0 else None,
             **self._fused_options(),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(self._fused_config())
-        return config
 
 
 RMSprop = RMSProp  # Keras's spelling

@@ -27,7 +27,6 @@ elements NaN/Inf; nothing else is touched and nothing raises.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
