@@ -18,15 +18,17 @@ rescaled"); ``g = g * gradient_rescale``; then
 ``g += regularization_scale * sign(w)`` (``"l1"``) or ``* w`` (``"l2"``).
 
 Sparse gradients (``tf.IndexedSlices``, e.g. from ``Embedding``) are summed into a dense
-gradient (duplicate indices add up; untouched rows get zero), which is exactly what Keras's
-optimizers do with them: every row's moments decay each step.
+gradient (duplicate indices add up; untouched rows get zero), as Keras's optimizers do:
+every row's moments decay each step. In Keras semantics Adam and RMSProp also receive
+the per-row sum of the *squared* slices for their second moment, because Keras squares
+each slice before summing duplicates (``g1**2 + g2**2`` rather than ``(g1 + g2)**2``);
+MPS semantics uses the summed gradient throughout.
 
 Non-finite values follow IEEE arithmetic: a NaN or Inf gradient makes the affected
 elements NaN/Inf; nothing else is touched and nothing raises.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import tensorflow as tf
