@@ -70,3 +70,51 @@ def rmsprop(w, s, a, mom, g, lr, rho, mu, eps, semantics):
     else:
         w = w - inc
     return w, s, a, mom
+
+
+# ----------------------------------------------------------------- layouts (convert)
+def layout_offsets(layout, n, h, w, c):
+    """Flat offset of element (n, h, w, c) in `layout`, as an [n, h, w, c] array: the index
+    maps of ops/convert/convert.h, written again from their definitions."""
+    s = (c + 3) // 4
+    N, H, W, C = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), np.arange(c), indexing="ij")
+    if layout in ("nhwc", "sequence", "matrix_hwc"):
+        return ((N * h + H) * w + W) * c + C
+    if layout == "time_major":
+        return ((H * n + N) * w + W) * c + C
+    if layout == "image":
+        return (((N * s + C // 4) * h + H) * w + W) * 4 + C % 4
+    if layout == "matrix_chw":
+        return N * c * h * w + (C * h + H) * w + W
+    raise ValueError(layout)
+
+
+def layout_shape(layout, n, h, w, c):
+    return {
+        "nhwc": (n, h, w, c), "sequence": (n, h, c), "time_major": (h, n, c),
+        "image": (n, (c + 3) // 4, h, w, 4), "matrix_hwc": (n, h * w * c), "matrix_chw": (n, c * h * w),
+    }[layout]
+
+
+def to_layout(x_nhwc, layout):
+    """Places a logical [N, H, W, C] array into `layout` (padding zero)."""
+    n, h, w, c = x_nhwc.shape
+    shape = layout_shape(layout, n, h, w, c)
+    out = np.zeros(int(np.prod(shape)), dtype=x_nhwc.dtype)
+    out[layout_offsets(layout, n, h, w, c).ravel()] = x_nhwc.ravel()
+    return out.reshape(shape)
+
+
+def from_layout(data, layout, n, h, w, c):
+    """Reads the logical [N, H, W, C] array out of `layout`."""
+    return np.asarray(data).ravel()[layout_offsets(layout, n, h, w, c)]
+
+
+def unorm8_to_float(q):
+    return q.astype(np.float32) / np.float32(255)
+
+
+def float_to_unorm8(y):
+    """round-to-nearest-even(clamp(y, 0, 1) * 255); NaN -> 0."""
+    v = np.nan_to_num(np.asarray(y, np.float32) * np.float32(255), nan=0.0)
+    return np.rint(np.clip(v, 0, 255)).astype(np.uint8)

@@ -6,7 +6,8 @@ TensorFlow's thread pool); on macOS the same ops run on the GPU through MPS.
     import tf_mps
     model.compile(optimizer=tf_mps.keras.optimizers.Adam(1e-3), loss=...)
 
-Submodules: ``tf_mps.ops`` (the ops), ``tf_mps.keras`` (Keras optimizers), and
+Submodules: ``tf_mps.ops`` (the ops), ``tf_mps.keras`` (Keras optimizers),
+``tf_mps.convert`` and ``tf_mps.data`` (layout converters, tf.data helpers), and
 ``python -m tf_mps`` prints an environment report with a self-check.
 """
 
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 _load()
 
-from tf_mps import ops  # noqa: E402
+from tf_mps import convert, data, ops  # noqa: E402
 
 
 def __getattr__(name):
@@ -31,4 +32,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'tf_mps' has no attribute {name!r}")
 
 
-__all__ = ["LibraryLoadError", "build_info", "library_path", "ops", "keras", "__version__"]
+__all__ = ["LibraryLoadError", "build_info", "library_path", "convert", "data", "ops", "keras", "__version__"]

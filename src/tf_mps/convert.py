@@ -1,0 +1,223 @@
+"""Data converters between TensorFlow tensors, MPS image layout and MPS matrices.
+
+MPS keeps images as slices of 4 feature channels and RNN data as row-major matrices;
+TensorFlow keeps NHWC tensors. One op, ``MpsConvert``, moves data between these layouts
+(index maps in ``ops/convert/convert.h`` and ``docs/converters.md``), converting the
+dtype and optionally folding a per-channel normalization into the copy:
+
+=============  ==================  =============================================
+layout         shape               element (n, h, w, c)
+=============  ==================  =============================================
+``nhwc``       [N, H, W, C]        TF's layout
+``sequence``   [N, T, C]           batch-major sequences (``nhwc`` with W = 1)
+``time_major`` [T, N, C]           the per-timestep matrices of the RNN ops
+``image``      [N, ceil(C/4), H,   MPSImage's order: slices of 4 channels; channels
+               W, 4]               past C are zero padding
+``matrix_hwc`` [N, H*W*C]          one image per row, MPSDataLayoutHeightxWidthx
+                                   FeatureChannels (MPSImageCopyToMatrix)
+``matrix_chw`` [N, C*H*W]          one image per row, MPSDataLayoutFeatureChannels
+                                   xHeightxWidth
+=============  ==================  =============================================
+
+Values: uint8 is unorm8 (``q/255`` when read; ``round(clamp(y, 0, 1)*255)``, ties to
+even, when written), float16 and float32 convert with round-to-nearest-even. With
+``scale``/``bias`` (float32 vectors of C) the value becomes ``x*scale + bias``
+(``affine="inverse"``: ``(x - bias)/scale``). Without them every same-dtype round trip is
+exact, and so is uint8 -> float -> uint8.
+
+Every function is differentiable in float16/float32 (the maps are linear): gradients
+flow to the input and to ``scale``/``bias``; a uint8 input or output has none.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tf_mps import _lib
+
+LAYOUTS = ("nhwc", "sequence", "time_major", "image", "matrix_hwc", "matrix_chw")
+_DTYPES = (tf.uint8, tf.float16, tf.float32)
+_DATA_LAYOUTS = {
+    "hwc": "matrix_hwc",
+    "heightxwidthxfeaturechannels": "matrix_hwc",
+    "chw": "matrix_chw",
+    "featurechannelsxheightxwidth": "matrix_chw",
+}
+
+
+def _invalid(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _matrix_layout(data_layout: str) -> str:
+    key = str(data_layout).replace("MPSDataLayout", "").lower()
+    if key not in _DATA_LAYOUTS:
+        raise _invalid(
+            f"MpsConvert: data_layout must be 'HWC' (HeightxWidthxFeatureChannels) or 'CHW' "
+            f"(FeatureChannelsxHeightxWidth), got {data_layout!r}"
+        )
+    return _DATA_LAYOUTS[key]
+
+
+def convert(
+    x,
+    src_layout: str,
+    dst_layout: str,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    channels: int | None = None,
+    dtype=None,
+    scale=None,
+    bias=None,
+    affine: str = "forward",
+    name: str | None = None,
+):
+    """Converts ``x`` from ``src_layout`` to ``dst_layout`` (see the module docstring).
+
+    Args:
+      x: uint8, float16 or float32 tensor in ``src_layout``.
+      src_layout, dst_layout: one of ``LAYOUTS``.
+      height, width, channels: the geometry, needed to read ``image`` (channels) and
+        matrix (all three) inputs; checked against the input when given otherwise.
+      dtype: output dtype (uint8, float16, float32); default: ``x``'s dtype.
+      scale, bias: optional per-channel float32 vectors of length C.
+      affine: ``"forward"`` (``x*scale + bias``) or ``"inverse"`` (``(x - bias)/scale``).
+
+    Returns:
+      The converted tensor in ``dst_layout``.
+    """
+    for arg, value in (("src_layout", src_layout), ("dst_layout", dst_layout)):
+        if value not in LAYOUTS:
+            raise _invalid(f"MpsConvert: {arg} must be one of {LAYOUTS}, got {value!r}")
+    if affine not in ("forward", "inverse"):
+        raise _invalid(f"MpsConvert: affine must be 'forward' or 'inverse', got {affine!r}")
+    with tf.name_scope(name or "mps_convert"):
+        x = tf.convert_to_tensor(x)
+        if x.dtype not in _DTYPES:
+            raise _invalid(f"MpsConvert: input must be uint8, float16 or float32, got {x.dtype.name}")
+        out_dtype = tf.as_dtype(dtype) if dtype is not None else x.dtype
+        if out_dtype not in _DTYPES:
+            raise _invalid(f"MpsConvert: dtype must be uint8, float16 or float32, got {out_dtype.name}")
+        vectors = {}
+        for arg, value in (("scale", scale), ("bias", bias)):
+            vectors[arg] = [] if value is None else [tf.cast(tf.convert_to_tensor(value), tf.float32)]
+        return _lib.load().mps_convert(
+            input=x,
+            scale=vectors["scale"],
+            bias=vectors["bias"],
+            Tout=out_dtype,
+            src_layout=src_layout,
+            dst_layout=dst_layout,
+            height=-1 if height is None else int(height),
+            width=-1 if width is None else int(width),
+            channels=-1 if channels is None else int(channels),
+            affine=affine,
+        )
+
+
+def to_image(x, dtype=None, scale=None, bias=None):
+    """NHWC ``[N, H, W, C]`` -> MPS image layout ``[N, ceil(C/4), H, W, 4]`` (zero padded)."""
+    return convert(x, "nhwc", "image", dtype=dtype, scale=scale, bias=bias)
+
+
+def from_image(image, channels: int, dtype=None, scale=None, bias=None, affine="forward"):
+    """MPS image layout ``[N, ceil(C/4), H, W, 4]`` -> NHWC ``[N, H, W, C]``."""
+    return convert(image, "image", "nhwc", channels=channels, dtype=dtype, scale=scale, bias=bias, affine=affine)
+
+
+def image_to_matrix(image, channels: int, data_layout: str = "HWC", dtype=None):
+    """MPS image layout -> matrix ``[N, H*W*C]``, one image per row (MPSImageCopyToMatrix)."""
+    return convert(image, "image", _matrix_layout(data_layout), channels=channels, dtype=dtype)
+
+
+def matrix_to_image(matrix, height: int, width: int, channels: int, data_layout: str = "HWC", dtype=None):
+    """Matrix ``[N, H*W*C]`` -> MPS image layout (MPSMatrixCopyToImage)."""
+    return convert(matrix, _matrix_layout(data_layout), "image", height=height, width=width, channels=channels,
+                   dtype=dtype)
+
+
+def nhwc_to_matrix(x, data_layout: str = "HWC", dtype=None, scale=None, bias=None):
+    """NHWC ``[N, H, W, C]`` -> matrix ``[N, H*W*C]`` in the given channel order."""
+    return convert(x, "nhwc", _matrix_layout(data_layout), dtype=dtype, scale=scale, bias=bias)
+
+
+def matrix_to_nhwc(matrix, height: int, width: int, channels: int, data_layout: str = "HWC", dtype=None):
+    """Matrix ``[N, H*W*C]`` -> NHWC ``[N, H, W, C]``."""
+    return convert(matrix, _matrix_layout(data_layout), "nhwc", height=height, width=width, channels=channels,
+                   dtype=dtype)
+
+
+def sequence_to_time_major(x, dtype=None, scale=None, bias=None):
+    """Sequences ``[batch, time, features]`` -> per-timestep matrices ``[time, batch, features]``."""
+    return convert(x, "sequence", "time_major", dtype=dtype, scale=scale, bias=bias)
+
+
+def time_major_to_sequence(x, dtype=None):
+    """Per-timestep matrices ``[time, batch, features]`` -> sequences ``[batch, time, features]``."""
+    return convert(x, "time_major", "sequence", dtype=dtype)
+
+
+def _static_geometry(op):
+    """(height, width, channels) of a forward MpsConvert, for its gradient's attributes."""
+    src = op.get_attr("src_layout").decode()
+    attrs = [op.get_attr(k) for k in ("height", "width", "channels")]
+    shape = op.inputs[0].shape
+    known = {
+        "nhwc": lambda s: (s[1], s[2], s[3]),
+        "sequence": lambda s: (s[1], 1, s[2]),
+        "time_major": lambda s: (s[0], 1, s[2]),
+        "image": lambda s: (s[2], s[3], attrs[2]),
+    }
+    if src in known:
+        geometry = known[src](shape)
+        geometry = tuple(a if a >= 0 else g for a, g in zip(attrs, geometry, strict=True))
+    else:
+        geometry = tuple(attrs)
+    if any(g is None or g < 0 for g in geometry):
+        raise ValueError(f"MpsConvert gradient: the input's height, width and channels must be static, got {shape}")
+    return geometry
+
+
+@tf.RegisterGradient("MpsConvert")
+def _convert_grad(op, dy):
+    tin, tout = op.get_attr("Tin"), op.get_attr("Tout")
+    n_scale, n_bias = op.get_attr("A"), op.get_attr("B")
+    none = [None] * len(op.inputs)
+    if tout == tf.uint8:
+        return none  # quantized output: no gradient
+    src, dst = op.get_attr("src_layout").decode(), op.get_attr("dst_layout").decode()
+    affine = op.get_attr("affine").decode()
+    height, width, channels = _static_geometry(op)
+    lib = _lib.load()
+    scale = [op.inputs[1]] if n_scale else []
+    bias = [op.inputs[1 + n_scale]] if n_bias else []
+    geometry = dict(height=height, width=width, channels=channels)
+
+    def to(layout, t, in_layout, out_dtype, **kw):
+        return lib.mps_convert(input=t, scale=kw.get("scale", []), bias=[], Tout=out_dtype, src_layout=in_layout,
+                               dst_layout=layout, affine=kw.get("affine", "forward"), **geometry)
+
+    grads = []
+    if tin == tf.uint8:
+        grads.append(None)
+    else:
+        # The map is linear: dx is dy taken back through the layouts, times d(y)/d(x):
+        # scale (forward) or 1/scale (inverse, computed as (dy - 0)/scale).
+        grads.append(to(src, dy, dst, tin, scale=scale, affine=affine))
+    if n_scale or n_bias:
+        dy_px = tf.reshape(to("nhwc", dy, dst, tf.float32), [-1, channels])
+        if affine == "forward":
+            x_px = tf.reshape(to("nhwc", op.inputs[0], src, tf.float32), [-1, channels])
+            if n_scale:
+                grads.append(tf.reduce_sum(dy_px * x_px, axis=0))
+            if n_bias:
+                grads.append(tf.reduce_sum(dy_px, axis=0))
+        else:
+            s = op.inputs[1] if n_scale else tf.ones([channels], tf.float32)
+            y_px = tf.reshape(to("nhwc", op.outputs[0], dst, tf.float32), [-1, channels])
+            if n_scale:
+                grads.append(-tf.reduce_sum(dy_px * y_px, axis=0) / s)
+            if n_bias:
+                grads.append(-tf.reduce_sum(dy_px, axis=0) / s)
+    return grads

@@ -1,0 +1,259 @@
+"""MpsConvert and tf_mps.convert: layouts against NumPy index maps (tests/reference.py),
+exact round trips, value conversions, per-channel affine, gradients, bad input, random
+shapes, and the tf.data helpers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference as ref
+import tf_mps
+from tf_mps import convert as cv
+
+INVALID = tf.errors.InvalidArgumentError
+DTYPES = [np.uint8, np.float16, np.float32]
+CHANNELS = [1, 2, 3, 4, 5, 7, 8, 9]
+IMAGE_LAYOUTS = ["nhwc", "image", "matrix_hwc", "matrix_chw"]
+
+
+def _random(shape, dtype, rng):
+    if dtype == np.uint8:
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _geometry_kwargs(layout, h, w, c):
+    if layout == "image":
+        return dict(channels=c)
+    if layout.startswith("matrix"):
+        return dict(height=h, width=w, channels=c)
+    return {}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("src", IMAGE_LAYOUTS)
+@pytest.mark.parametrize("dst", IMAGE_LAYOUTS)
+def test_layouts_match_index_maps_and_round_trip(src, dst, channels, dtype, device):
+    rng = np.random.default_rng(channels)
+    n, h, w, c = 2, 3, 5, channels
+    logical = _random((n, h, w, c), dtype, rng)
+    x = ref.to_layout(logical, src)
+    y = cv.convert(x, src, dst, **_geometry_kwargs(src, h, w, c)).numpy()
+    assert y.shape == ref.layout_shape(dst, n, h, w, c)
+    np.testing.assert_array_equal(ref.from_layout(y, dst, n, h, w, c), logical)
+    if dst == "image":  # padding channels are zero
+        np.testing.assert_array_equal(y.reshape(n, -1, h, w, 4)[:, -1, :, :, c % 4 or 4:], 0)
+        assert np.count_nonzero(y) == np.count_nonzero(logical)
+    back = cv.convert(y, dst, src, **_geometry_kwargs(dst, h, w, c)).numpy()
+    np.testing.assert_array_equal(back, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_sequence_time_major_round_trip(dtype, device):
+    rng = np.random.default_rng(0)
+    x = _random((4, 7, 5), dtype, rng)
+    tm = cv.sequence_to_time_major(x).numpy()
+    np.testing.assert_array_equal(tm, np.transpose(x, (1, 0, 2)))
+    np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy(), x)
+    # a CNN output (NHWC with W = 1, e.g. a conv over sensor windows) feeds the RNN layout
+    np.testing.assert_array_equal(cv.convert(x[:, :, None, :], "nhwc", "time_major").numpy(), tm)
+
+
+def test_convenience_functions_agree_with_convert():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 3, 6)).astype(np.float32)
+    img = cv.to_image(x)
+    np.testing.assert_array_equal(cv.from_image(img, 6).numpy(), x)
+    for data_layout, layout in [("HWC", "matrix_hwc"), ("CHW", "matrix_chw"),
+                                ("MPSDataLayoutFeatureChannelsxHeightxWidth", "matrix_chw")]:
+        m = cv.image_to_matrix(img, 6, data_layout)
+        np.testing.assert_array_equal(m.numpy(), ref.to_layout(x, layout))
+        np.testing.assert_array_equal(cv.matrix_to_image(m, 4, 3, 6, data_layout).numpy(), img.numpy())
+        np.testing.assert_array_equal(cv.nhwc_to_matrix(x, data_layout).numpy(), m.numpy())
+        np.testing.assert_array_equal(cv.matrix_to_nhwc(m, 4, 3, 6, data_layout).numpy(), x)
+
+
+# ------------------------------------------------------------------ value conversions
+def test_unorm8_read_and_write():
+    q = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    f = cv.convert(q, "nhwc", "nhwc", dtype=tf.float32).numpy()
+    np.testing.assert_array_equal(f, ref.unorm8_to_float(q))
+    np.testing.assert_array_equal(cv.convert(f, "nhwc", "nhwc", dtype=tf.uint8).numpy(), q)  # exact round trip
+    y = np.array([-1.0, 0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.5, 1.0, 7.0, np.nan, np.inf, -np.inf],
+                 np.float32).reshape(1, 1, -1, 1)
+    np.testing.assert_array_equal(cv.convert(y, "nhwc", "nhwc", dtype=tf.uint8).numpy(), ref.float_to_unorm8(y))
+
+
+def test_float16_conversion_is_exact_for_every_half_and_rounds_floats_like_numpy():
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(1, 256, 256, 1)
+    as_float = cv.convert(halves, "nhwc", "nhwc", dtype=tf.float32).numpy()
+    np.testing.assert_array_equal(as_float, halves.astype(np.float32))  # NaN == NaN here
+    back = cv.convert(as_float, "nhwc", "nhwc", dtype=tf.float16).numpy()
+    np.testing.assert_array_equal(back.view(np.uint16)[~np.isnan(back)], halves.view(np.uint16)[~np.isnan(halves)])
+    rng = np.random.default_rng(2)
+    floats = np.concatenate([
+        rng.standard_normal(100_000) * 10.0 ** rng.integers(-9, 6, 100_000),
+        [65504, 65519.99, 65520, 1e6, 6e-8, 2.9e-8, 3e-8, -0.0, np.inf, -np.inf],
+        (np.arange(2048) + 0.5) * 2.0**-24,  # ties between subnormals
+    ]).astype(np.float32).reshape(1, 1, -1, 1)
+    ours = cv.convert(floats, "nhwc", "nhwc", dtype=tf.float16).numpy()
+    with np.errstate(over="ignore"):  # NumPy's own cast warns about the Inf results
+        expected = floats.astype(np.float16)
+    np.testing.assert_array_equal(ours.view(np.uint16), expected.view(np.uint16))
+    assert np.isnan(cv.convert(np.full((1, 1, 1, 1), np.nan, np.float32), "nhwc", "nhwc", dtype=tf.float16).numpy()).all()
+
+
+@pytest.mark.parametrize("src_dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dst", ["image", "matrix_chw", "nhwc"])
+def test_scale_and_bias_forward_and_inverse(src_dtype, dst):
+    rng = np.random.default_rng(3)
+    x = _random((2, 3, 4, 5), src_dtype, rng)
+    scale = rng.uniform(0.5, 2.0, 5).astype(np.float32)
+    bias = rng.uniform(-1, 1, 5).astype(np.float32)
+    xf = ref.unorm8_to_float(x) if src_dtype == np.uint8 else x.astype(np.float32)
+    y = cv.convert(x, "nhwc", dst, dtype=tf.float32, scale=scale, bias=bias).numpy()
+    np.testing.assert_array_equal(ref.from_layout(y, dst, 2, 3, 4, 5), xf * scale + bias)
+    back = cv.convert(y, dst, "nhwc", dtype=tf.float32, scale=scale, bias=bias, affine="inverse",
+                      **_geometry_kwargs(dst, 3, 4, 5)).numpy()
+    np.testing.assert_allclose(back, xf, rtol=1e-6, atol=1e-6)
+    if src_dtype == np.uint8:  # normalization undone and requantized: the same bytes
+        q = cv.convert(y, dst, "nhwc", dtype=tf.uint8, scale=scale, bias=bias, affine="inverse",
+                       **_geometry_kwargs(dst, 3, 4, 5)).numpy()
+        np.testing.assert_array_equal(q, x)
+
+
+def test_float16_output_with_scale():
+    x = np.random.default_rng(4).standard_normal((1, 2, 2, 3)).astype(np.float32)
+    y = cv.to_image(x, dtype=tf.float16, scale=[2.0, 0.5, 1.0]).numpy()
+    expected = (x * np.array([2.0, 0.5, 1.0], np.float32)).astype(np.float16)
+    np.testing.assert_array_equal(cv.from_image(y, 3).numpy(), expected)
+
+
+# ------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("src, dst", [("nhwc", "image"), ("image", "matrix_chw"), ("matrix_hwc", "nhwc"),
+                                      ("sequence", "time_major")])
+@pytest.mark.parametrize("affine", [None, "forward", "inverse"])
+def test_gradients(src, dst, affine):
+    rng = np.random.default_rng(5)
+    n, h, w, c = 2, 3, (1 if src == "sequence" else 2), 5
+    x = tf.constant(ref.to_layout(rng.standard_normal((n, h, w, c)).astype(np.float32), src))
+    scale = tf.constant(rng.uniform(0.5, 2, c).astype(np.float32))
+    bias = tf.constant(rng.uniform(-1, 1, c).astype(np.float32))
+    kwargs = _geometry_kwargs(src, h, w, c)
+
+    if affine is None:
+        def f(x):
+            return cv.convert(x, src, dst, **kwargs)
+        args = [x]
+    else:
+        def f(x, s, b):
+            return cv.convert(x, src, dst, scale=s, bias=b, affine=affine, **kwargs)
+        args = [x, scale, bias]
+    theoretical, numerical = tf.test.compute_gradient(f, args, delta=1e-2)
+    for t, nm in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, nm, rtol=2e-2, atol=2e-2)
+
+
+def test_no_gradient_through_uint8():
+    x = tf.constant(np.ones((1, 2, 2, 3), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = cv.to_image(x, dtype=tf.uint8)
+    assert tape.gradient(y, x) is None
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: cv.convert(np.zeros((2, 3, 4), np.float32), "nhwc", "image"),
+         r"MpsConvert: input in layout 'nhwc' must have rank 4, got shape \[2,3,4\]"),
+        (lambda: cv.convert(np.zeros((1, 2, 3, 3, 4), np.float32), "image", "nhwc", channels=9),
+         r"an image-layout input of 9 channels must have shape \[N, 3, H, W, 4\]"),
+        (lambda: cv.convert(np.zeros((1, 2, 3, 3, 4), np.float32), "image", "nhwc"),
+         r"attribute channels \(>= 1\) is required to read an input in layout 'image'"),
+        (lambda: cv.convert(np.zeros((2, 30), np.float32), "matrix_hwc", "image", height=2, width=3, channels=4),
+         r"a matrix input of height\*width\*channels = 2\*3\*4 must have shape \[N, 24\], got \[2,30\]"),
+        (lambda: cv.convert(np.zeros((2, 3, 4, 5), np.float32), "nhwc", "image", channels=6),
+         r"attribute channels=6 does not match the input's 5"),
+        (lambda: cv.convert(np.zeros((2, 3, 4, 5), np.float32), "nhwc", "time_major"),
+         r"output layout 'time_major' holds sequences \(width 1\), but the input has width 4"),
+        (lambda: cv.to_image(np.zeros((1, 2, 2, 3), np.float32), scale=[1.0, 2.0]),
+         r"MpsConvert: scale must be a vector of 3 values \(one per channel\), got shape \[2\]"),
+        (lambda: cv.to_image(np.zeros((1, 2, 2, 3), np.int32)),
+         r"MpsConvert: input must be uint8, float16 or float32, got int32"),
+        (lambda: cv.to_image(np.zeros((1, 2, 2, 3), np.float32), dtype=tf.float64),
+         r"dtype must be uint8, float16 or float32, got float64"),
+        (lambda: cv.convert(np.zeros((1, 2, 2, 3), np.float32), "nhwc", "planar"),
+         r"dst_layout must be one of"),
+        (lambda: cv.image_to_matrix(np.zeros((1, 1, 2, 2, 4), np.float32), 3, "WHC"),
+         r"data_layout must be 'HWC'"),
+    ],
+)
+def test_bad_input(call, message):
+    with pytest.raises((INVALID, ValueError), match=message):
+        call()
+
+
+def test_kernel_checks_without_shape_inference():
+    """In a graph with unknown shapes the kernel still validates at run time."""
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def f(x):
+        return cv.convert(x, "matrix_hwc", "image", height=2, width=2, channels=3)
+
+    with pytest.raises(INVALID, match=r"must have shape \[N, 12\], got \[1,13\]"):
+        f(tf.zeros((1, 13)))
+    with pytest.raises(INVALID, match=r"must have rank 2"):
+        f(tf.zeros((1, 12, 1)))
+
+
+def test_empty_batch():
+    y = cv.to_image(np.zeros((0, 3, 3, 5), np.float32))
+    assert y.shape == (0, 2, 3, 3, 4)
+
+
+# ------------------------------------------------------------------ random shapes
+@given(
+    n=st.integers(0, 3), h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 13),
+    src=st.sampled_from(IMAGE_LAYOUTS), dst=st.sampled_from(IMAGE_LAYOUTS),
+    src_dtype=st.sampled_from(DTYPES), dst_dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+)
+def test_property_random_shapes(n, h, w, c, src, dst, src_dtype, dst_dtype, seed):
+    rng = np.random.default_rng(seed)
+    logical = _random((n, h, w, c), src_dtype, rng)
+    y = cv.convert(ref.to_layout(logical, src), src, dst, dtype=dst_dtype, **_geometry_kwargs(src, h, w, c)).numpy()
+    assert y.shape == ref.layout_shape(dst, n, h, w, c) and y.dtype == dst_dtype
+    values = ref.unorm8_to_float(logical) if src_dtype == np.uint8 else logical.astype(np.float32)
+    if dst_dtype == np.uint8:
+        expected = ref.float_to_unorm8(values)
+    else:
+        expected = values.astype(dst_dtype)
+    np.testing.assert_array_equal(ref.from_layout(y, dst, n, h, w, c), expected)
+
+
+# ------------------------------------------------------------------ tf.data helpers
+def test_map_images_in_a_pipeline():
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(10)
+    mean, std = np.array([0.5, 0.4, 0.3], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    ds = tf_mps.data.map_images(ds, dtype=tf.float16, scale=1 / std, bias=-mean / std)
+    batches = list(ds)
+    assert [b[0].shape for b in batches] == [(4, 1, 4, 4, 4), (4, 1, 4, 4, 4), (2, 1, 4, 4, 4)]
+    first = cv.from_image(batches[0][0], 3, dtype=tf.float32).numpy()
+    expected = ((ref.unorm8_to_float(images[:4]) * (1 / std) + (-mean / std))).astype(np.float16)
+    np.testing.assert_array_equal(first, expected.astype(np.float32))
+    np.testing.assert_array_equal(batches[0][1].numpy(), labels[:4])
+
+
+def test_map_sequences_with_dict_elements():
+    x = np.random.default_rng(7).standard_normal((6, 5, 3)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices({"signal": x, "y": np.arange(6)}).batch(3)
+    out = list(tf_mps.data.map_sequences(ds, key="signal"))
+    np.testing.assert_array_equal(out[0]["signal"].numpy(), np.transpose(x[:3], (1, 0, 2)))
+    with pytest.raises(ValueError, match="pass key="):
+        tf_mps.data.map_sequences(ds)
