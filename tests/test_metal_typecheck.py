@@ -37,7 +37,9 @@ def test_mm_files_typecheck_and_negative_test_is_rejected():
     if r.returncode == 2:
         _skip_or_fail(f"no usable clang++: {r.stderr.strip()}")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "ok        ops/optim/optim_metal.mm" in r.stdout, r.stdout
+    for line in ("ok        ops/optim/optim_metal.mm", "ok        ops/convert/convert_metal.mm",
+                 "rejected  tests/metal_negative/wrong_call.mm", "rejected  tests/metal_negative/wrong_convert_call.mm"):
+        assert line in r.stdout, r.stdout
     assert "rejected  tests/metal_negative/wrong_call.mm" in r.stdout, r.stdout
 
 

@@ -66,7 +66,7 @@ void ConvertCpu(const ConvertArgs& args, const ParallelFor& parallel);
 
 // Metal backend (convert_metal.mm, macOS only): the MPS converters between memory and
 // MPSImages, the building blocks of image-backed tensors on the GPU. `image` is an
-// MPSImage passed as an opaque pointer (__bridge id<MPSImage> inside .mm) whose
+// MPSImage passed as an opaque pointer (__bridge MPSImage* inside .mm) whose
 // featureChannels == geometry.c and numberOfImages >= geometry.n; its feature channel
 // format must match the memory side's dtype (MPS converts no values on these paths), and
 // scale/bias must be absent: otherwise kUnsupported and the caller converts on the CPU

@@ -5,6 +5,7 @@
 // conversions below are branch-free.
 //
 // Built with -ffp-contract=off: x*scale + bias is two roundings, as on every backend.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -118,83 +119,137 @@ inline D Convert(S x, float scale, float bias) {
 }
 
 // ------------------------------------------------------------ layout walking
-// Per layout: where row (n, h) starts, the step between consecutive w, and the offset
-// of channel c inside a pixel (the index maps of convert.h, split this way).
-struct RowMap {
+// Element strides of a layout: n, h and w steps, and the offset of channel c inside a
+// pixel (the index maps of convert.h, taken apart).
+struct Strides {
+  int64_t n = 0, h = 0, w = 0;
+  int64_t slice = 0;  // kImage: distance between slices of 4 channels
   Layout layout;
-  Geometry g;
-  int64_t RowBase(int64_t n, int64_t h) const { return Offset(layout, g, n, h, 0, 0); }
-  int64_t WStep() const {
-    switch (layout) {
-      case Layout::kImage: return 4;
-      case Layout::kMatrixChw: return 1;
-      default: return g.c;
+  bool packed() const { return layout != Layout::kImage && layout != Layout::kMatrixChw; }
+  int64_t Channel(int64_t c) const {
+    if (layout == Layout::kImage) return (c / 4) * slice + c % 4;
+    if (layout == Layout::kMatrixChw) return c * slice;
+    return c;
+  }
+};
+
+Strides StridesOf(Layout l, const Geometry& g) {
+  Strides s;
+  s.layout = l;
+  switch (l) {
+    case Layout::kNhwc:
+    case Layout::kSequence:
+    case Layout::kMatrixHwc:
+      s.n = g.h * g.w * g.c, s.h = g.w * g.c, s.w = g.c;
+      break;
+    case Layout::kTimeMajor:
+      s.n = g.w * g.c, s.h = g.n * g.w * g.c, s.w = g.c;
+      break;
+    case Layout::kImage:
+      s.slice = g.h * g.w * 4, s.n = g.slices() * s.slice, s.h = g.w * 4, s.w = 4;
+      break;
+    case Layout::kMatrixChw:
+      s.slice = g.h * g.w, s.n = g.c * s.slice, s.h = g.w, s.w = 1;
+      break;
+  }
+  return s;
+}
+
+template <typename S, typename D, bool kAffine, bool kInverse>
+struct Kernels {
+  static D Cvt(S x, float sc, float bi) { return Convert<S, D, kAffine, kInverse>(x, sc, bi); }
+
+  // Both sides channel-packed: one contiguous run (affine expanded per element).
+  static void Flat(const S* __restrict s, D* __restrict d, int64_t count, const float* __restrict sc,
+                   const float* __restrict bi) {
+    for (int64_t i = 0; i < count; ++i) d[i] = Cvt(s[i], kAffine ? sc[i] : 1.0f, kAffine ? bi[i] : 0.0f);
+  }
+
+  // Packed pixels -> one image row: slice by slice, 4 channels per pixel, padding zeroed.
+  static void ToImage(const S* __restrict s, D* __restrict d, int64_t W, int64_t C, int64_t slice,
+                      const float* sc, const float* bi) {
+    for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
+      const S* __restrict in = s + s4 * 4;
+      D* __restrict out = d + s4 * slice;
+      const int64_t k_real = C - s4 * 4 < 4 ? C - s4 * 4 : 4;
+      const float* ss = sc + s4 * 4;
+      const float* bb = bi + s4 * 4;
+      if (k_real == 4) {
+        for (int64_t w = 0; w < W; ++w) {
+          for (int k = 0; k < 4; ++k) out[w * 4 + k] = Cvt(in[w * C + k], ss[k], bb[k]);
+        }
+      } else {
+        for (int64_t w = 0; w < W; ++w) {
+          for (int k = 0; k < 4; ++k) out[w * 4 + k] = k < k_real ? Cvt(in[w * C + k], ss[k], bb[k]) : D(0);
+        }
+      }
     }
   }
-  int64_t ChannelOffset(int64_t c) const { return Offset(layout, g, 0, 0, 0, c); }
-  // Channels of one pixel are contiguous and one pixel follows another.
-  bool Packed() const { return layout != Layout::kImage && layout != Layout::kMatrixChw; }
+
+  // One image row -> packed pixels.
+  static void FromImage(const S* __restrict s, D* __restrict d, int64_t W, int64_t C, int64_t slice,
+                        const float* sc, const float* bi) {
+    for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
+      const S* __restrict in = s + s4 * slice;
+      D* __restrict out = d + s4 * 4;
+      const int64_t k_real = C - s4 * 4 < 4 ? C - s4 * 4 : 4;
+      const float* ss = sc + s4 * 4;
+      const float* bb = bi + s4 * 4;
+      for (int64_t w = 0; w < W; ++w) {
+        for (int64_t k = 0; k < k_real; ++k) out[w * C + k] = Cvt(in[w * 4 + k], ss[k], bb[k]);
+      }
+    }
+  }
+
+  // Anything else: one strided run per channel (CHW <-> the rest).
+  static void Strided(const S* s, D* d, int64_t W, int64_t C, const Strides& ss, const Strides& ds,
+                      const float* sc, const float* bi) {
+    for (int64_t c = 0; c < C; ++c) {
+      const S* __restrict in = s + ss.Channel(c);
+      D* __restrict out = d + ds.Channel(c);
+      for (int64_t w = 0; w < W; ++w) out[w * ds.w] = Cvt(in[w * ss.w], sc[c], bi[c]);
+    }
+  }
 };
 
 template <typename S, typename D, bool kAffine, bool kInverse>
 void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
+  using K = Kernels<S, D, kAffine, kInverse>;
   const Geometry& g = a.geometry;
   const S* src = static_cast<const S*>(a.src);
   D* dst = static_cast<D*>(a.dst);
-  const RowMap sm{a.src_layout, g}, dm{a.dst_layout, g};
-  const int64_t C = g.c, W = g.w;
-  const bool dst_image = a.dst_layout == Layout::kImage;
-  const int64_t dst_channels = dst_image ? g.slices() * 4 : C;  // padding included
+  const Strides ss = StridesOf(a.src_layout, g), ds = StridesOf(a.dst_layout, g);
+  const int64_t C = g.c, W = g.w, S4 = g.slices() * 4;
 
-  std::vector<float> scale(C, 1.0f), bias(C, 0.0f);
-  if (a.scale != nullptr) scale.assign(a.scale, a.scale + C);
-  if (a.bias != nullptr) bias.assign(a.bias, a.bias + C);
-
-  if (sm.Packed() && dm.Packed()) {
-    // A row is W*C contiguous elements on both sides: one flat loop, the per-channel
-    // affine expanded to the row's length once.
-    const int64_t row = W * C;
-    std::vector<float> row_scale(kAffine ? row : 0), row_bias(kAffine ? row : 0);
-    for (int64_t i = 0; kAffine && i < row; ++i) {
-      row_scale[i] = scale[i % C];
-      row_bias[i] = bias[i % C];
-    }
-    parallel(g.n * g.h, row * 4, [&](int64_t first, int64_t last) {
-      for (int64_t r = first; r < last; ++r) {
-        const int64_t n = r / g.h, h = r % g.h;
-        const S* __restrict s = src + sm.RowBase(n, h);
-        D* __restrict d = dst + dm.RowBase(n, h);
-        const float* __restrict rs = row_scale.data();
-        const float* __restrict rb = row_bias.data();
-        for (int64_t i = 0; i < row; ++i) {
-          d[i] = Convert<S, D, kAffine, kInverse>(s[i], kAffine ? rs[i] : 1.0f, kAffine ? rb[i] : 0.0f);
-        }
-      }
-    });
-    return;
+  // Per-channel scale and bias, padded to whole slices; for flat runs, expanded to a row.
+  std::vector<float> scale(S4, 1.0f), bias(S4, 0.0f);
+  if (a.scale != nullptr) std::copy(a.scale, a.scale + C, scale.begin());
+  if (a.bias != nullptr) std::copy(a.bias, a.bias + C, bias.begin());
+  const bool flat = ss.packed() && ds.packed();
+  std::vector<float> row_scale, row_bias;
+  if (flat && kAffine) {
+    row_scale.resize(W * C);
+    row_bias.resize(W * C);
+    for (int64_t i = 0; i < W * C; ++i) row_scale[i] = scale[i % C], row_bias[i] = bias[i % C];
   }
-
-  // General case: one strided run of W elements per channel of a row.
-  const int64_t s_step = sm.WStep(), d_step = dm.WStep();
-  std::vector<int64_t> s_off(C), d_off(dst_channels);
-  for (int64_t c = 0; c < C; ++c) s_off[c] = sm.ChannelOffset(c);
-  for (int64_t c = 0; c < dst_channels; ++c) d_off[c] = dm.ChannelOffset(c);
-  parallel(g.n * g.h, W * dst_channels * 4, [&](int64_t first, int64_t last) {
+  const bool dst_image = a.dst_layout == Layout::kImage, src_image = a.src_layout == Layout::kImage;
+  parallel(g.n * g.h, W * S4 * 3, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const int64_t n = r / g.h, h = r % g.h;
-      const S* s_row = src + sm.RowBase(n, h);
-      D* d_row = dst + dm.RowBase(n, h);
-      for (int64_t c = 0; c < C; ++c) {
-        const S* __restrict s = s_row + s_off[c];
-        D* __restrict d = d_row + d_off[c];
-        const float sc = scale[c], bi = bias[c];
-        for (int64_t w = 0; w < W; ++w) {
-          d[w * d_step] = Convert<S, D, kAffine, kInverse>(s[w * s_step], sc, bi);
+      const S* s_row = src + n * ss.n + h * ss.h;
+      D* d_row = dst + n * ds.n + h * ds.h;
+      if (flat) {
+        K::Flat(s_row, d_row, W * C, row_scale.data(), row_bias.data());
+      } else if (dst_image && ss.packed()) {
+        K::ToImage(s_row, d_row, W, C, ds.slice, scale.data(), bias.data());
+      } else if (src_image && ds.packed()) {
+        K::FromImage(s_row, d_row, W, C, ss.slice, scale.data(), bias.data());
+      } else {
+        K::Strided(s_row, d_row, W, C, ss, ds, scale.data(), bias.data());
+        for (int64_t c = C; dst_image && c < S4; ++c) {  // the image's padding channels
+          D* out = d_row + ds.Channel(c);
+          for (int64_t w = 0; w < W; ++w) out[w * 4] = D(0);
         }
-      }
-      for (int64_t c = C; c < dst_channels; ++c) {  // the image's padding channels
-        D* __restrict d = d_row + d_off[c];
-        for (int64_t w = 0; w < W; ++w) d[w * d_step] = D(0);
       }
     }
   });

@@ -1,7 +1,7 @@
 // Declaration subset of Apple's Metal framework headers, for type-checking only (see
 // ../Foundation/Foundation.h). Selectors and types checked against developer.apple.com
-// (MTLDevice, MTLBuffer, MTLCommandQueue, MTLCommandBuffer); enum values checked against
-// PyObjC's Metal metadata by tools/check_metal_enums.py.
+// (MTLDevice, MTLBuffer, MTLCommandQueue, MTLCommandBuffer, MTLPixelFormat); enum values
+// checked against PyObjC's Metal metadata by tools/check_metal_enums.py.
 #ifndef TFMPS_STUB_METAL_H_
 #define TFMPS_STUB_METAL_H_
 
@@ -14,6 +14,20 @@ typedef NS_OPTIONS(NSUInteger, MTLResourceOptions) {
   MTLResourceStorageModeShared = 0UL << 4,
   MTLResourceStorageModeManaged = 1UL << 4,
   MTLResourceStorageModePrivate = 2UL << 4,
+};
+
+// Only the uncompressed, linear (not sRGB, not BGRA) formats that MPSImages of unorm8,
+// float16 and float32 feature channels use; convert_metal.mm accepts no other.
+typedef NS_ENUM(NSUInteger, MTLPixelFormat) {
+  MTLPixelFormatR8Unorm = 10,
+  MTLPixelFormatR16Float = 25,
+  MTLPixelFormatRG8Unorm = 30,
+  MTLPixelFormatR32Float = 55,
+  MTLPixelFormatRG16Float = 65,
+  MTLPixelFormatRGBA8Unorm = 70,
+  MTLPixelFormatRG32Float = 105,
+  MTLPixelFormatRGBA16Float = 115,
+  MTLPixelFormatRGBA32Float = 125,
 };
 
 typedef NS_ENUM(NSUInteger, MTLCommandBufferStatus) {

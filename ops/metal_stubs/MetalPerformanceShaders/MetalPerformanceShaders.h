@@ -1,8 +1,9 @@
-// Declaration subset of Apple's MetalPerformanceShaders headers (MPSCore, MPSMatrix,
+// Declaration subset of Apple's MetalPerformanceShaders headers (MPSCore: MPSCoreTypes.h,
+// MPSImage.h; MPSMatrix: MPSMatrixTypes.h; MPSImage: MPSImageCopy.h;
 // MPSNeuralNetwork/MPSNNOptimizers.h), for type-checking only (see
 // ../Foundation/Foundation.h). Selectors and argument types checked against
-// developer.apple.com and Apple's MPSNNOptimizers.h; enum values checked against
-// PyObjC's MetalPerformanceShaders metadata by tools/check_metal_enums.py.
+// developer.apple.com and Apple's headers; enum values checked against PyObjC's
+// MetalPerformanceShaders metadata by tools/check_metal_enums.py.
 #ifndef TFMPS_STUB_METALPERFORMANCESHADERS_H_
 #define TFMPS_STUB_METALPERFORMANCESHADERS_H_
 
@@ -13,6 +14,25 @@
 typedef NS_ENUM(uint32_t, MPSDataType) {
   MPSDataTypeFloatBit = 0x10000000,
   MPSDataTypeFloat32 = MPSDataTypeFloatBit | 32,
+  MPSDataTypeFloat16 = MPSDataTypeFloatBit | 16,
+  MPSDataTypeNormalizedBit = 0x40000000,
+  MPSDataTypeUnorm8 = MPSDataTypeNormalizedBit | 8,
+};
+
+// The storage of one feature channel of an MPSImage.
+typedef NS_ENUM(NSUInteger, MPSImageFeatureChannelFormat) {
+  MPSImageFeatureChannelFormatNone = 0,
+  MPSImageFeatureChannelFormatUnorm8 = 1,
+  MPSImageFeatureChannelFormatUnorm16 = 2,
+  MPSImageFeatureChannelFormatFloat16 = 3,
+  MPSImageFeatureChannelFormatFloat32 = 4,
+};
+
+// Memory order of one image: [height][width][featureChannels] or
+// [featureChannels][height][width] (MPSImage.h); macOS 10.13+.
+typedef NS_ENUM(NSUInteger, MPSDataLayout) {
+  MPSDataLayoutHeightxWidthxFeatureChannels = 0,
+  MPSDataLayoutFeatureChannelsxHeightxWidth = 1,
 };
 
 typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
@@ -35,6 +55,57 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 - (instancetype)initWithBuffer:(id<MTLBuffer>)buffer
                         offset:(NSUInteger)offset
                     descriptor:(MPSVectorDescriptor*)descriptor;
+@end
+
+@interface MPSMatrixDescriptor : NSObject
+// macOS 10.13+. rowBytes must be a multiple of the element size.
++ (instancetype)matrixDescriptorWithRows:(NSUInteger)rows
+                                 columns:(NSUInteger)columns
+                                rowBytes:(NSUInteger)rowBytes
+                                dataType:(MPSDataType)dataType;
+@end
+
+@interface MPSMatrix : NSObject
+// macOS 10.15+.
+- (instancetype)initWithBuffer:(id<MTLBuffer>)buffer
+                        offset:(NSUInteger)offset
+                    descriptor:(MPSMatrixDescriptor*)descriptor;
+@end
+
+@interface MPSImage : NSObject
+@property(readonly, nonatomic) NSUInteger width;
+@property(readonly, nonatomic) NSUInteger height;
+@property(readonly, nonatomic) NSUInteger featureChannels;
+@property(readonly, nonatomic) NSUInteger numberOfImages;
+@property(readonly, nonatomic) MTLPixelFormat pixelFormat;
+@property(readonly, nonatomic) MPSImageFeatureChannelFormat featureChannelFormat;
+// macOS 10.13+: the whole image `imageIndex`, no conversion (the memory type is the
+// texture's).
+- (void)readBytes:(void*)dataBytes
+       dataLayout:(MPSDataLayout)dataLayout
+       imageIndex:(NSUInteger)imageIndex;
+- (void)writeBytes:(const void*)dataBytes
+        dataLayout:(MPSDataLayout)dataLayout
+        imageIndex:(NSUInteger)imageIndex;
+// macOS 10.13.4+: a blit that updates the CPU copy of a managed texture; nothing for
+// other storage modes.
+- (void)synchronizeOnCommandBuffer:(id<MTLCommandBuffer>)commandBuffer;
+@end
+
+// macOS 10.13+.
+@interface MPSImageCopyToMatrix : MPSKernel
+- (instancetype)initWithDevice:(id<MTLDevice>)device dataLayout:(MPSDataLayout)dataLayout;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+            destinationMatrix:(MPSMatrix*)destinationMatrix;
+@end
+
+// macOS 10.14+.
+@interface MPSMatrixCopyToImage : MPSKernel
+- (instancetype)initWithDevice:(id<MTLDevice>)device dataLayout:(MPSDataLayout)dataLayout;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                 sourceMatrix:(MPSMatrix*)sourceMatrix
+             destinationImage:(MPSImage*)destinationImage;
 @end
 
 @interface MPSNNOptimizerDescriptor : NSObject
