@@ -17,13 +17,12 @@ than moving those bytes at the machine's copy rate (the "bandwidth floor").
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
+
+from _common import copy_rate, cores, time_call
 
 
 def _sizes(total: int, count: int, seed: int = 0) -> list[int]:
@@ -33,42 +32,6 @@ def _sizes(total: int, count: int, seed: int = 0) -> list[int]:
     sizes = np.maximum(1, np.round(raw / raw.sum() * total)).astype(int)
     sizes[np.argmax(sizes)] += total - sizes.sum()
     return [int(s) for s in sizes]
-
-
-def _time(fn, steps: int, repeats: int) -> float:
-    """Median over `repeats` of the mean seconds per call over `steps` calls."""
-    fn()  # trace / warm up
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        runs.append((time.perf_counter() - t0) / steps)
-    return statistics.median(runs)
-
-
-def _copy_rate(nbytes: int, repeats: int) -> tuple[float, int]:
-    """Best memory-copy rate (bytes read + written per second) over 1 and all cores."""
-    n = nbytes // 4
-    src = np.random.default_rng(1).standard_normal(n).astype(np.float32)
-    dst = np.empty_like(src)
-    best, best_threads = 0.0, 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for threads in sorted({1, cores}):
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            def copy(chunks=chunks):
-                list(pool.map(lambda c: np.copyto(*c), chunks))  # numpy releases the GIL
-            copy()
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                copy()
-                rate = 2 * src.nbytes / (time.perf_counter() - t0)
-                if rate > best:
-                    best, best_threads = rate, threads
-    return best, best_threads
 
 
 def main(argv=None) -> int:
@@ -97,7 +60,7 @@ def main(argv=None) -> int:
     grads = [tf.constant(rng.standard_normal(s).astype(np.float32) * 1e-3) for s in sizes]
     n_params = sum(sizes)
     print(f"tf-mps {tf_mps.__version__} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
-          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores")
+          f"{cores()} cores")
     print(f"{len(sizes)} float32 variables, {n_params / 1e6:.2f}M parameters "
           f"(sizes {min(sizes)}..{max(sizes)}), {args.steps} calls x {inner} steps x {args.repeats} runs (median)\n")
 
@@ -141,21 +104,21 @@ def main(argv=None) -> int:
         return run
 
     results = {
-        "tf_mps multi-tensor op": _time(fused, args.steps, args.repeats) / inner,
-        "tf_mps.keras Adam": _time(keras_step(tf_mps.keras.optimizers.Adam), args.steps, args.repeats) / inner,
-        "keras.optimizers.Adam": _time(keras_step(keras.optimizers.Adam), args.steps, args.repeats) / inner,
-        "ResourceApplyAdam loop": _time(resource_apply_loop, args.steps, args.repeats) / inner,
+        "tf_mps multi-tensor op": time_call(fused, args.steps, args.repeats) / inner,
+        "tf_mps.keras Adam": time_call(keras_step(tf_mps.keras.optimizers.Adam), args.steps, args.repeats) / inner,
+        "keras.optimizers.Adam": time_call(keras_step(keras.optimizers.Adam), args.steps, args.repeats) / inner,
+        "ResourceApplyAdam loop": time_call(resource_apply_loop, args.steps, args.repeats) / inner,
     }
     ours = results["tf_mps multi-tensor op"]
     adam_bytes = 7 * 4 * n_params
     # A copy touching as much memory as one Adam step (4 arrays of n floats: src + dst).
-    copy_rate, copy_threads = _copy_rate(2 * 4 * n_params, args.repeats * 4)
-    floor = adam_bytes / copy_rate
+    copy_rate_, copy_threads = copy_rate(2 * 4 * n_params, args.repeats * 4)
+    floor = adam_bytes / copy_rate_
 
     print(f"{'path':<26}{'ms/step':>10}{'GB/s':>9}{'tf_mps speed-up':>18}")
     for name, sec in results.items():
         print(f"{name:<26}{sec * 1e3:>10.3f}{adam_bytes / sec / 1e9:>9.1f}{sec / ours:>17.2f}x")
-    print(f"\nmemory copy ({copy_threads} thread{'s' if copy_threads > 1 else ''}): {copy_rate / 1e9:.1f} GB/s "
+    print(f"\nmemory copy ({copy_threads} thread{'s' if copy_threads > 1 else ''}): {copy_rate_ / 1e9:.1f} GB/s "
           f"-> bandwidth floor for Adam's {adam_bytes / 1e6:.0f} MB/step: {floor * 1e3:.3f} ms")
     print(f"tf_mps multi-tensor op reaches {floor / ours:.2f} of the bandwidth floor (target >= 0.8)")
     print(f"tf_mps vs keras.optimizers.Adam: {results['keras.optimizers.Adam'] / ours:.2f}x faster (target >= 2.5x)")

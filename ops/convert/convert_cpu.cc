@@ -54,35 +54,34 @@ inline To BitCast(From x) {
 // renormalized with one float subtraction. No float subnormal is ever formed: TF's
 // threads run with flush-to-zero, which would lose them.
 inline float HalfToFloat(Half h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t shifted = static_cast<uint32_t>(h & 0x7fffu) << 13;
-  const uint32_t exponent = shifted & 0x0f800000u;
-  const uint32_t normal = shifted + 0x38000000u;   // + (127 - 15) << 23
-  const uint32_t special = shifted + 0x70000000u;  // exponent 31 -> 255
-  const float subnormal = BitCast<float>(normal + 0x00800000u) - 0x1p-14f;
-  const uint32_t bits = exponent == 0x0f800000u ? special
-                        : exponent == 0          ? BitCast<uint32_t>(subnormal)
-                                                 : normal;
+  const int32_t sign = static_cast<int32_t>(h & 0x8000) << 16;
+  const int32_t shifted = static_cast<int32_t>(h & 0x7fff) << 13;
+  const int32_t exponent = shifted & 0x0f800000;
+  const int32_t normal = shifted + 0x38000000;   // + (127 - 15) << 23
+  const int32_t special = shifted + 0x70000000;  // exponent 31 -> 255
+  const float subnormal = BitCast<float>(normal + 0x00800000) - 0x1p-14f;
+  const int32_t bits = exponent == 0x0f800000 ? special
+                       : exponent == 0         ? BitCast<int32_t>(subnormal)
+                                               : normal;
   return BitCast<float>(bits | sign);
 }
 
 // binary32 -> binary16, round to nearest even (as float16 casts in TF, NumPy and Metal).
 inline Half FloatToHalf(float f) {
-  uint32_t bits = BitCast<uint32_t>(f);
-  const uint32_t sign = (bits >> 16) & 0x8000u;
-  bits &= 0x7fffffffu;
-  uint32_t out;
-  if (bits >= 0x47800000u) {  // too large for half (or Inf/NaN)
-    out = bits > 0x7f800000u ? 0x7e00u : 0x7c00u;
-  } else if (bits < 0x38800000u) {  // result is subnormal or zero
-    // Adding 0.5 aligns the mantissa so the FPU rounds (to nearest even) at half's
-    // subnormal precision; the low bits are then the half's bits.
-    out = BitCast<uint32_t>(BitCast<float>(bits) + 0.5f) - BitCast<uint32_t>(0.5f);
-  } else {
-    const uint32_t odd = (bits >> 13) & 1u;
-    bits += 0xc8000fffu + odd;  // rebias exponent (15 - 127) << 23, round half to even
-    out = bits >> 13;
-  }
+  // Signed 32-bit arithmetic throughout: after clearing the sign bit the values fit,
+  // and signed compares are what SSE2 can vectorize.
+  const int32_t raw = BitCast<int32_t>(f);
+  const int32_t sign = (raw >> 16) & 0x8000;
+  const int32_t bits = raw & 0x7fffffff;
+  // Three candidates, one select (branch-free, so loops over it vectorize):
+  // too large for half (or Inf/NaN);
+  const int32_t big = bits > 0x7f800000 ? 0x7e00 : 0x7c00;
+  // subnormal or zero result: adding 0.5 aligns the mantissa so the FPU rounds (to
+  // nearest even) at half's subnormal precision, and the low bits are the half's bits;
+  const int32_t tiny = BitCast<int32_t>(BitCast<float>(bits) + 0.5f) - 0x3f000000;
+  // normal: rebias the exponent ((15 - 127) << 23) and round half to even.
+  const int32_t normal = (bits - 0x37fff001 + ((bits >> 13) & 1)) >> 13;
+  const int32_t out = bits >= 0x47800000 ? big : (bits < 0x38800000 ? tiny : normal);
   return static_cast<Half>(out | sign);
 }
 
@@ -155,19 +154,24 @@ Strides StridesOf(Layout l, const Geometry& g) {
   return s;
 }
 
+// A run of pixels p = h*W + w inside one item n. Every layout places pixel p at
+// p * PixelStride() from the item's start (time-major has W = 1 and steps by h).
+int64_t PixelStride(const Strides& s, const Geometry& g) { return g.w == 1 ? s.h : s.w; }
+
 template <typename S, typename D, bool kAffine, bool kInverse>
 struct Kernels {
   static D Cvt(S x, float sc, float bi) { return Convert<S, D, kAffine, kInverse>(x, sc, bi); }
 
-  // Both sides channel-packed: one contiguous run (affine expanded per element).
+  // A contiguous run on both sides (affine expanded per element, period C).
   static void Flat(const S* __restrict s, D* __restrict d, int64_t count, const float* __restrict sc,
                    const float* __restrict bi) {
     for (int64_t i = 0; i < count; ++i) d[i] = Cvt(s[i], kAffine ? sc[i] : 1.0f, kAffine ? bi[i] : 0.0f);
   }
 
-  // Packed pixels -> one image row: slice by slice, 4 channels per pixel, padding zeroed.
-  static void ToImage(const S* __restrict s, D* __restrict d, int64_t W, int64_t C, int64_t slice,
-                      const float* sc, const float* bi) {
+  // Packed pixels -> image: slice by slice, 4 channels per pixel, padding zeroed. Writes
+  // run contiguously through each slice; the pixel block being read stays in cache.
+  static void ToImage(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t src_step, int64_t C,
+                      int64_t slice, const float* sc, const float* bi) {
     for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
       const S* __restrict in = s + s4 * 4;
       D* __restrict out = d + s4 * slice;
@@ -175,39 +179,57 @@ struct Kernels {
       const float* ss = sc + s4 * 4;
       const float* bb = bi + s4 * 4;
       if (k_real == 4) {
-        for (int64_t w = 0; w < W; ++w) {
-          for (int k = 0; k < 4; ++k) out[w * 4 + k] = Cvt(in[w * C + k], ss[k], bb[k]);
+        for (int64_t p = 0; p < pixels; ++p) {
+          for (int k = 0; k < 4; ++k) out[p * 4 + k] = Cvt(in[p * src_step + k], ss[k], bb[k]);
         }
       } else {
-        for (int64_t w = 0; w < W; ++w) {
-          for (int k = 0; k < 4; ++k) out[w * 4 + k] = k < k_real ? Cvt(in[w * C + k], ss[k], bb[k]) : D(0);
+        for (int64_t p = 0; p < pixels; ++p) {
+          for (int k = 0; k < 4; ++k) {
+            out[p * 4 + k] = k < k_real ? Cvt(in[p * src_step + k], ss[k], bb[k]) : D(0);
+          }
         }
       }
     }
   }
 
-  // One image row -> packed pixels.
-  static void FromImage(const S* __restrict s, D* __restrict d, int64_t W, int64_t C, int64_t slice,
-                        const float* sc, const float* bi) {
+  template <int kReal>
+  static void FromImagePartial(const S* __restrict in, D* __restrict out, int64_t pixels, int64_t dst_step,
+                               const float* ss, const float* bb) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      for (int k = 0; k < kReal; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], ss[k], bb[k]);
+    }
+  }
+
+  // Image -> packed pixels, slice by slice.
+  static void FromImage(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t dst_step, int64_t C,
+                        int64_t slice, const float* sc, const float* bi) {
     for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
       const S* __restrict in = s + s4 * slice;
       D* __restrict out = d + s4 * 4;
       const int64_t k_real = C - s4 * 4 < 4 ? C - s4 * 4 : 4;
       const float* ss = sc + s4 * 4;
       const float* bb = bi + s4 * 4;
-      for (int64_t w = 0; w < W; ++w) {
-        for (int64_t k = 0; k < k_real; ++k) out[w * C + k] = Cvt(in[w * 4 + k], ss[k], bb[k]);
+      if (k_real == 4) {
+        for (int64_t p = 0; p < pixels; ++p) {
+          for (int k = 0; k < 4; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], ss[k], bb[k]);
+        }
+      } else if (k_real == 3) {
+        FromImagePartial<3>(in, out, pixels, dst_step, ss, bb);
+      } else if (k_real == 2) {
+        FromImagePartial<2>(in, out, pixels, dst_step, ss, bb);
+      } else {
+        FromImagePartial<1>(in, out, pixels, dst_step, ss, bb);
       }
     }
   }
 
-  // Anything else: one strided run per channel (CHW <-> the rest).
-  static void Strided(const S* s, D* d, int64_t W, int64_t C, const Strides& ss, const Strides& ds,
-                      const float* sc, const float* bi) {
+  // Anything else (CHW on either side): one strided run per channel.
+  static void Strided(const S* s, D* d, int64_t pixels, int64_t C, const Strides& ss, int64_t s_step,
+                      const Strides& ds, int64_t d_step, const float* sc, const float* bi) {
     for (int64_t c = 0; c < C; ++c) {
       const S* __restrict in = s + ss.Channel(c);
       D* __restrict out = d + ds.Channel(c);
-      for (int64_t w = 0; w < W; ++w) out[w * ds.w] = Cvt(in[w * ss.w], sc[c], bi[c]);
+      for (int64_t p = 0; p < pixels; ++p) out[p * d_step] = Cvt(in[p * s_step], sc[c], bi[c]);
     }
   }
 };
@@ -219,36 +241,52 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
   const S* src = static_cast<const S*>(a.src);
   D* dst = static_cast<D*>(a.dst);
   const Strides ss = StridesOf(a.src_layout, g), ds = StridesOf(a.dst_layout, g);
-  const int64_t C = g.c, W = g.w, S4 = g.slices() * 4;
+  const int64_t C = g.c, S4 = g.slices() * 4, P = g.h * g.w;
+  const int64_t s_step = PixelStride(ss, g), d_step = PixelStride(ds, g);
+  if (P == 0 || C == 0) return;
 
-  // Per-channel scale and bias, padded to whole slices; for flat runs, expanded to a row.
+  // Work units: an item n and a block of its pixels, sized so one block of the packed
+  // side (~64 KB) stays in cache while it is read or written slice by slice.
+  const int64_t block = std::min<int64_t>(P, std::max<int64_t>(16, 16384 / C));
+  const int64_t blocks_per_item = (P + block - 1) / block;
+
+  // Per-channel scale and bias, padded to whole slices; for contiguous runs, expanded
+  // to the longest run.
   std::vector<float> scale(S4, 1.0f), bias(S4, 0.0f);
   if (a.scale != nullptr) std::copy(a.scale, a.scale + C, scale.begin());
   if (a.bias != nullptr) std::copy(a.bias, a.bias + C, bias.begin());
-  const bool flat = ss.packed() && ds.packed();
-  std::vector<float> row_scale, row_bias;
-  if (flat && kAffine) {
-    row_scale.resize(W * C);
-    row_bias.resize(W * C);
-    for (int64_t i = 0; i < W * C; ++i) row_scale[i] = scale[i % C], row_bias[i] = bias[i % C];
+  const bool packed = ss.packed() && ds.packed();
+  const bool contiguous = packed && s_step == C && d_step == C;  // whole block is one run
+  std::vector<float> run_scale, run_bias;
+  if (packed && kAffine) {
+    const int64_t run = contiguous ? block * C : C;
+    run_scale.resize(run);
+    run_bias.resize(run);
+    for (int64_t i = 0; i < run; ++i) run_scale[i] = scale[i % C], run_bias[i] = bias[i % C];
   }
   const bool dst_image = a.dst_layout == Layout::kImage, src_image = a.src_layout == Layout::kImage;
-  parallel(g.n * g.h, W * S4 * 3, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      const int64_t n = r / g.h, h = r % g.h;
-      const S* s_row = src + n * ss.n + h * ss.h;
-      D* d_row = dst + n * ds.n + h * ds.h;
-      if (flat) {
-        K::Flat(s_row, d_row, W * C, row_scale.data(), row_bias.data());
+
+  parallel(g.n * blocks_per_item, block * S4 * 3, [&](int64_t first, int64_t last) {
+    for (int64_t u = first; u < last; ++u) {
+      const int64_t n = u / blocks_per_item, p0 = (u % blocks_per_item) * block;
+      const int64_t pixels = std::min(block, P - p0);
+      const S* s = src + n * ss.n + p0 * s_step;
+      D* d = dst + n * ds.n + p0 * d_step;
+      if (contiguous) {
+        K::Flat(s, d, pixels * C, run_scale.data(), run_bias.data());
+      } else if (packed) {
+        for (int64_t p = 0; p < pixels; ++p) {
+          K::Flat(s + p * s_step, d + p * d_step, C, run_scale.data(), run_bias.data());
+        }
       } else if (dst_image && ss.packed()) {
-        K::ToImage(s_row, d_row, W, C, ds.slice, scale.data(), bias.data());
+        K::ToImage(s, d, pixels, s_step, C, ds.slice, scale.data(), bias.data());
       } else if (src_image && ds.packed()) {
-        K::FromImage(s_row, d_row, W, C, ss.slice, scale.data(), bias.data());
+        K::FromImage(s, d, pixels, d_step, C, ss.slice, scale.data(), bias.data());
       } else {
-        K::Strided(s_row, d_row, W, C, ss, ds, scale.data(), bias.data());
+        K::Strided(s, d, pixels, C, ss, s_step, ds, d_step, scale.data(), bias.data());
         for (int64_t c = C; dst_image && c < S4; ++c) {  // the image's padding channels
-          D* out = d_row + ds.Channel(c);
-          for (int64_t w = 0; w < W; ++w) out[w * 4] = D(0);
+          D* out = d + ds.Channel(c);
+          for (int64_t p = 0; p < pixels; ++p) out[p * 4] = D(0);
         }
       }
     }
