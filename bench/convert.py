@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         moved = data.nbytes + out_bytes
         t_ours = time_call(f_ours, args.calls, args.repeats)
         t_stock = time_call(f_stock, args.calls, args.repeats)
-        rate, _ = copy_rate(moved // 2, args.repeats * 2)  # a copy touching as many bytes
+        rate, _ = copy_rate(moved // 2, args.calls, args.repeats)  # a copy touching as many bytes
         fraction = moved / t_ours / rate
         worst = min(worst, fraction)
         print(f"{name:<34}{moved / 1e6:>10.1f}{t_ours * 1e3:>9.2f}{moved / t_ours / 1e9:>8.1f}"

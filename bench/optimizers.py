@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ours = results["tf_mps multi-tensor op"]
     adam_bytes = 7 * 4 * n_params
     # A copy touching as much memory as one Adam step (4 arrays of n floats: src + dst).
-    copy_rate_, copy_threads = copy_rate(2 * 4 * n_params, args.repeats * 4)
+    copy_rate_, copy_threads = copy_rate(2 * 4 * n_params, args.steps, args.repeats)
     floor = adam_bytes / copy_rate_
 
     print(f"{'path':<26}{'ms/step':>10}{'GB/s':>9}{'tf_mps speed-up':>18}")

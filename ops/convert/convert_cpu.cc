@@ -5,6 +5,11 @@
 // conversions below are branch-free.
 //
 // Built with -ffp-contract=off: x*scale + bias is two roundings, as on every backend.
+//
+// On x86-64 this file is compiled twice: as is (SSE2, half conversions in integer
+// arithmetic) and with -mavx2 -mf16c -DTFMPS_CONVERT_AVX2 (hardware half conversions),
+// and ConvertCpu picks the second when the processor has F16C and AVX2. On arm64 the
+// hardware conversions are always there (_Float16).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,9 +18,19 @@
 
 #include "ops/convert/convert.h"
 
+#if defined(TFMPS_CONVERT_AVX2) || defined(__aarch64__)
+#define TFMPS_NATIVE_HALF 1
+#endif
+#if defined(TFMPS_CONVERT_AVX2)
+#define TFMPS_CONVERT_ISA isa_avx2
+#else
+#define TFMPS_CONVERT_ISA isa_base
+#endif
+
 namespace tfmps {
 namespace convert {
 
+#if !defined(TFMPS_CONVERT_AVX2)  // defined once, in the base build
 int64_t NumElements(Layout layout, const Geometry& g) {
   return layout == Layout::kImage ? g.n * g.slices() * g.h * g.w * 4 : g.n * g.h * g.w * g.c;
 }
@@ -35,6 +50,10 @@ int64_t Offset(Layout layout, const Geometry& g, int64_t n, int64_t h, int64_t w
   }
   return 0;
 }
+#endif
+
+namespace TFMPS_CONVERT_ISA {
+void ConvertCpuImpl(const ConvertArgs& a, const ParallelFor& parallel);
 
 namespace {
 
@@ -87,7 +106,16 @@ inline Half FloatToHalf(float f) {
 
 // unorm8: q / 255, and back with round-to-nearest-even of clamp(y, 0, 1) * 255. The
 // magic constant 2^23 makes the FPU round a value in [0, 255] to an integer.
-inline float Unorm8ToFloat(uint8_t q) { return static_cast<float>(q) / 255.0f; }
+// q / 255 for every byte, computed when the library loads: a table read instead of a
+// division (the loops that read uint8 are not vectorized: gathering bytes costs more).
+struct Unorm8Table {
+  float value[256];
+  Unorm8Table() {
+    for (int q = 0; q < 256; ++q) value[q] = static_cast<float>(q) / 255.0f;
+  }
+};
+const Unorm8Table kUnorm8;
+inline float Unorm8ToFloat(uint8_t q) { return kUnorm8.value[q]; }
 inline uint8_t FloatToUnorm8(float y) {
   float v = y * 255.0f;
   v = v > 0.0f ? v : 0.0f;  // also maps NaN to 0
@@ -101,8 +129,13 @@ template <> struct Codec<float> {
   static float Store(float y) { return y; }
 };
 template <> struct Codec<Half> {
+#if defined(TFMPS_NATIVE_HALF)
+  static float Load(Half x) { return static_cast<float>(BitCast<_Float16>(x)); }
+  static Half Store(float y) { return BitCast<Half>(static_cast<_Float16>(y)); }
+#else
   static float Load(Half x) { return HalfToFloat(x); }
   static Half Store(float y) { return FloatToHalf(y); }
+#endif
 };
 template <> struct Codec<uint8_t> {
   static float Load(uint8_t x) { return Unorm8ToFloat(x); }
@@ -154,6 +187,10 @@ Strides StridesOf(Layout l, const Geometry& g) {
   return s;
 }
 
+// Elements of the packed side per work unit: small enough to stay in L1 while the
+// other side is swept slice by slice or channel by channel.
+int64_t kBlockElements = 4096;
+
 // A run of pixels p = h*W + w inside one item n. Every layout places pixel p at
 // p * PixelStride() from the item's start (time-major has W = 1 and steps by h).
 int64_t PixelStride(const Strides& s, const Geometry& g) { return g.w == 1 ? s.h : s.w; }
@@ -168,58 +205,123 @@ struct Kernels {
     for (int64_t i = 0; i < count; ++i) d[i] = Cvt(s[i], kAffine ? sc[i] : 1.0f, kAffine ? bi[i] : 0.0f);
   }
 
-  // Packed pixels -> image: slice by slice, 4 channels per pixel, padding zeroed. Writes
-  // run contiguously through each slice; the pixel block being read stays in cache.
-  static void ToImage(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t src_step, int64_t C,
-                      int64_t slice, const float* sc, const float* bi) {
-    for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
+  // Packed pixels -> image. Pixel by pixel (the pixel's channels are read once, in
+  // order), writing 4 channels into each slice: S write streams advancing together.
+  // The last slice's missing channels are zeroed.
+  template <int kTail>
+  static void ToImageT(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t src_step,
+                       int64_t full, int64_t slice, const float* sc, const float* bi) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      const S* __restrict in = s + p * src_step;
+      D* __restrict out = d + p * 4;
+      for (int64_t s4 = 0; s4 < full; ++s4) {
+        for (int k = 0; k < 4; ++k) out[s4 * slice + k] = Cvt(in[s4 * 4 + k], sc[s4 * 4 + k], bi[s4 * 4 + k]);
+      }
+      if (kTail > 0) {
+        D* __restrict last = out + full * slice;
+        for (int k = 0; k < 4; ++k) {
+          last[k] = k < kTail ? Cvt(in[full * 4 + k], sc[full * 4 + k], bi[full * 4 + k]) : D(0);
+        }
+      }
+    }
+  }
+
+  // Packed pixels -> image, slice by slice (many channels): each slice's run of the
+  // block is written contiguously while the block being read stays in L1.
+  template <int kTail>
+  static void ToImageSlices(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t src_step,
+                            int64_t full, int64_t slice, const float* sc, const float* bi) {
+    for (int64_t s4 = 0; s4 < full; ++s4) {
       const S* __restrict in = s + s4 * 4;
       D* __restrict out = d + s4 * slice;
-      const int64_t k_real = C - s4 * 4 < 4 ? C - s4 * 4 : 4;
       const float* ss = sc + s4 * 4;
       const float* bb = bi + s4 * 4;
-      if (k_real == 4) {
-        for (int64_t p = 0; p < pixels; ++p) {
-          for (int k = 0; k < 4; ++k) out[p * 4 + k] = Cvt(in[p * src_step + k], ss[k], bb[k]);
-        }
-      } else {
-        for (int64_t p = 0; p < pixels; ++p) {
-          for (int k = 0; k < 4; ++k) {
-            out[p * 4 + k] = k < k_real ? Cvt(in[p * src_step + k], ss[k], bb[k]) : D(0);
-          }
-        }
+      for (int64_t p = 0; p < pixels; ++p) {
+        for (int k = 0; k < 4; ++k) out[p * 4 + k] = Cvt(in[p * src_step + k], ss[k], bb[k]);
+      }
+    }
+    if (kTail > 0) {
+      const S* __restrict in = s + full * 4;
+      D* __restrict out = d + full * slice;
+      const float* ss = sc + full * 4;
+      const float* bb = bi + full * 4;
+      for (int64_t p = 0; p < pixels; ++p) {
+        for (int k = 0; k < 4; ++k) out[p * 4 + k] = k < kTail ? Cvt(in[p * src_step + k], ss[k], bb[k]) : D(0);
       }
     }
   }
 
-  template <int kReal>
-  static void FromImagePartial(const S* __restrict in, D* __restrict out, int64_t pixels, int64_t dst_step,
-                               const float* ss, const float* bb) {
-    for (int64_t p = 0; p < pixels; ++p) {
-      for (int k = 0; k < kReal; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], ss[k], bb[k]);
+  static void ToImage(const S* s, D* d, int64_t pixels, int64_t src_step, int64_t C, int64_t slice,
+                      const float* sc, const float* bi) {
+    const int64_t full = C / 4;
+    if (C > 4) {
+      switch (C % 4) {
+        case 0: return ToImageSlices<0>(s, d, pixels, src_step, full, slice, sc, bi);
+        case 1: return ToImageSlices<1>(s, d, pixels, src_step, full, slice, sc, bi);
+        case 2: return ToImageSlices<2>(s, d, pixels, src_step, full, slice, sc, bi);
+        default: return ToImageSlices<3>(s, d, pixels, src_step, full, slice, sc, bi);
+      }
+    }
+    switch (C % 4) {
+      case 0: return ToImageT<0>(s, d, pixels, src_step, full, slice, sc, bi);
+      case 1: return ToImageT<1>(s, d, pixels, src_step, full, slice, sc, bi);
+      case 2: return ToImageT<2>(s, d, pixels, src_step, full, slice, sc, bi);
+      default: return ToImageT<3>(s, d, pixels, src_step, full, slice, sc, bi);
     }
   }
 
-  // Image -> packed pixels, slice by slice.
-  static void FromImage(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t dst_step, int64_t C,
-                        int64_t slice, const float* sc, const float* bi) {
-    for (int64_t s4 = 0; s4 * 4 < C; ++s4) {
+  // Image -> packed pixels, pixel by pixel (the pixel's channels written once, in order).
+  template <int kTail>
+  static void FromImageT(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t dst_step,
+                         int64_t full, int64_t slice, const float* sc, const float* bi) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      const S* __restrict in = s + p * 4;
+      D* __restrict out = d + p * dst_step;
+      for (int64_t s4 = 0; s4 < full; ++s4) {
+        for (int k = 0; k < 4; ++k) out[s4 * 4 + k] = Cvt(in[s4 * slice + k], sc[s4 * 4 + k], bi[s4 * 4 + k]);
+      }
+      for (int k = 0; k < kTail; ++k) {
+        out[full * 4 + k] = Cvt(in[full * slice + k], sc[full * 4 + k], bi[full * 4 + k]);
+      }
+    }
+  }
+
+  // Image -> packed pixels, slice by slice (many channels).
+  template <int kTail>
+  static void FromImageSlices(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t dst_step,
+                              int64_t full, int64_t slice, const float* sc, const float* bi) {
+    for (int64_t s4 = 0; s4 < full; ++s4) {
       const S* __restrict in = s + s4 * slice;
       D* __restrict out = d + s4 * 4;
-      const int64_t k_real = C - s4 * 4 < 4 ? C - s4 * 4 : 4;
       const float* ss = sc + s4 * 4;
       const float* bb = bi + s4 * 4;
-      if (k_real == 4) {
-        for (int64_t p = 0; p < pixels; ++p) {
-          for (int k = 0; k < 4; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], ss[k], bb[k]);
-        }
-      } else if (k_real == 3) {
-        FromImagePartial<3>(in, out, pixels, dst_step, ss, bb);
-      } else if (k_real == 2) {
-        FromImagePartial<2>(in, out, pixels, dst_step, ss, bb);
-      } else {
-        FromImagePartial<1>(in, out, pixels, dst_step, ss, bb);
+      for (int64_t p = 0; p < pixels; ++p) {
+        for (int k = 0; k < 4; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], ss[k], bb[k]);
       }
+    }
+    const S* __restrict in = s + full * slice;
+    D* __restrict out = d + full * 4;
+    for (int64_t p = 0; p < pixels; ++p) {
+      for (int k = 0; k < kTail; ++k) out[p * dst_step + k] = Cvt(in[p * 4 + k], sc[full * 4 + k], bi[full * 4 + k]);
+    }
+  }
+
+  static void FromImage(const S* s, D* d, int64_t pixels, int64_t dst_step, int64_t C, int64_t slice,
+                        const float* sc, const float* bi) {
+    const int64_t full = C / 4;
+    if (C > 4) {
+      switch (C % 4) {
+        case 0: return FromImageSlices<0>(s, d, pixels, dst_step, full, slice, sc, bi);
+        case 1: return FromImageSlices<1>(s, d, pixels, dst_step, full, slice, sc, bi);
+        case 2: return FromImageSlices<2>(s, d, pixels, dst_step, full, slice, sc, bi);
+        default: return FromImageSlices<3>(s, d, pixels, dst_step, full, slice, sc, bi);
+      }
+    }
+    switch (C % 4) {
+      case 0: return FromImageT<0>(s, d, pixels, dst_step, full, slice, sc, bi);
+      case 1: return FromImageT<1>(s, d, pixels, dst_step, full, slice, sc, bi);
+      case 2: return FromImageT<2>(s, d, pixels, dst_step, full, slice, sc, bi);
+      default: return FromImageT<3>(s, d, pixels, dst_step, full, slice, sc, bi);
     }
   }
 
@@ -247,7 +349,7 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
 
   // Work units: an item n and a block of its pixels, sized so one block of the packed
   // side (~64 KB) stays in cache while it is read or written slice by slice.
-  const int64_t block = std::min<int64_t>(P, std::max<int64_t>(16, 16384 / C));
+  const int64_t block = std::min<int64_t>(P, std::max<int64_t>(16, kBlockElements / C));
   const int64_t blocks_per_item = (P + block - 1) / block;
 
   // Per-channel scale and bias, padded to whole slices; for contiguous runs, expanded
@@ -312,13 +414,30 @@ void WithDst(const ConvertArgs& a, const ParallelFor& parallel) {
 
 }  // namespace
 
-void ConvertCpu(const ConvertArgs& a, const ParallelFor& parallel) {
+void ConvertCpuImpl(const ConvertArgs& a, const ParallelFor& parallel) {
   switch (a.src_type) {
     case DType::kUint8: return WithDst<uint8_t>(a, parallel);
     case DType::kFloat16: return WithDst<Half>(a, parallel);
     case DType::kFloat32: return WithDst<float>(a, parallel);
   }
 }
+}  // namespace TFMPS_CONVERT_ISA
+
+#if !defined(TFMPS_CONVERT_AVX2)
+#if defined(TFMPS_HAVE_CONVERT_AVX2)
+namespace isa_avx2 {
+void ConvertCpuImpl(const ConvertArgs& a, const ParallelFor& parallel);
+}
+#endif
+
+void ConvertCpu(const ConvertArgs& a, const ParallelFor& parallel) {
+#if defined(TFMPS_HAVE_CONVERT_AVX2)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  if (avx2) return isa_avx2::ConvertCpuImpl(a, parallel);
+#endif
+  isa_base::ConvertCpuImpl(a, parallel);
+}
+#endif
 
 }  // namespace convert
 }  // namespace tfmps
