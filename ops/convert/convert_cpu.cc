@@ -187,9 +187,13 @@ Strides StridesOf(Layout l, const Geometry& g) {
   return s;
 }
 
-// Elements of the packed side per work unit: small enough to stay in L1 while the
-// other side is swept slice by slice or channel by channel.
-int64_t kBlockElements = 4096;
+// Pixels per work unit when one side is an image or CHW matrix: that side is swept
+// slice by slice (or channel by channel) over the block, reading or writing one cache
+// line per pixel of the packed side, so the block's lines (256 x 64 B) stay in L1 and
+// each run on the other side is 256 pixels long.
+constexpr int64_t kBlockPixels = 256;
+// Elements per work unit when both sides are channel-packed (plain streaming).
+constexpr int64_t kFlatElements = 16384;
 
 // A run of pixels p = h*W + w inside one item n. Every layout places pixel p at
 // p * PixelStride() from the item's start (time-major has W = 1 and steps by h).
@@ -325,13 +329,23 @@ struct Kernels {
     }
   }
 
-  // Anything else (CHW on either side): one strided run per channel.
+  // Anything else (CHW on either side): a transpose, done in tiles of 16 pixels x 8
+  // channels. CHW planes are often a power of two apart (H*W = 1024 floats: 4 KB), so
+  // their lines share one L1 set: 8 channels per tile stay within 8-way associativity,
+  // and 16 pixels fill whole 64-byte lines.
   static void Strided(const S* s, D* d, int64_t pixels, int64_t C, const Strides& ss, int64_t s_step,
                       const Strides& ds, int64_t d_step, const float* sc, const float* bi) {
-    for (int64_t c = 0; c < C; ++c) {
-      const S* __restrict in = s + ss.Channel(c);
-      D* __restrict out = d + ds.Channel(c);
-      for (int64_t p = 0; p < pixels; ++p) out[p * d_step] = Cvt(in[p * s_step], sc[c], bi[c]);
+    constexpr int64_t kPixels = 16, kChannels = 8;
+    for (int64_t p0 = 0; p0 < pixels; p0 += kPixels) {
+      const int64_t p1 = p0 + kPixels < pixels ? p0 + kPixels : pixels;
+      for (int64_t c0 = 0; c0 < C; c0 += kChannels) {
+        const int64_t c1 = c0 + kChannels < C ? c0 + kChannels : C;
+        for (int64_t c = c0; c < c1; ++c) {
+          const S* __restrict in = s + ss.Channel(c);
+          D* __restrict out = d + ds.Channel(c);
+          for (int64_t p = p0; p < p1; ++p) out[p * d_step] = Cvt(in[p * s_step], sc[c], bi[c]);
+        }
+      }
     }
   }
 };
@@ -347,9 +361,10 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
   const int64_t s_step = PixelStride(ss, g), d_step = PixelStride(ds, g);
   if (P == 0 || C == 0) return;
 
-  // Work units: an item n and a block of its pixels, sized so one block of the packed
-  // side (~64 KB) stays in cache while it is read or written slice by slice.
-  const int64_t block = std::min<int64_t>(P, std::max<int64_t>(16, kBlockElements / C));
+  // Work units: an item n and a block of its pixels.
+  const bool packed_both = ss.packed() && ds.packed();
+  const int64_t block =
+      std::min<int64_t>(P, packed_both ? std::max<int64_t>(16, kFlatElements / C) : kBlockPixels);
   const int64_t blocks_per_item = (P + block - 1) / block;
 
   // Per-channel scale and bias, padded to whole slices; for contiguous runs, expanded
@@ -357,7 +372,7 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
   std::vector<float> scale(S4, 1.0f), bias(S4, 0.0f);
   if (a.scale != nullptr) std::copy(a.scale, a.scale + C, scale.begin());
   if (a.bias != nullptr) std::copy(a.bias, a.bias + C, bias.begin());
-  const bool packed = ss.packed() && ds.packed();
+  const bool packed = packed_both;
   const bool contiguous = packed && s_step == C && d_step == C;  // whole block is one run
   std::vector<float> run_scale, run_bias;
   if (packed && kAffine) {
