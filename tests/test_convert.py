@@ -13,6 +13,15 @@ import tf_mps
 from tf_mps import convert as cv
 
 INVALID = tf.errors.InvalidArgumentError
+
+
+@pytest.fixture(autouse=True, params=["native", "base"])
+def isa(request, monkeypatch):
+    """Every converter test runs twice on x86-64: with the AVX2/F16C build the processor
+    allows, and with the portable build forced (TFMPS_CONVERT_ISA=base)."""
+    if request.param == "base":
+        monkeypatch.setenv("TFMPS_CONVERT_ISA", "base")
+    return request.param
 DTYPES = [np.uint8, np.float16, np.float32]
 CHANNELS = [1, 2, 3, 4, 5, 7, 8, 9]
 IMAGE_LAYOUTS = ["nhwc", "image", "matrix_hwc", "matrix_chw"]

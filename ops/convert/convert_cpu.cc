@@ -12,9 +12,14 @@
 // hardware conversions are always there (_Float16).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(TFMPS_CONVERT_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "ops/convert/convert.h"
 
@@ -150,6 +155,67 @@ inline D Convert(S x, float scale, float bias) {
   return Codec<D>::Store(v);
 }
 
+#if defined(TFMPS_CONVERT_AVX2)
+// One pixel of up to 4 channels as one SSE vector (AVX2 build only): images keep 4
+// channels per slice, so a pixel of C <= 4 channels converts with a handful of vector
+// instructions instead of one scalar conversion per channel. Same arithmetic as the
+// scalar path: exact q/255, x*scale + bias in two roundings, round-to-nearest-even.
+template <typename S, int N> inline __m128 LoadPixel(const S* in);
+template <int N> inline __m128 LoadPixelFloats(const float* in) {
+  if (N == 4) return _mm_loadu_ps(in);
+  return _mm_setr_ps(in[0], N > 1 ? in[1] : 0.0f, N > 2 ? in[2] : 0.0f, 0.0f);
+}
+template <> inline __m128 LoadPixel<float, 1>(const float* in) { return LoadPixelFloats<1>(in); }
+template <> inline __m128 LoadPixel<float, 2>(const float* in) { return LoadPixelFloats<2>(in); }
+template <> inline __m128 LoadPixel<float, 3>(const float* in) { return LoadPixelFloats<3>(in); }
+template <> inline __m128 LoadPixel<float, 4>(const float* in) { return LoadPixelFloats<4>(in); }
+template <int N> inline __m128 LoadPixelBytes(const uint8_t* in) {
+  const float* t = kUnorm8.value;
+  return _mm_setr_ps(t[in[0]], N > 1 ? t[in[1]] : 0.0f, N > 2 ? t[in[2]] : 0.0f, N > 3 ? t[in[3]] : 0.0f);
+}
+template <> inline __m128 LoadPixel<uint8_t, 1>(const uint8_t* in) { return LoadPixelBytes<1>(in); }
+template <> inline __m128 LoadPixel<uint8_t, 2>(const uint8_t* in) { return LoadPixelBytes<2>(in); }
+template <> inline __m128 LoadPixel<uint8_t, 3>(const uint8_t* in) { return LoadPixelBytes<3>(in); }
+template <> inline __m128 LoadPixel<uint8_t, 4>(const uint8_t* in) { return LoadPixelBytes<4>(in); }
+template <int N> inline __m128 LoadPixelHalves(const Half* in) {
+  uint64_t bits = 0;  // never read past the pixel
+  std::memcpy(&bits, in, N * sizeof(Half));
+  return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(bits)));
+}
+template <> inline __m128 LoadPixel<Half, 1>(const Half* in) { return LoadPixelHalves<1>(in); }
+template <> inline __m128 LoadPixel<Half, 2>(const Half* in) { return LoadPixelHalves<2>(in); }
+template <> inline __m128 LoadPixel<Half, 3>(const Half* in) { return LoadPixelHalves<3>(in); }
+template <> inline __m128 LoadPixel<Half, 4>(const Half* in) { return LoadPixelHalves<4>(in); }
+
+// Stores the first N lanes (an image pixel: N = 4, padding lanes already zero).
+template <int N> inline void StorePixel(float* out, __m128 v) {
+  if (N == 4) {
+    _mm_storeu_ps(out, v);
+  } else {
+    alignas(16) float tmp[4];
+    _mm_store_ps(tmp, v);
+    std::memcpy(out, tmp, N * sizeof(float));
+  }
+}
+template <int N> inline void StorePixel(Half* out, __m128 v) {
+  const long long bits = _mm_cvtsi128_si64(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  std::memcpy(out, &bits, N * sizeof(Half));
+}
+template <int N> inline void StorePixel(uint8_t* out, __m128 v) {
+  // max(NaN, 0) is 0 here (maxps returns its second operand), like FloatToUnorm8.
+  v = _mm_min_ps(_mm_max_ps(_mm_mul_ps(v, _mm_set1_ps(255.0f)), _mm_setzero_ps()), _mm_set1_ps(255.0f));
+  const __m128i q = _mm_cvtps_epi32(v);  // MXCSR rounding: nearest even
+  const int bytes = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(q, q), q));
+  std::memcpy(out, &bytes, N);
+}
+
+template <bool kAffine, bool kInverse>
+inline __m128 AffinePixel(__m128 v, __m128 scale, __m128 bias) {
+  if (!kAffine) return v;
+  return kInverse ? _mm_div_ps(_mm_sub_ps(v, bias), scale) : _mm_add_ps(_mm_mul_ps(v, scale), bias);
+}
+#endif
+
 // ------------------------------------------------------------ layout walking
 // Element strides of a layout: n, h and w steps, and the offset of channel c inside a
 // pixel (the index maps of convert.h, taken apart).
@@ -255,9 +321,45 @@ struct Kernels {
     }
   }
 
+#if defined(TFMPS_CONVERT_AVX2)
+  // C <= 4: one vector per pixel. The image side always has 4 lanes; the packed side N.
+  template <int N>
+  static void ToImage4(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t src_step,
+                       const float* sc, const float* bi) {
+    const __m128 scale = _mm_loadu_ps(sc), bias = _mm_loadu_ps(bi);
+    for (int64_t p = 0; p < pixels; ++p) {
+      const __m128 v = AffinePixel<kAffine, kInverse>(LoadPixel<S, N>(s + p * src_step), scale, bias);
+      // Padding lanes: the scalar path writes D(0) there whatever the affine gives.
+      StorePixel<4>(d + p * 4, N == 4 ? v : _mm_and_ps(v, PaddingMask<N>()));
+    }
+  }
+  template <int N>
+  static void FromImage4(const S* __restrict s, D* __restrict d, int64_t pixels, int64_t dst_step,
+                         const float* sc, const float* bi) {
+    const __m128 scale = _mm_loadu_ps(sc), bias = _mm_loadu_ps(bi);
+    for (int64_t p = 0; p < pixels; ++p) {
+      const __m128 v = AffinePixel<kAffine, kInverse>(LoadPixel<S, 4>(s + p * 4), scale, bias);
+      StorePixel<N>(d + p * dst_step, v);
+    }
+  }
+  template <int N>
+  static __m128 PaddingMask() {
+    return _mm_castsi128_ps(_mm_setr_epi32(-1, N > 1 ? -1 : 0, N > 2 ? -1 : 0, 0));
+  }
+#endif
+
   static void ToImage(const S* s, D* d, int64_t pixels, int64_t src_step, int64_t C, int64_t slice,
                       const float* sc, const float* bi) {
     const int64_t full = C / 4;
+#if defined(TFMPS_CONVERT_AVX2)
+    switch (C) {
+      case 1: return ToImage4<1>(s, d, pixels, src_step, sc, bi);
+      case 2: return ToImage4<2>(s, d, pixels, src_step, sc, bi);
+      case 3: return ToImage4<3>(s, d, pixels, src_step, sc, bi);
+      case 4: return ToImage4<4>(s, d, pixels, src_step, sc, bi);
+      default: break;
+    }
+#endif
     if (C > 4) {
       switch (C % 4) {
         case 0: return ToImageSlices<0>(s, d, pixels, src_step, full, slice, sc, bi);
@@ -313,6 +415,15 @@ struct Kernels {
   static void FromImage(const S* s, D* d, int64_t pixels, int64_t dst_step, int64_t C, int64_t slice,
                         const float* sc, const float* bi) {
     const int64_t full = C / 4;
+#if defined(TFMPS_CONVERT_AVX2)
+    switch (C) {
+      case 1: return FromImage4<1>(s, d, pixels, dst_step, sc, bi);
+      case 2: return FromImage4<2>(s, d, pixels, dst_step, sc, bi);
+      case 3: return FromImage4<3>(s, d, pixels, dst_step, sc, bi);
+      case 4: return FromImage4<4>(s, d, pixels, dst_step, sc, bi);
+      default: break;
+    }
+#endif
     if (C > 4) {
       switch (C % 4) {
         case 0: return FromImageSlices<0>(s, d, pixels, dst_step, full, slice, sc, bi);
@@ -447,8 +558,10 @@ void ConvertCpuImpl(const ConvertArgs& a, const ParallelFor& parallel);
 
 void ConvertCpu(const ConvertArgs& a, const ParallelFor& parallel) {
 #if defined(TFMPS_HAVE_CONVERT_AVX2)
+  // TFMPS_CONVERT_ISA=base forces the portable build (the tests run both).
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  if (avx2) return isa_avx2::ConvertCpuImpl(a, parallel);
+  const char* isa = std::getenv("TFMPS_CONVERT_ISA");
+  if (avx2 && !(isa != nullptr && std::strcmp(isa, "base") == 0)) return isa_avx2::ConvertCpuImpl(a, parallel);
 #endif
   isa_base::ConvertCpuImpl(a, parallel);
 }
