@@ -22,6 +22,16 @@ void Sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
       m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+bool Transpose(int rows, int cols, const float* a, int lda, float* b, int ldb) {
+#if defined(TFMPS_BLAS_SCIPY_OPENBLAS)
+  scipy_cblas_somatcopy(CblasRowMajor, CblasTrans, rows, cols, 1.0f, a, lda, b, ldb);
+  return true;
+#else
+  (void)rows, (void)cols, (void)a, (void)lda, (void)b, (void)ldb;
+  return false;
+#endif
+}
+
 void SetNumThreads(int n) {
 #if defined(TFMPS_BLAS_SCIPY_OPENBLAS)
   if (n > 0) scipy_openblas_set_num_threads(n);

@@ -13,6 +13,11 @@ namespace blas {
 void Sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a,
            int lda, const float* b, int ldb, float beta, float* c, int ldc);
 
+// b[j*ldb + i] = a[i*lda + j] for a rows x cols matrix a (row-major): an out-of-place
+// transpose, OpenBLAS's omatcopy kernels. Returns false where the BLAS has no such
+// routine (Accelerate), and the caller transposes itself.
+bool Transpose(int rows, int cols, const float* a, int lda, float* b, int ldb);
+
 // Sizes BLAS's own thread pool (OpenBLAS keeps its threads apart from TF's): the glue
 // calls it with TF's intra-op thread count when the library loads.
 void SetNumThreads(int n);

@@ -11,6 +11,8 @@
 // and ConvertCpu picks the second when the processor has F16C and AVX2. On arm64 the
 // hardware conversions are always there (_Float16).
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +23,7 @@
 #include <immintrin.h>
 #endif
 
+#include "ops/common/blas.h"
 #include "ops/convert/convert.h"
 
 #if defined(TFMPS_CONVERT_AVX2) || defined(__aarch64__)
@@ -493,6 +496,32 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
     for (int64_t i = 0; i < run; ++i) run_scale[i] = scale[i % C], run_bias[i] = bias[i % C];
   }
   const bool dst_image = a.dst_layout == Layout::kImage, src_image = a.src_layout == Layout::kImage;
+  // A pure float32 transpose between a packed layout (one pixel every C elements) and
+  // a CHW matrix, sizes within BLAS's int range.
+  const bool plain_transpose =
+      std::is_same<S, float>::value && std::is_same<D, float>::value && !kAffine &&
+      ((ss.packed() && s_step == C && a.dst_layout == Layout::kMatrixChw) ||
+       (ds.packed() && d_step == C && a.src_layout == Layout::kMatrixChw)) &&
+      P <= INT32_MAX && C <= INT32_MAX;
+
+  if (packed && !contiguous) {
+    // sequence <-> time-major: a transpose of [N, T] whose elements are rows of C
+    // channels. Tiles of 16 x 16 rows keep runs of 16 rows contiguous on both sides.
+    constexpr int64_t kTile = 16;
+    const int64_t n_tiles = (g.n + kTile - 1) / kTile, p_tiles = (P + kTile - 1) / kTile;
+    parallel(n_tiles * p_tiles, kTile * kTile * C * 3, [&](int64_t first, int64_t last) {
+      for (int64_t u = first; u < last; ++u) {
+        const int64_t n0 = (u / p_tiles) * kTile, p0 = (u % p_tiles) * kTile;
+        const int64_t n1 = std::min(n0 + kTile, g.n), p1 = std::min(p0 + kTile, P);
+        for (int64_t p = p0; p < p1; ++p) {
+          for (int64_t n = n0; n < n1; ++n) {
+            K::Flat(src + n * ss.n + p * s_step, dst + n * ds.n + p * d_step, C, run_scale.data(), run_bias.data());
+          }
+        }
+      }
+    });
+    return;
+  }
 
   parallel(g.n * blocks_per_item, block * S4 * 3, [&](int64_t first, int64_t last) {
     for (int64_t u = first; u < last; ++u) {
@@ -502,14 +531,16 @@ void ConvertTyped(const ConvertArgs& a, const ParallelFor& parallel) {
       D* d = dst + n * ds.n + p0 * d_step;
       if (contiguous) {
         K::Flat(s, d, pixels * C, run_scale.data(), run_bias.data());
-      } else if (packed) {
-        for (int64_t p = 0; p < pixels; ++p) {
-          K::Flat(s + p * s_step, d + p * d_step, C, run_scale.data(), run_bias.data());
-        }
       } else if (dst_image && ss.packed()) {
         K::ToImage(s, d, pixels, s_step, C, ds.slice, scale.data(), bias.data());
       } else if (src_image && ds.packed()) {
         K::FromImage(s, d, pixels, d_step, C, ss.slice, scale.data(), bias.data());
+      } else if (plain_transpose &&
+                 blas::Transpose(ds.packed() ? static_cast<int>(C) : static_cast<int>(pixels),
+                                 ds.packed() ? static_cast<int>(pixels) : static_cast<int>(C),
+                                 reinterpret_cast<const float*>(s), static_cast<int>(ss.packed() ? C : P),
+                                 reinterpret_cast<float*>(d), static_cast<int>(ds.packed() ? C : P))) {
+        // float32 CHW <-> packed, no affine: BLAS's tuned out-of-place transpose.
       } else {
         K::Strided(s, d, pixels, C, ss, s_step, ds, d_step, scale.data(), bias.data());
         for (int64_t c = C; dst_image && c < S4; ++c) {  // the image's padding channels
