@@ -15,8 +15,13 @@
 #define TFMPS_COMMON_METAL_CONTEXT_H_
 
 #include <cstddef>
+#include <string>
+
+#include "ops/common/backend.h"
 
 #ifdef __OBJC__
+#include <functional>
+
 #import <Metal/Metal.h>
 #endif
 
@@ -60,6 +65,11 @@ id<MTLCommandQueue> Queue();
 inline id<MTLBuffer> BufferOf(const BufferRef& ref) {
   return (__bridge id<MTLBuffer>)ref.buffer;
 }
+
+// Encodes work into one new command buffer of Queue(), commits it and waits: when it
+// returns, the CPU (and any later kernel) sees the results in unified memory. A failed
+// command buffer becomes kInternal with the NSError's description, prefixed by `op`.
+BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode);
 #endif
 
 }  // namespace metal

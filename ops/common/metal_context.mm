@@ -93,5 +93,18 @@ void* AllocateSharedBuffer(size_t length) {
 
 void FreeSharedBuffer(void* base) { UnregisterBuffer(base); }
 
+BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
+  id<MTLCommandBuffer> cb = [Queue() commandBuffer];
+  if (cb == nil) return BackendStatus::Internal(op + ": no Metal command buffer");
+  encode(cb);
+  [cb commit];
+  [cb waitUntilCompleted];
+  if ([cb status] == MTLCommandBufferStatusCompleted) return BackendStatus::Ok();
+  NSError* error = [cb error];
+  const char* what = error != nil ? [[error localizedDescription] UTF8String] : nullptr;
+  return BackendStatus::Internal(op + ": Metal command buffer failed: " +
+                                 (what != nullptr ? what : "no error reported"));
+}
+
 }  // namespace metal
 }  // namespace tfmps

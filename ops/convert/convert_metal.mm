@@ -211,23 +211,6 @@ BackendStatus NotInBuffer(const std::string& op) {
                                          "registered Metal buffer");
 }
 
-// ---------------------------------------------------------------------- submit
-// One command buffer, committed and waited for: when this returns, the CPU (and any
-// later kernel) sees the result.
-BackendStatus Submit(const std::string& op,
-                     const std::function<void(id<MTLCommandBuffer>)>& encode) {
-  id<MTLCommandBuffer> cb = [metal::Queue() commandBuffer];
-  if (cb == nil) return BackendStatus::Internal(op + ": no Metal command buffer");
-  encode(cb);
-  [cb commit];
-  [cb waitUntilCompleted];
-  if ([cb status] == MTLCommandBufferStatusCompleted) return BackendStatus::Ok();
-  NSError* error = [cb error];
-  const char* what = error != nil ? [[error localizedDescription] UTF8String] : nullptr;
-  return BackendStatus::Internal(op + ": Metal command buffer failed: " +
-                                 (what != nullptr ? what : "no error reported"));
-}
-
 }  // namespace
 
 // ----------------------------------------------------------------- CPU copies
@@ -281,7 +264,7 @@ BackendStatus ImageToMatrixMetal(void* image_ptr, const ConvertArgs& args) {
     if (matrix == nil) return NotInBuffer(op);
     MPSImageCopyToMatrix* copy = [[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
                                                                    dataLayout:layout];
-    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       [copy encodeToCommandBuffer:cb sourceImage:image destinationMatrix:matrix];
     });
   }
@@ -300,7 +283,7 @@ BackendStatus MatrixToImageMetal(void* image_ptr, const ConvertArgs& args) {
     if (matrix == nil) return NotInBuffer(op);
     MPSMatrixCopyToImage* copy = [[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
                                                                    dataLayout:layout];
-    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       [copy encodeToCommandBuffer:cb sourceMatrix:matrix destinationImage:image];
       [image synchronizeOnCommandBuffer:cb];
     });

@@ -139,22 +139,6 @@ std::shared_ptr<Cached> GetCached(const Key& key, const std::function<MPSNNOptim
   return entry;
 }
 
-// ---------------------------------------------------------------------- submit
-// One command buffer for the whole list, committed and waited for: when this returns,
-// the CPU (and any later kernel) sees the updated variables in unified memory.
-BackendStatus Submit(const char* op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
-  id<MTLCommandBuffer> cb = [metal::Queue() commandBuffer];
-  if (cb == nil) return BackendStatus::Internal(std::string(op) + ": no Metal command buffer");
-  encode(cb);
-  [cb commit];
-  [cb waitUntilCompleted];
-  if ([cb status] == MTLCommandBufferStatusCompleted) return BackendStatus::Ok();
-  NSError* error = [cb error];
-  const char* what = error != nil ? [[error localizedDescription] UTF8String] : nullptr;
-  return BackendStatus::Internal(std::string(op) + ": Metal command buffer failed: " +
-                                 (what != nullptr ? what : "no error reported"));
-}
-
 BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool grad_sq) {
   if (semantics == Semantics::kKeras && !keras_ok) {
     return BackendStatus::Unsupported(std::string(op) +
@@ -202,7 +186,7 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
                                                timeStep:0
                                     optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
-    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached->optimizer;
       [adam setLearningRate:static_cast<float>(p.lr)];
@@ -263,7 +247,7 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
            useNesterovMomentum:nesterov
            optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
-    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerStochasticGradientDescent* sgd =
           (MPSNNOptimizerStochasticGradientDescent*)cached->optimizer;
@@ -307,7 +291,7 @@ BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlot
                                                    epsilon:static_cast<float>(p.epsilon)
                                        optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
     });
-    return Submit(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached->optimizer;
       [rms setLearningRate:static_cast<float>(p.lr)];
