@@ -14,14 +14,6 @@ from tf_mps import convert as cv
 
 INVALID = tf.errors.InvalidArgumentError
 
-
-@pytest.fixture(autouse=True, params=["native", "base"])
-def isa(request, monkeypatch):
-    """Every converter test runs twice on x86-64: with the AVX2/F16C build the processor
-    allows, and with the portable build forced (TFMPS_CONVERT_ISA=base)."""
-    if request.param == "base":
-        monkeypatch.setenv("TFMPS_CONVERT_ISA", "base")
-    return request.param
 DTYPES = [np.uint8, np.float16, np.float32]
 CHANNELS = [1, 2, 3, 4, 5, 7, 8, 9]
 IMAGE_LAYOUTS = ["nhwc", "image", "matrix_hwc", "matrix_chw"]
@@ -266,3 +258,21 @@ def test_map_sequences_with_dict_elements():
     np.testing.assert_array_equal(out[0]["signal"].numpy(), np.transpose(x[:3], (1, 0, 2)))
     with pytest.raises(ValueError, match="pass key="):
         tf_mps.data.map_sequences(ds)
+
+
+# ------------------------------------------------------------------ both CPU builds
+@pytest.mark.skipif(tf_mps.build_info()["convert_isa"] == "base", reason="only the portable build exists here")
+def test_portable_build_passes_the_same_tests():
+    """On x86-64 the kernels also exist as an AVX2/F16C build, picked once per process;
+    this runs the converter tests again in a process forced onto the portable build."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TFMPS_CONVERT_ISA="base", TF_CPP_MIN_LOG_LEVEL="3")
+    code = "import tf_mps, sys; sys.exit(tf_mps.build_info()['convert_isa'] != 'base')"
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "not portable_build"], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(__file__))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -33,12 +33,6 @@ struct BackendStatus {
 using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
                                        const std::function<void(int64_t, int64_t)>& fn)>;
 
-// A ParallelFor that runs everything on the calling thread (tests, tiny inputs).
-inline void SerialFor(int64_t total, int64_t /*cost*/,
-                      const std::function<void(int64_t, int64_t)>& fn) {
-  if (total > 0) fn(0, total);
-}
-
 }  // namespace tfmps
 
 #endif  // TFMPS_COMMON_BACKEND_H_

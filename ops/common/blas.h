@@ -18,8 +18,10 @@ void Sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
 // routine (Accelerate), and the caller transposes itself.
 bool Transpose(int rows, int cols, const float* a, int lda, float* b, int ldb);
 
-// Sizes BLAS's own thread pool (OpenBLAS keeps its threads apart from TF's): the glue
-// calls it with TF's intra-op thread count when the library loads.
+// BLAS's own thread pool (OpenBLAS keeps its threads apart from TF's; by default it
+// sizes itself to the usable cores). Kernels that call a threaded BLAS routine from
+// TF's pool must size it to avoid oversubscription; today's callers (omatcopy) are
+// single-threaded.
 void SetNumThreads(int n);
 int NumThreads();
 

@@ -4,6 +4,7 @@
 
 #include "ops/common/blas.h"
 #include "ops/common/tf_glue.h"
+#include "ops/convert/convert.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -31,7 +32,6 @@ class BuildInfoOp : public tensorflow::OpKernel {
  public:
   using OpKernel::OpKernel;
   void Compute(tensorflow::OpKernelContext* ctx) override {
-    tfglue::EnsureBlasThreads(ctx);
     std::string json = "{";
     json += "\"tf_version_built\": \"" TFMPS_TF_VERSION "\"";
     json += ", \"backends\": [\"cpu\"";
@@ -41,6 +41,7 @@ class BuildInfoOp : public tensorflow::OpKernel {
     json += "]";
     json += ", \"blas\": \"" + JsonEscape(blas::Description()) + "\"";
     json += ", \"blas_threads\": " + std::to_string(blas::NumThreads());
+    json += ", \"convert_isa\": \"" + std::string(convert::ConvertCpuIsa()) + "\"";
     json += ", \"compiler\": \"" + JsonEscape(__VERSION__) + "\"";
     json += "}";
     tensorflow::Tensor* out = nullptr;

@@ -2,10 +2,7 @@
 
 #include <algorithm>
 #include <map>
-#include <mutex>
-#include <thread>
 
-#include "ops/common/blas.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 
 namespace tfmps {
@@ -131,14 +128,6 @@ absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
     s = merged;
   }
   return absl::OkStatus();
-}
-
-void EnsureBlasThreads(OpKernelContext* /*ctx*/) {
-  static std::once_flag once;
-  // The device's worker-thread record reports 1 thread in eager mode here even though
-  // its pool runs on every core (measured: ParallelFor keeps 2 cores busy), so size BLAS
-  // by the cores this process may use.
-  std::call_once(once, [] { blas::SetNumThreads(static_cast<int>(std::thread::hardware_concurrency())); });
 }
 
 }  // namespace tfglue

@@ -84,9 +84,6 @@ absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const ArgGro
 absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
                                const std::vector<int>& handles, int dense);
 
-// Sizes BLAS's thread pool to TF's intra-op pool once per process.
-void EnsureBlasThreads(tensorflow::OpKernelContext* ctx);
-
 }  // namespace tfglue
 }  // namespace tfmps
 

@@ -40,21 +40,15 @@ enum class Affine { kForward, kInverse };
 
 struct Geometry {
   int64_t n = 0, h = 0, w = 0, c = 0;
-  int64_t slices() const { return (c + 3) / 4; }
-  int64_t pixels() const { return n * h * w; }
+  int64_t slices() const { return c / 4 + (c % 4 != 0); }  // ceil(c/4), overflow-free
 };
-
-// Number of elements a layout holds for a geometry (kImage includes the padding).
-int64_t NumElements(Layout layout, const Geometry& g);
-// Offset of element (n, h, w, c) in a layout (the index maps above).
-int64_t Offset(Layout layout, const Geometry& g, int64_t n, int64_t h, int64_t w, int64_t c);
 
 struct ConvertArgs {
   Geometry geometry;
   Layout src_layout = Layout::kNhwc, dst_layout = Layout::kNhwc;
   DType src_type = DType::kFloat32, dst_type = DType::kFloat32;
-  const void* src = nullptr;  // NumElements(src_layout) elements of src_type
-  void* dst = nullptr;        // NumElements(dst_layout) elements of dst_type
+  const void* src = nullptr;  // the whole src_layout tensor, of src_type
+  void* dst = nullptr;        // the whole dst_layout tensor (image padding included)
   const float* scale = nullptr;  // C entries, or nullptr (1)
   const float* bias = nullptr;   // C entries, or nullptr (0)
   Affine affine = Affine::kForward;
@@ -63,6 +57,8 @@ struct ConvertArgs {
 // CPU backend: every destination element written once (padding zeroed), rows spread
 // over `parallel`.
 void ConvertCpu(const ConvertArgs& args, const ParallelFor& parallel);
+// Which build of the CPU kernels ConvertCpu runs here: "avx2+f16c" or "base".
+const char* ConvertCpuIsa();
 
 // Metal backend (convert_metal.mm, macOS only): the MPS converters between memory and
 // MPSImages, the building blocks of image-backed tensors on the GPU. `image` is an

@@ -69,6 +69,7 @@ def main(argv=None) -> int:
         ("devices", ", ".join(f"{d.name} ({d.device_type})" for d in tf.config.list_physical_devices())),
         ("blas", info["blas"]),
         ("blas threads", str(info["blas_threads"])),
+        ("converter kernels", info["convert_isa"]),
         ("cpu cores usable", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())),
         ("tf intra-op threads", str(tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)")),
         ("tf inter-op threads", str(tf.config.threading.get_inter_op_parallelism_threads() or "default")),
