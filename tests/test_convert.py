@@ -276,3 +276,22 @@ def test_portable_build_passes_the_same_tests():
                         "-k", "not portable_build"], env=env, capture_output=True, text=True, timeout=600,
                        cwd=os.path.dirname(__file__))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_gradient_with_dynamic_height_and_width():
+    """nhwc -> image needs only the channel count to differentiate: H and W may be dynamic."""
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(cv.to_image(x, scale=[1.0, 2.0, 3.0]))
+        return tape.gradient(total, x)
+
+    g = grad(tf.ones((2, 5, 7, 3))).numpy()
+    np.testing.assert_array_equal(g, np.broadcast_to(np.array([1.0, 2.0, 3.0], np.float32), (2, 5, 7, 3)))
+
+
+def test_output_too_large_is_an_error_not_a_wrap_around():
+    x = tf.zeros((0, 2**31, 2**31, 4))  # empty batch: nothing allocated, but H*W*C overflows
+    with pytest.raises(INVALID, match=r"would be too large|do not fit|overflow"):
+        cv.convert(x, "nhwc", "matrix_hwc")

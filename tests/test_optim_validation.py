@@ -1,6 +1,6 @@
-"""Bad input to the optimizer ops: every mistake gives an InvalidArgumentError (or
-FailedPrecondition for an uninitialized variable, as TensorFlow's own ops do) whose
-message names the op and the argument; nothing crashes, nothing is half-updated."""
+"""Bad input to the optimizer ops: every mistake gives an InvalidArgumentError (or, for
+a variable that does not exist, TensorFlow's own NotFound) whose message names the op
+and the argument; nothing crashes, nothing is half-updated."""
 
 import numpy as np
 import pytest
@@ -137,7 +137,7 @@ def test_kernel_handle_to_nothing():
     """A resource handle naming no variable."""
     vs, ms, vvs, gs = _adam_args(n=1)
     nothing = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[3, 2], shared_name="tf_mps_test_no_such_variable")
-    with pytest.raises(INVALID, match=r"vars\[0\] does not refer to a live resource variable"):
+    with pytest.raises(tf.errors.NotFoundError, match=r"vars\[0\] does not refer to a live resource variable"):
         lib.mps_multi_apply_adam(vars=[nothing], ms=[ms[0].handle], vs=[vvs[0].handle], vhats=[], grads=gs,
                                  grads_sq=[], lr=0.1, step=tf.constant(1, tf.int64),
                                  beta1=tf.constant(0.9, tf.float64), beta2=tf.constant(0.9, tf.float64),
@@ -150,7 +150,8 @@ def test_uninitialized_variable():
         v = tf.compat.v1.Variable(np.ones((2,), np.float32), use_resource=True)
         op = tf_mps.ops.apply_sgd(v, tf.ones((2,)), 0.1)
         with tf.compat.v1.Session() as sess:
-            with pytest.raises(INVALID, match=r"MpsApplySgd: var does not refer to a live resource variable \(deleted, never initialized"):
+            with pytest.raises(tf.errors.NotFoundError,
+                               match=r"MpsApplySgd: var does not refer to a live resource variable \(deleted, never"):
                 sess.run(op)
 
 

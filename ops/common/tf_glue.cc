@@ -45,11 +45,12 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
       tensorflow::core::RefCountPtr<Var> var;
       absl::Status s = tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, index), &var);
       if (!s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            op, ": ", g.Label(i),
-            " does not refer to a live resource variable (deleted, never initialized, or not a "
-            "variable): ",
-            s.message()));
+        // Keep TensorFlow's status code (NotFound, FailedPrecondition, InvalidArgument for
+        // a resource of another type), as its own ops do; name the argument.
+        return absl::Status(s.code(), absl::StrCat(op, ": ", g.Label(i),
+                                                   " does not refer to a live resource variable (deleted, "
+                                                   "never initialized, or not a variable): ",
+                                                   s.message()));
       }
       auto [it, inserted] = seen.emplace(var.get(), std::make_pair(static_cast<int>(gi), i));
       if (!inserted) {
@@ -112,7 +113,7 @@ absl::Status CheckSameShape(const OpKernelContext* ctx, const ArgGroup& a, const
       " do not have the same shape: ", shape.DebugString(), " vs ", other.DebugString()));
 }
 
-absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
+absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c, const std::string& op,
                                const std::vector<int>& handles, int dense) {
   tensorflow::shape_inference::ShapeHandle s = c->input(dense);
   for (int h : handles) {
@@ -122,7 +123,7 @@ absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
     absl::Status st = c->Merge(s, (*data)[0].shape, &merged);
     if (!st.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the variable at input ", h, " has shape ", c->DebugString((*data)[0].shape),
+          op, ": the variable at input ", h, " has shape ", c->DebugString((*data)[0].shape),
           " but its gradient (input ", dense, ") has shape ", c->DebugString(c->input(dense))));
     }
     s = merged;

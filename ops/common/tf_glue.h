@@ -81,7 +81,7 @@ absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const ArgGro
 // Shape-function helper: merges the shapes of the variables behind resource handles at
 // inputs `handles` with the dense shape at input `dense` (when the handles carry shape
 // data), so graph construction catches mismatches before anything runs.
-absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c,
+absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c, const std::string& op,
                                const std::vector<int>& handles, int dense);
 
 }  // namespace tfglue

@@ -80,10 +80,11 @@ absl::Status InputGeometry(const std::string& op, Layout l, const std::string& l
       break;
     case Layout::kImage: {
       TF_RETURN_IF_ERROR(need(a.channels, "channels"));
-      if (shape.dim_size(4) != 4 || shape.dim_size(1) != (a.channels + 3) / 4) {
+      if (shape.dim_size(4) != 4 || shape.dim_size(1) != a.channels / 4 + (a.channels % 4 != 0)) {
         return absl::InvalidArgumentError(absl::StrCat(
             op, ": an image-layout input of ", a.channels, " channels must have shape [N, ",
-            (a.channels + 3) / 4, ", H, W, 4] (ceil(channels/4) slices of 4), got ", shape.DebugString()));
+            a.channels / 4 + (a.channels % 4 != 0), ", H, W, 4] (ceil(channels/4) slices of 4), got ",
+            shape.DebugString()));
       }
       *g = {shape.dim_size(0), shape.dim_size(2), shape.dim_size(3), a.channels};
       break;
@@ -130,9 +131,18 @@ absl::Status OutputShape(const std::string& op, Layout l, const std::string& lay
     case Layout::kTimeMajor: dims = {g.h, g.n, g.c}; break;
     case Layout::kImage: dims = {g.n, g.slices(), g.h, g.w, 4}; break;
     case Layout::kMatrixHwc:
-    case Layout::kMatrixChw: dims = {g.n, g.h * g.w * g.c}; break;
+    case Layout::kMatrixChw:
+      dims = {g.n, tensorflow::MultiplyWithoutOverflow(tensorflow::MultiplyWithoutOverflow(g.h, g.w), g.c)};
+      break;
   }
-  return TensorShape::BuildTensorShape(dims, out);
+  // BuildTensorShape rejects negative dims and element counts that overflow int64.
+  absl::Status s = TensorShape::BuildTensorShape(dims, out);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": the output in layout '", layout_name,
+                                                   "' would be too large (", g.n, " x ", g.h, " x ", g.w, " x ", g.c,
+                                                   " elements): ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace

@@ -115,10 +115,13 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
         if (len > 0) handles.push_back(base + i);
         base += len;
       }
-      TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, handles, first_grad + i));
-      if (sq > 0) {
-        ShapeHandle merged;
-        TF_RETURN_IF_ERROR(c->Merge(c->input(first_grad + i), c->input(first_grad + n + i), &merged));
+      TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, op, handles, first_grad + i));
+      ShapeHandle merged;
+      if (sq > 0 && !c->Merge(c->input(first_grad + i), c->input(first_grad + n + i), &merged).ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(op, ": gradient ", i, " has shape ",
+                                                       c->DebugString(c->input(first_grad + i)),
+                                                       " but its squared-gradient sum has shape ",
+                                                       c->DebugString(c->input(first_grad + n + i))));
       }
     }
     ShapeHandle unused;

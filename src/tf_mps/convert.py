@@ -158,25 +158,32 @@ def time_major_to_sequence(x, dtype=None):
     return convert(x, "time_major", "sequence", dtype=dtype)
 
 
-def _static_geometry(op):
-    """(height, width, channels) of a forward MpsConvert, for its gradient's attributes."""
-    src = op.get_attr("src_layout").decode()
-    attrs = [op.get_attr(k) for k in ("height", "width", "channels")]
+def _reading_attrs(op, layout):
+    """The geometry attributes a conversion reading `layout` needs (the others stay -1):
+    an image needs its channel count, a matrix all three; NHWC and the sequence layouts
+    carry their own. Taken from the forward op's attributes, or its input's static shape."""
+    if layout in ("nhwc", "sequence", "time_major"):
+        return dict(height=-1, width=-1, channels=-1)
+    attrs = {k: op.get_attr(k) for k in ("height", "width", "channels")}
     shape = op.inputs[0].shape
-    known = {
-        "nhwc": lambda s: (s[1], s[2], s[3]),
-        "sequence": lambda s: (s[1], 1, s[2]),
-        "time_major": lambda s: (s[0], 1, s[2]),
-        "image": lambda s: (s[2], s[3], attrs[2]),
-    }
-    if src in known:
-        geometry = known[src](shape)
-        geometry = tuple(a if a >= 0 else g for a, g in zip(attrs, geometry, strict=True))
-    else:
-        geometry = tuple(attrs)
-    if any(g is None or g < 0 for g in geometry):
-        raise ValueError(f"MpsConvert gradient: the input's height, width and channels must be static, got {shape}")
-    return geometry
+    src = op.get_attr("src_layout").decode()
+    from_shape = {
+        "nhwc": lambda s: dict(height=s[1], width=s[2], channels=s[3]),
+        "sequence": lambda s: dict(height=s[1], width=1, channels=s[2]),
+        "time_major": lambda s: dict(height=s[0], width=1, channels=s[2]),
+        "image": lambda s: dict(height=s[2], width=s[3]),
+    }.get(src, lambda s: {})(shape) if shape.rank is not None else {}
+    for k in list(attrs):
+        if attrs[k] < 0 and from_shape.get(k) is not None:
+            attrs[k] = int(from_shape[k])
+    needed = ("channels",) if layout == "image" else ("height", "width", "channels")
+    missing = [k for k in needed if attrs[k] < 0]
+    if missing:
+        raise _invalid(
+            f"MpsConvert gradient: reading layout '{layout}' needs {', '.join(missing)}, which the forward "
+            f"input (shape {shape}) does not make static; pass them to convert() explicitly"
+        )
+    return {k: (attrs[k] if k in needed else -1) for k in attrs}
 
 
 @tf.RegisterGradient("MpsConvert")
@@ -188,15 +195,14 @@ def _convert_grad(op, dy):
         return none  # quantized output: no gradient
     src, dst = op.get_attr("src_layout").decode(), op.get_attr("dst_layout").decode()
     affine = op.get_attr("affine").decode()
-    height, width, channels = _static_geometry(op)
     lib = _lib.load()
     scale = [op.inputs[1]] if n_scale else []
     bias = [op.inputs[1 + n_scale]] if n_bias else []
-    geometry = dict(height=height, width=width, channels=channels)
 
     def to(layout, t, in_layout, out_dtype, **kw):
         return lib.mps_convert(input=t, scale=kw.get("scale", []), bias=[], Tout=out_dtype, src_layout=in_layout,
-                               dst_layout=layout, affine=kw.get("affine", "forward"), **geometry)
+                               dst_layout=layout, affine=kw.get("affine", "forward"),
+                               **_reading_attrs(op, in_layout))
 
     grads = []
     if tin == tf.uint8:
@@ -206,6 +212,7 @@ def _convert_grad(op, dy):
         # scale (forward) or 1/scale (inverse, computed as (dy - 0)/scale).
         grads.append(to(src, dy, dst, tin, scale=scale, affine=affine))
     if n_scale or n_bias:
+        channels = tf.shape(op.inputs[1] if n_scale else op.inputs[1 + n_scale])[0]
         dy_px = tf.reshape(to("nhwc", dy, dst, tf.float32), [-1, channels])
         if affine == "forward":
             x_px = tf.reshape(to("nhwc", op.inputs[0], src, tf.float32), [-1, channels])
@@ -214,7 +221,7 @@ def _convert_grad(op, dy):
             if n_bias:
                 grads.append(tf.reduce_sum(dy_px, axis=0))
         else:
-            s = op.inputs[1] if n_scale else tf.ones([channels], tf.float32)
+            s = op.inputs[1] if n_scale else tf.ones_like(op.inputs[1 + n_scale])
             y_px = tf.reshape(to("nhwc", op.outputs[0], dst, tf.float32), [-1, channels])
             if n_scale:
                 grads.append(-tf.reduce_sum(dy_px * y_px, axis=0) / s)
