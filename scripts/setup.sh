@@ -27,16 +27,28 @@ if ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= 
   exit 1
 fi
 
-if [[ "$with_test" == 1 && "$(uname -s)" == "Linux" ]] && ! command -v clang++-19 >/dev/null 2>&1; then
-  echo "== installing clang-19 (Linux type-check of the Objective-C++ Metal backend)"
-  sudo_cmd=""
-  [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq clang-19 >/dev/null
+# System packages (Debian): a C++ compiler for the op library, venv support for
+# Debian's own python3, and for the tests clang-19 (the Linux type-check of the
+# Objective-C++ Metal backend).
+if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  "$python" -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+  [[ "$with_test" == 1 ]] && ! command -v clang++-19 >/dev/null 2>&1 && missing+=(clang-19)
+  command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+  if ((${#missing[@]})); then
+    echo "== installing ${missing[*]} (apt)"
+    sudo_cmd=""
+    [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
+# A venv whose pip works (a failed earlier attempt can leave one without pip).
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   echo "== creating .venv with $("$python" --version 2>&1)"
+  rm -rf .venv
   "$python" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)

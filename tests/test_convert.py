@@ -15,7 +15,7 @@ from tf_mps import convert as cv
 INVALID = tf.errors.InvalidArgumentError
 
 DTYPES = [np.uint8, np.float16, np.float32]
-CHANNELS = [1, 2, 3, 4, 5, 7, 8, 9]
+CHANNELS = [1, 2, 3, 4, 5, 6, 7, 8, 9]
 IMAGE_LAYOUTS = ["nhwc", "image", "matrix_hwc", "matrix_chw"]
 
 

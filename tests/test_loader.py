@@ -84,7 +84,8 @@ def test_build_info():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RPATH check is for the Linux ELF build")
 def test_library_uses_relative_rpath():
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) not installed")
     out = subprocess.run(["readelf", "-d", os.path.join(PKG, "_tf_mps_ops.so")], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip("readelf not available")
+    assert out.returncode == 0, out.stderr
     assert "$ORIGIN/../tensorflow" in out.stdout and "$ORIGIN/../scipy_openblas32/lib" in out.stdout

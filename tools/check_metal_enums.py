@@ -28,7 +28,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WHEELS = ("pyobjc-framework-Metal", "pyobjc-framework-MetalPerformanceShaders")
+# Pinned: the metadata format is PyObjC's own; a new release must be checked, not
+# picked up by surprise in CI.
+PYOBJC_VERSION = "12.2.2"
+WHEELS = (f"pyobjc-framework-Metal=={PYOBJC_VERSION}", f"pyobjc-framework-MetalPerformanceShaders=={PYOBJC_VERSION}")
 PLATFORM = "macosx_11_0_universal2"
 
 EXIT_MISMATCH, EXIT_STUBS, EXIT_DOWNLOAD = 1, 2, 3

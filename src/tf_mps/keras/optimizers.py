@@ -15,11 +15,12 @@ tf-mps-only keyword arguments (all optional; see ``tf_mps.ops.optim``):
   ``"l2"``) and ``regularization_scale``: MPSNNOptimizerDescriptor's gradient options.
 
 Fallback contract: XLA cannot compile custom ops. Inside an XLA-compiled step
-(``jit_compile=True``), and under a non-default ``tf.distribute`` strategy's cross-replica
-update, the optimizer runs Keras's own update math instead (identical results) when the
-options are Keras-equivalent, and raises a ``ValueError`` when they are not (``semantics=
-"mps"`` or gradient options), never silently changing results. ``jit_compile="auto"``
-already resolves to ``False`` on Apple-silicon GPUs and on CPU-only machines.
+(``jit_compile=True``) the optimizer runs Keras's own update math instead (identical
+results) when the options are Keras-equivalent, and raises a ``ValueError`` when they are
+not (``semantics="mps"`` or gradient options), never silently changing results.
+``jit_compile="auto"`` already resolves to ``False`` on Apple-silicon GPUs and on CPU-only
+machines. Under a ``tf.distribute`` strategy Keras updates variable by variable; each
+update is then the single-variable fused op (all options apply).
 """
 
 from __future__ import annotations
