@@ -295,3 +295,34 @@ def test_output_too_large_is_an_error_not_a_wrap_around():
     x = tf.zeros((0, 2**31, 2**31, 4))  # empty batch: nothing allocated, but H*W*C overflows
     with pytest.raises(INVALID, match=r"would be too large|do not fit|overflow"):
         cv.convert(x, "nhwc", "matrix_hwc")
+
+
+@pytest.mark.parametrize("src, dst", [("nhwc", "image"), ("image", "nhwc"), ("nhwc", "matrix_chw"),
+                                      ("matrix_chw", "nhwc"), ("image", "matrix_chw"), ("nhwc", "matrix_hwc")])
+@pytest.mark.parametrize("c", [3, 5, 130])
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.uint8, np.float16)], ids=["f32", "u8-f16"])
+def test_block_and_tile_boundaries(src, dst, c, dtypes):
+    """Shapes that cross the kernels' 256-pixel blocks, 16 x 8 transpose tiles and
+    slice boundaries, with ragged ends."""
+    n, h, w = 3, 23, 23  # 529 pixels per item: two full blocks and a ragged one
+    rng = np.random.default_rng(c)
+    logical = _random((n, h, w, c), dtypes[0], rng)
+    y = cv.convert(ref.to_layout(logical, src), src, dst, dtype=dtypes[1], **_geometry_kwargs(src, h, w, c)).numpy()
+    values = ref.unorm8_to_float(logical) if dtypes[0] == np.uint8 else logical
+    np.testing.assert_array_equal(ref.from_layout(y, dst, n, h, w, c), values.astype(dtypes[1]))
+
+
+@pytest.mark.parametrize("n, t", [(37, 41), (1, 300), (300, 1)])
+def test_sequence_tiles(n, t):
+    x = np.random.default_rng(n).standard_normal((n, t, 7)).astype(np.float32)
+    tm = cv.sequence_to_time_major(x).numpy()
+    np.testing.assert_array_equal(tm, np.transpose(x, (1, 0, 2)))
+    np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy(), x)
+
+
+def test_kernel_rejects_more_than_one_scale_vector():
+    lib = tf_mps._lib.load()
+    x = tf.zeros((1, 2, 2, 3))
+    with pytest.raises((INVALID, ValueError), match=r"scale and bias are optional single vectors"):
+        lib.mps_convert(input=x, scale=[tf.ones(3), tf.ones(3)], bias=[], Tout=tf.float32, src_layout="nhwc",
+                        dst_layout="image")

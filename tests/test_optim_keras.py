@@ -140,3 +140,22 @@ def test_low_level_multi_op_matches_keras(device):
         ref.apply(grads, ref_vars)
     for a, b in zip(vs, ref_vars):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("case", ["adam_amsgrad", "sgd_nesterov", "rmsprop_centered_momentum"])
+def test_variables_larger_than_a_work_chunk(case):
+    """Variables spanning several 32K-element work units (and a ragged last one) update
+    exactly like Keras's, as do tiny ones in the same call."""
+    ours_name, keras_name, kwargs = CASES[case]
+    rng = np.random.default_rng(11)
+    shapes = [(70001,), (3,), (256, 300)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ours_vars, ref_vars = [keras.Variable(x) for x in init], [keras.Variable(x) for x in init]
+    ours = getattr(tf_mps.keras.optimizers, ours_name)(**kwargs)
+    ref = getattr(keras.optimizers, keras_name)(**kwargs)
+    for _ in range(5):
+        grads = [tf.constant(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+        ours.apply(grads, ours_vars)
+        ref.apply(grads, ref_vars)
+    for a, b in zip(ours_vars, ref_vars, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

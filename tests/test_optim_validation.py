@@ -190,3 +190,24 @@ def test_empty_variable_is_fine():
     v, m, vv = _v((0, 3)), _v((0, 3)), _v((0, 3))
     tf_mps.ops.apply_adam([v, _v()], [m, _v(value=0)], [vv, _v(value=0)], [tf.ones((0, 3)), tf.ones((3, 2))], 0.1, 1)
     assert v.shape == (0, 3)
+
+
+def test_kernel_grads_sq_shape_mismatch():
+    vs, ms, vvs, gs = _adam_args()
+    with pytest.raises((INVALID, ValueError), match=r"grads_sq\[1\]|squared-gradient sum"):
+        _raw_adam_sq(vs, ms, vvs, gs, [tf.ones((3, 2)), tf.ones((2, 3))])
+
+
+def test_kernel_nesterov_without_momentum_slots():
+    v, g = _v(), tf.ones((3, 2))
+    with pytest.raises(INVALID, match=r"MpsApplySgd: nesterov=True needs momentum slots \(momentum_slot\)"):
+        lib.mps_apply_sgd(var=v.handle, momentum_slot=[], grad=g, lr=tf.constant(0.1),
+                          momentum=tf.constant(0.9, tf.float64), nesterov=True)
+
+
+def _raw_adam_sq(vs, ms, vvs, gs, sq):
+    return lib.mps_multi_apply_adam(vars=[v.handle for v in vs], ms=[m.handle for m in ms],
+                                    vs=[v.handle for v in vvs], vhats=[], grads=gs, grads_sq=sq,
+                                    lr=tf.constant(0.1), step=tf.constant(1, tf.int64),
+                                    beta1=tf.constant(0.9, tf.float64), beta2=tf.constant(0.999, tf.float64),
+                                    epsilon=tf.constant(1e-7, tf.float64))
