@@ -26,6 +26,11 @@ class LibraryLoadError(ImportError):
     """The tf-mps op library cannot be loaded into this process."""
 
 
+def invalid_argument(message: str) -> tf.errors.InvalidArgumentError:
+    """The error every Python-side argument check raises (TF's own class and code)."""
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
 def library_path() -> str:
     """Absolute path of the op library that belongs to this copy of tf_mps."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)

@@ -45,8 +45,7 @@ _DATA_LAYOUTS = {
 }
 
 
-def _invalid(message):
-    return tf.errors.InvalidArgumentError(None, None, message)
+_invalid = _lib.invalid_argument
 
 
 def _matrix_layout(data_layout: str) -> str:

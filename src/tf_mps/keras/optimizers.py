@@ -45,30 +45,14 @@ except ImportError:  # pragma: no cover - TensorFlow moved it: assume no XLA
 _FUSED_KWARGS = ("semantics", "gradient_rescale", "gradient_clip", "regularization", "regularization_scale")
 
 
-def _tf_variable(v):
-    inner = getattr(v, "_value", None)
-    return inner if isinstance(inner, tf.Variable) else v
-
-
 class _FusedOptimizer:
     """Machinery shared by the fused optimizers (a mixin ahead of the Keras class)."""
 
     def _init_fused(self, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
-        if semantics not in ("keras", "mps"):
-            raise ValueError(f"{type(self).__name__}: semantics must be 'keras' or 'mps', got {semantics!r}")
-        if regularization not in (None, "none", "l1", "l2"):
-            raise ValueError(
-                f"{type(self).__name__}: regularization must be None, 'l1' or 'l2', got {regularization!r}"
-            )
-        if gradient_clip is not None:
-            gradient_clip = (float(gradient_clip[0]), float(gradient_clip[1]))
-            if not gradient_clip[0] <= gradient_clip[1]:
-                raise ValueError(f"{type(self).__name__}: gradient_clip must be (min, max) with min <= max")
-        self.semantics = semantics
-        self.gradient_rescale = float(gradient_rescale)
-        self.gradient_clip = gradient_clip
-        self.regularization = None if regularization == "none" else regularization
-        self.regularization_scale = float(regularization_scale)
+        options = _optim.normalize_options(type(self).__name__, semantics, gradient_rescale, gradient_clip,
+                                           regularization, regularization_scale, error=ValueError)
+        for name, value in options.items():
+            setattr(self, name, value)
 
     def _fused_options(self) -> dict:
         return dict(
@@ -80,12 +64,7 @@ class _FusedOptimizer:
         )
 
     def _keras_equivalent(self) -> bool:
-        return (
-            self.semantics == "keras"
-            and self.gradient_rescale == 1.0
-            and self.gradient_clip is None
-            and self.regularization is None
-        )
+        return _optim.keras_equivalent(**self._fused_options())
 
     def get_config(self):
         config = super().get_config()  # the Keras class's: every Keras argument
@@ -174,19 +153,18 @@ class Adam(_FusedOptimizer, keras.optimizers.Adam):
         self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
 
     def _fused_apply(self, grads, variables, learning_rate):
-        variables = [_tf_variable(v) for v in variables]
         dtype = variables[0].dtype
         _optim.apply_adam(
             variables,
-            [_tf_variable(m) for m in self._slots(self._momentums, variables)],
-            [_tf_variable(v) for v in self._slots(self._velocities, variables)],
+            self._slots(self._momentums, variables),
+            self._slots(self._velocities, variables),
             self._cast_grads(grads, variables),
             tf.cast(learning_rate, dtype),
             self.iterations + 1,
             self.beta_1,
             self.beta_2,
             self.epsilon,
-            [_tf_variable(v) for v in self._slots(self._velocity_hats, variables)] if self.amsgrad else None,
+            self._slots(self._velocity_hats, variables) if self.amsgrad else None,
             **self._fused_options(),
         )
 
@@ -214,7 +192,6 @@ class SGD(_FusedOptimizer, keras.optimizers.SGD):
         self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
 
     def _fused_apply(self, grads, variables, learning_rate):
-        variables = [_tf_variable(v) for v in variables]
         dtype = variables[0].dtype
         momentums = self._slots(self.momentums, variables) if self.momentum != 0 else None
         _optim.apply_sgd(
@@ -222,7 +199,7 @@ class SGD(_FusedOptimizer, keras.optimizers.SGD):
             self._cast_grads(grads, variables),
             tf.cast(learning_rate, dtype),
             self.momentum,
-            [_tf_variable(m) for m in momentums] if momentums else None,
+            momentums if momentums else None,
             self.nesterov and self.momentum != 0,
             **self._fused_options(),
         )
@@ -257,18 +234,17 @@ class RMSProp(_FusedOptimizer, keras.optimizers.RMSprop):
         self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
 
     def _fused_apply(self, grads, variables, learning_rate):
-        variables = [_tf_variable(v) for v in variables]
         dtype = variables[0].dtype
         _optim.apply_rmsprop(
             variables,
-            [_tf_variable(s) for s in self._slots(self._velocities, variables)],
+            self._slots(self._velocities, variables),
             self._cast_grads(grads, variables),
             tf.cast(learning_rate, dtype),
             self.rho,
             self.momentum,
             self.epsilon,
-            [_tf_variable(a) for a in self._slots(self._average_gradients, variables)] if self.centered else None,
-            [_tf_variable(m) for m in self._slots(self._momentums, variables)] if self.momentum > 0 else None,
+            self._slots(self._average_gradients, variables) if self.centered else None,
+            self._slots(self._momentums, variables) if self.momentum > 0 else None,
             **self._fused_options(),
         )
 

@@ -39,8 +39,7 @@ _SEMANTICS = ("keras", "mps")
 _REGULARIZATION = ("none", "l1", "l2")
 
 
-def _invalid(message: str) -> tf.errors.InvalidArgumentError:
-    return tf.errors.InvalidArgumentError(None, None, message)
+_invalid = _lib.invalid_argument
 
 
 def _resource_variable(op: str, name: str, v):
@@ -153,29 +152,41 @@ def _common(op: str, variables, grads, slot_lists, keras_squares=False):
     return multi, base, var_list, grad_list, grad_sq_list, slots, dtype
 
 
-def _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
+def normalize_options(owner, semantics="keras", gradient_rescale=1.0, gradient_clip=None, regularization=None,
+                      regularization_scale=0.0, error=None):
+    """Checks and normalizes the semantics and MPSNNOptimizerDescriptor options (shared by
+    the op wrappers and the Keras classes). Raises `error(message)` naming `owner`
+    (InvalidArgumentError by default; the Keras classes pass ValueError)."""
+    error = error or _invalid
     if semantics not in _SEMANTICS:
-        raise _invalid(f"{op}: semantics must be one of {_SEMANTICS}, got {semantics!r}")
-    regularization = "none" if regularization is None else str(regularization).lower()
-    if regularization not in _REGULARIZATION:
-        raise _invalid(f"{op}: regularization must be None, 'l1' or 'l2', got {regularization!r}")
-    attrs = dict(
-        semantics=semantics,
-        gradient_rescale=float(gradient_rescale),
-        regularization=regularization,
-        regularization_scale=float(regularization_scale),
-    )
+        raise error(f"{owner}: semantics must be one of {_SEMANTICS}, got {semantics!r}")
+    reg = "none" if regularization is None else str(regularization).lower()
+    if reg not in _REGULARIZATION:
+        raise error(f"{owner}: regularization must be None, 'l1' or 'l2', got {regularization!r}")
     if gradient_clip is not None:
-        lo, hi = gradient_clip
-        if not lo <= hi:
-            raise _invalid(f"{op}: gradient_clip must be (min, max) with min <= max, got {gradient_clip!r}")
-        attrs.update(clip_gradient=True, gradient_clip_min=float(lo), gradient_clip_max=float(hi))
-    return attrs
+        gradient_clip = (float(gradient_clip[0]), float(gradient_clip[1]))
+        if not gradient_clip[0] <= gradient_clip[1]:
+            raise error(f"{owner}: gradient_clip must be (min, max) with min <= max, got {gradient_clip!r}")
+    return dict(semantics=semantics, gradient_rescale=float(gradient_rescale), gradient_clip=gradient_clip,
+                regularization=None if reg == "none" else reg, regularization_scale=float(regularization_scale))
 
 
-def _keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization):
+def keras_equivalent(semantics="keras", gradient_rescale=1.0, gradient_clip=None, regularization=None,
+                     regularization_scale=0.0):
+    """True when the options change nothing Keras would do (its rounding included)."""
+    del regularization_scale  # no effect without a regularization type
     return semantics == "keras" and gradient_rescale == 1.0 and gradient_clip is None and regularization in (
         None, "none")
+
+
+def _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
+    o = normalize_options(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+    attrs = dict(semantics=o["semantics"], gradient_rescale=o["gradient_rescale"],
+                 regularization=o["regularization"] or "none", regularization_scale=o["regularization_scale"])
+    if o["gradient_clip"] is not None:
+        lo, hi = o["gradient_clip"]
+        attrs.update(clip_gradient=True, gradient_clip_min=lo, gradient_clip_max=hi)
+    return attrs
 
 
 def _run(multi, groups, call):
@@ -244,7 +255,7 @@ def apply_adam(
     multi, op, var_list, grad_list, grad_sq_list, slots, dtype = _common(
         "ApplyAdam", variables, grads,
         [(("m", "ms", False), ms), (("v", "vs", False), vs), (("vhat", "vhats", True), vhats)],
-        keras_squares=_keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
+        keras_squares=keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
     )
     attrs = _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
     lib = _lib.load()
@@ -358,7 +369,7 @@ def apply_rmsprop(
             (("mg", "mgs", True), average_gradients),
             (("mom", "moms", True), momentums),
         ],
-        keras_squares=_keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
+        keras_squares=keras_equivalent(semantics, gradient_rescale, gradient_clip, regularization),
     )
     attrs = _gradient_attrs(op, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
     lib = _lib.load()
