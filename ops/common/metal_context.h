@@ -51,6 +51,12 @@ void UnregisterBuffer(void* base);
 // tensor.
 BufferRef FindBuffer(const void* ptr, size_t bytes);
 
+// FindBuffer, but also not found() when the offset inside the buffer is not a multiple of
+// 16 bytes: Metal wants buffer offsets aligned to the widest type a kernel reads (up to
+// 16 bytes), and MPS's vectorized kernels may read float4.
+constexpr size_t kBufferOffsetAlignment = 16;
+BufferRef FindAlignedBuffer(const void* ptr, size_t bytes);
+
 // For the allocator: a new zero-filled shared-storage buffer of `length` bytes,
 // registered; returns its contents, or nullptr (no device, or out of memory).
 void* AllocateSharedBuffer(size_t length);

@@ -78,6 +78,11 @@ BufferRef FindBuffer(const void* ptr, size_t bytes) {
   return BufferRef{(__bridge void*)it->second.buffer, offset};
 }
 
+BufferRef FindAlignedBuffer(const void* ptr, size_t bytes) {
+  const BufferRef ref = FindBuffer(ptr, bytes);
+  return ref.found() && ref.offset % kBufferOffsetAlignment == 0 ? ref : BufferRef{};
+}
+
 void* AllocateSharedBuffer(size_t length) {
   id<MTLDevice> device = Device();
   if (device == nil) return nullptr;

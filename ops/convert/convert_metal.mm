@@ -58,8 +58,6 @@ namespace tfmps {
 namespace convert {
 namespace {
 
-constexpr size_t kOffsetAlignment = 16;
-
 // ------------------------------------------------------------------ argument mapping
 size_t ElementSize(DType t) {
   switch (t) {
@@ -195,8 +193,8 @@ size_t ImageBytes(const ConvertArgs& args, DType t) {
 MPSMatrix* WrapRows(const void* p, const ConvertArgs& args, DType t) {
   const size_t row_bytes = ImageBytes(args, t);
   const size_t rows = static_cast<size_t>(args.geometry.n);
-  const metal::BufferRef ref = metal::FindBuffer(p, rows * row_bytes);
-  if (!ref.found() || ref.offset % kOffsetAlignment != 0) return nil;
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, rows * row_bytes);
+  if (!ref.found()) return nil;
   MPSMatrixDescriptor* d =
       [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
                                             columns:static_cast<NSUInteger>(row_bytes /

@@ -49,8 +49,6 @@ namespace tfmps {
 namespace optim {
 namespace {
 
-constexpr size_t kOffsetAlignment = 16;
-
 // ------------------------------------------------------------------ argument mapping
 MPSNNRegularizationType ToMps(Regularization r) {
   switch (r) {
@@ -74,8 +72,8 @@ MPSNNOptimizerDescriptor* MakeDescriptor(const GradientTransform& g, double lr) 
 // A float vector of n elements over the buffer that holds p, in place; nil if p is not
 // in a registered buffer or is misaligned there.
 MPSVector* Wrap(const void* p, int64_t n) {
-  const metal::BufferRef ref = metal::FindBuffer(p, static_cast<size_t>(n) * sizeof(float));
-  if (!ref.found() || ref.offset % kOffsetAlignment != 0) return nil;
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(n) * sizeof(float));
+  if (!ref.found()) return nil;
   const NSUInteger length = static_cast<NSUInteger>(n);
   MPSVectorDescriptor* d = [MPSVectorDescriptor vectorDescriptorWithLength:length
                                                                   dataType:MPSDataTypeFloat32];
