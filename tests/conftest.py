@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Relative tolerances by dtype, for comparisons that are not expected to be bit-exact.
-RTOL = {np.float32: 1e-6, np.float64: 1e-12}
 # Against a float64 NumPy reference, float32 results differ by accumulated rounding.
 RTOL_VS_FLOAT64 = {np.float32: 2e-5, np.float64: 1e-12}
 

@@ -52,6 +52,15 @@ struct SlotSpec {
   const char* len_attr;
 };
 
+// Named positions: resource groups in the order of the SlotSpecs below, scalars in the
+// order of the scalar inputs.
+enum AdamGroup { kAdamVar, kAdamM, kAdamV, kAdamVhat };
+enum SgdGroup { kSgdVar, kSgdMomentum };
+enum RmsPropGroup { kRmsVar, kRmsMs, kRmsMg, kRmsMom };
+enum AdamScalar { kAdamLr, kAdamStep, kAdamBeta1, kAdamBeta2, kAdamEpsilon };
+enum SgdScalar { kSgdLr, kSgdMomentumValue };
+enum RmsPropScalar { kRmsLr, kRmsRho, kRmsMomentumValue, kRmsEpsilon };
+
 const std::vector<SlotSpec> kAdamSlots = {
     {"var", "vars", nullptr}, {"m", "ms", nullptr}, {"v", "vs", nullptr}, {"vhat", "vhats", "M"}};
 const std::vector<SlotSpec> kSgdSlots = {{"var", "vars", nullptr}, {"momentum_slot", "momentums", "M"}};
@@ -318,16 +327,16 @@ class AdamOp : public OptimizerKernel<T> {
   void Compute(OpKernelContext* ctx) override {
     AdamParams p;
     T lr;
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "step", &p.step));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 2, "beta1", &p.beta1));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 3, "beta2", &p.beta2));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 4, "epsilon", &p.epsilon));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kAdamLr, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kAdamStep, "step", &p.step));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kAdamBeta1, "beta1", &p.beta1));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kAdamBeta2, "beta2", &p.beta2));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kAdamEpsilon, "epsilon", &p.epsilon));
     OP_REQUIRES(ctx, p.step >= 1,
                 absl::InvalidArgumentError(absl::StrCat(
                     this->type_string(), ": step must be >= 1 (the 1-based time step), got ", p.step)));
     p.lr = static_cast<double>(lr);
-    p.amsgrad = this->has(3);
+    p.amsgrad = this->has(kAdamVhat);
     p.grad_sq = this->grads_sq_.count > 0;
     p.semantics = this->semantics_;
     p.gradient = this->gradient_;
@@ -336,7 +345,8 @@ class AdamOp : public OptimizerKernel<T> {
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
     std::vector<AdamSlots<T>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
-      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
+      vars[i] = {s(kAdamVar, i), s(kAdamM, i),           s(kAdamV, i),
+                 s(kAdamVhat, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
     AdamCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
   }
@@ -352,23 +362,23 @@ class SgdOp : public OptimizerKernel<T> {
   void Compute(OpKernelContext* ctx) override {
     SgdParams p;
     T lr;
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "momentum", &p.momentum));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kSgdLr, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kSgdMomentumValue, "momentum", &p.momentum));
     p.lr = static_cast<double>(lr);
-    p.use_momentum = this->has(1);
+    p.use_momentum = this->has(kSgdMomentum);
     p.nesterov = nesterov_;
     p.semantics = this->semantics_;
     p.gradient = this->gradient_;
     OP_REQUIRES(ctx, p.use_momentum || !nesterov_,
                 absl::InvalidArgumentError(absl::StrCat(
-                    this->type_string(), ": nesterov=True needs momentum slots (", this->groups_[1].name,
+                    this->type_string(), ": nesterov=True needs momentum slots (", this->groups_[kSgdMomentum].name,
                     "), got none")));
 
     Slots<T> s(&this->groups_);
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
     std::vector<SgdSlots<T>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
-      vars[i] = {s(0, i), s(1, i), this->grad(ctx, i), s.size(i)};
+      vars[i] = {s(kSgdVar, i), s(kSgdMomentum, i), this->grad(ctx, i), s.size(i)};
     }
     SgdCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
   }
@@ -386,13 +396,13 @@ class RmsPropOp : public OptimizerKernel<T> {
   void Compute(OpKernelContext* ctx) override {
     RmsPropParams p;
     T lr;
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 0, "lr", &lr));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 1, "rho", &p.rho));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 2, "momentum", &p.momentum));
-    OP_REQUIRES_OK(ctx, this->Scalar(ctx, 3, "epsilon", &p.epsilon));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kRmsLr, "lr", &lr));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kRmsRho, "rho", &p.rho));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kRmsMomentumValue, "momentum", &p.momentum));
+    OP_REQUIRES_OK(ctx, this->Scalar(ctx, kRmsEpsilon, "epsilon", &p.epsilon));
     p.lr = static_cast<double>(lr);
-    p.centered = this->has(2);
-    p.use_momentum = this->has(3);
+    p.centered = this->has(kRmsMg);
+    p.use_momentum = this->has(kRmsMom);
     p.grad_sq = this->grads_sq_.count > 0;
     p.semantics = this->semantics_;
     p.gradient = this->gradient_;
@@ -401,7 +411,8 @@ class RmsPropOp : public OptimizerKernel<T> {
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
     std::vector<RmsPropSlots<T>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
-      vars[i] = {s(0, i), s(1, i), s(2, i), s(3, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
+      vars[i] = {s(kRmsVar, i), s(kRmsMs, i),            s(kRmsMg, i),
+                 s(kRmsMom, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
     RmsPropCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
   }
