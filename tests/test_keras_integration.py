@@ -149,7 +149,7 @@ def test_custom_training_loop_in_tf_function():
     assert int(opt.iterations) == 20
 
 
-def test_mirrored_strategy_uses_per_variable_path():
+def test_mirrored_strategy_trains():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     x, y = _data()
     with strategy.scope():

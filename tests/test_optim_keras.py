@@ -101,8 +101,8 @@ def test_keras_options_match(case, extra, device):
         assert_rel_close(a.numpy(), b.numpy(), 1e-6, what=f"{case} {extra}")
 
 
-def test_one_op_per_dtype_group(device):
-    """Variables of two dtypes in one model: each group is updated, each like Keras."""
+def test_two_dtypes_in_one_model_match_keras(device):
+    """Variables of two dtypes in one model (one fused op per dtype group): each like Keras."""
     rng = np.random.default_rng(3)
     init32, init64 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(5)
     ours = [keras.Variable(init32), keras.Variable(init64, dtype="float64")]

@@ -16,6 +16,10 @@ namespace {
 
 constexpr int64_t kChunk = int64_t{1} << 15;  // elements per work unit (128 KB of float)
 
+// Rough cycles per element, for the thread pool's split (relative sizes matter: Adam has
+// a sqrt and a division, RMSProp one of each, SGD neither).
+constexpr int64_t kAdamCycles = 12, kSgdCycles = 4, kRmsPropCycles = 10;
+
 struct Unit {
   int64_t var, begin, end;
 };
@@ -145,7 +149,7 @@ void AdamAll(const AdamParams& p, const std::vector<AdamSlots<T>>& vars, const P
   }
   const T omb1 = T(1.0 - p.beta1), omb2 = T(1.0 - p.beta2);
   const GradOptions<T> o(p.gradient);
-  RunUnits(vars, 12, parallel, [&](const AdamSlots<T>& s, int64_t b, int64_t e) {
+  RunUnits(vars, kAdamCycles, parallel, [&](const AdamSlots<T>& s, int64_t b, int64_t e) {
     AdamChunk<kTransform, kAmsgrad, kKeras, kSq, T>(s, b, e, alpha, T(p.beta1), T(p.beta2), omb1,
                                                omb2, T(p.epsilon), o);
   });
@@ -181,7 +185,7 @@ template <bool kTransform, int kMode, bool kKeras, typename T>
 void SgdAll(const SgdParams& p, const std::vector<SgdSlots<T>>& vars, const ParallelFor& parallel) {
   const GradOptions<T> o(p.gradient);
   const T lr = T(p.lr), mu = kKeras ? KerasCast<T>(p.momentum) : T(p.momentum);
-  RunUnits(vars, 4, parallel, [&](const SgdSlots<T>& s, int64_t b, int64_t e) {
+  RunUnits(vars, kSgdCycles, parallel, [&](const SgdSlots<T>& s, int64_t b, int64_t e) {
     SgdChunk<kTransform, kMode, kKeras, T>(s, b, e, lr, mu, o);
   });
 }
@@ -225,7 +229,7 @@ void RmsPropAll(const RmsPropParams& p, const std::vector<RmsPropSlots<T>>& vars
   const GradOptions<T> o(p.gradient);
   const T lr = T(p.lr), rho = T(p.rho), omr = T(1.0 - p.rho), mu = T(p.momentum),
           eps = T(p.epsilon);
-  RunUnits(vars, 10, parallel, [&](const RmsPropSlots<T>& s, int64_t b, int64_t e) {
+  RunUnits(vars, kRmsPropCycles, parallel, [&](const RmsPropSlots<T>& s, int64_t b, int64_t e) {
     RmsPropChunk<kTransform, kCentered, kMomentum, kKeras, kSq, T>(s, b, e, lr, rho, omr, mu, eps, o);
   });
 }
