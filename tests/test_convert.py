@@ -326,3 +326,18 @@ def test_kernel_rejects_more_than_one_scale_vector():
     with pytest.raises((INVALID, ValueError), match=r"scale and bias are optional single vectors"):
         lib.mps_convert(input=x, scale=[tf.ones(3), tf.ones(3)], bias=[], Tout=tf.float32, src_layout="nhwc",
                         dst_layout="image")
+
+
+@pytest.mark.parametrize("src, dst, shape", [("nhwc", "image", (3, 128, 128, 256)),
+                                             ("sequence", "time_major", (256, 256, 200)),
+                                             ("nhwc", "matrix_hwc", (3, 128, 128, 256))])
+def test_outputs_larger_than_the_cache(src, dst, shape):
+    """Outputs of 48 MB and more take the non-temporal-store paths (AVX2 build)."""
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    y = cv.convert(x, src, dst).numpy()
+    if dst == "time_major":
+        np.testing.assert_array_equal(y, np.transpose(x, (1, 0, 2)))
+    elif dst == "image":
+        np.testing.assert_array_equal(y, np.transpose(x.reshape(3, 128, 128, 64, 4), (0, 3, 1, 2, 4)))
+    else:
+        np.testing.assert_array_equal(y, x.reshape(3, -1))
