@@ -88,6 +88,43 @@ def test_unorm8_read_and_write():
     np.testing.assert_array_equal(cv.convert(y, "nhwc", "nhwc", dtype=tf.uint8).numpy(), ref.float_to_unorm8(y))
 
 
+@pytest.mark.parametrize("dst, c", [("image", 1), ("image", 2), ("image", 3), ("image", 4), ("image", 9),
+                                    ("matrix_chw", 8), ("matrix_chw", 11), ("matrix_hwc", 3)])
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_every_byte_through_each_kernel(dst, c, out_dtype, affine):
+    """All 256 bytes in every channel through each vector path (4-pixel byte shuffles,
+    8 x 8 blocks, slices, plain runs): q/255 must be the correctly rounded quotient."""
+    pixels = np.arange(2 * 16 * 16).reshape(2, 16, 16, 1)
+    x = ((pixels + 37 * np.arange(c)) % 256).astype(np.uint8)
+    rng = np.random.default_rng(c)
+    scale = rng.uniform(0.5, 5.0, c).astype(np.float32) if affine else None
+    bias = rng.uniform(-3, 3, c).astype(np.float32) if affine else None
+    y = cv.convert(x, "nhwc", dst, dtype=out_dtype, scale=scale, bias=bias).numpy()
+    expected = ref.unorm8_to_float(x)
+    assert len(np.unique(expected)) == 256
+    if affine:
+        expected = expected * scale + bias
+    np.testing.assert_array_equal(ref.from_layout(y, dst, 2, 16, 16, c), expected.astype(out_dtype))
+
+
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.uint8, np.float16), (np.float16, np.uint8)],
+                         ids=["f32", "u8-f16", "f16-u8"])
+def test_time_major_and_chw_matrix(dtypes):
+    """The 8 x 8 transposes with a packed side whose pixels are not adjacent (time-major:
+    one row of every sequence per time step)."""
+    n, t, c = 5, 43, 19
+    rng = np.random.default_rng(9)
+    seq = _random((n, t, c), dtypes[0], rng)
+    tm = np.ascontiguousarray(np.transpose(seq, (1, 0, 2)))
+    m = cv.convert(tm, "time_major", "matrix_chw", dtype=dtypes[1]).numpy()
+    values = ref.unorm8_to_float(seq) if dtypes[0] == np.uint8 else seq.astype(np.float32)
+    expected = ref.float_to_unorm8(values) if dtypes[1] == np.uint8 else values.astype(dtypes[1])
+    np.testing.assert_array_equal(m, np.transpose(expected, (0, 2, 1)).reshape(n, c * t))
+    back = cv.convert(m, "matrix_chw", "time_major", dtype=dtypes[1], height=t, width=1, channels=c).numpy()
+    np.testing.assert_array_equal(back, np.transpose(expected, (1, 0, 2)))
+
+
 def test_float16_conversion_is_exact_for_every_half_and_rounds_floats_like_numpy():
     halves = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(1, 256, 256, 1)
     as_float = cv.convert(halves, "nhwc", "nhwc", dtype=tf.float32).numpy()
@@ -109,20 +146,21 @@ def test_float16_conversion_is_exact_for_every_half_and_rounds_floats_like_numpy
 
 @pytest.mark.parametrize("src_dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dst", ["image", "matrix_chw", "nhwc"])
-def test_scale_and_bias_forward_and_inverse(src_dtype, dst):
+@pytest.mark.parametrize("c", [3, 5, 11])  # one pixel vector; slices; 8 x 8 blocks with edges
+def test_scale_and_bias_forward_and_inverse(src_dtype, dst, c):
     rng = np.random.default_rng(3)
-    x = _random((2, 3, 4, 5), src_dtype, rng)
-    scale = rng.uniform(0.5, 2.0, 5).astype(np.float32)
-    bias = rng.uniform(-1, 1, 5).astype(np.float32)
+    x = _random((2, 5, 7, c), src_dtype, rng)
+    scale = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    bias = rng.uniform(-1, 1, c).astype(np.float32)
     xf = ref.unorm8_to_float(x) if src_dtype == np.uint8 else x.astype(np.float32)
     y = cv.convert(x, "nhwc", dst, dtype=tf.float32, scale=scale, bias=bias).numpy()
-    np.testing.assert_array_equal(ref.from_layout(y, dst, 2, 3, 4, 5), xf * scale + bias)
+    np.testing.assert_array_equal(ref.from_layout(y, dst, 2, 5, 7, c), xf * scale + bias)
     back = cv.convert(y, dst, "nhwc", dtype=tf.float32, scale=scale, bias=bias, affine="inverse",
-                      **_geometry_kwargs(dst, 3, 4, 5)).numpy()
+                      **_geometry_kwargs(dst, 5, 7, c)).numpy()
     np.testing.assert_allclose(back, xf, rtol=1e-6, atol=1e-6)
     if src_dtype == np.uint8:  # normalization undone and requantized: the same bytes
         q = cv.convert(y, dst, "nhwc", dtype=tf.uint8, scale=scale, bias=bias, affine="inverse",
-                       **_geometry_kwargs(dst, 3, 4, 5)).numpy()
+                       **_geometry_kwargs(dst, 5, 7, c)).numpy()
         np.testing.assert_array_equal(q, x)
 
 
@@ -312,9 +350,12 @@ def test_block_and_tile_boundaries(src, dst, c, dtypes):
     np.testing.assert_array_equal(ref.from_layout(y, dst, n, h, w, c), values.astype(dtypes[1]))
 
 
-@pytest.mark.parametrize("n, t", [(37, 41), (1, 300), (300, 1)])
-def test_sequence_tiles(n, t):
-    x = np.random.default_rng(n).standard_normal((n, t, 7)).astype(np.float32)
+@pytest.mark.parametrize("n, t", [(37, 41), (1, 300), (300, 1), (131, 133)])
+@pytest.mark.parametrize("c, dtype", [(7, np.float32), (64, np.float32), (1, np.uint8), (3, np.uint8),
+                                      (5, np.float16), (13, np.float16)])
+def test_sequence_tiles(n, t, c, dtype):
+    """Row tiles of 16 to 128 rows (short rows get bigger tiles), rows of 1 to 256 bytes."""
+    x = _random((n, t, c), dtype, np.random.default_rng(n))
     tm = cv.sequence_to_time_major(x).numpy()
     np.testing.assert_array_equal(tm, np.transpose(x, (1, 0, 2)))
     np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy(), x)
@@ -335,9 +376,20 @@ def test_outputs_larger_than_the_cache(src, dst, shape):
     """Outputs of 48 MB and more take the non-temporal-store paths (AVX2 build)."""
     x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
     y = cv.convert(x, src, dst).numpy()
+    del x
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
     if dst == "time_major":
         np.testing.assert_array_equal(y, np.transpose(x, (1, 0, 2)))
     elif dst == "image":
         np.testing.assert_array_equal(y, np.transpose(x.reshape(3, 128, 128, 64, 4), (0, 3, 1, 2, 4)))
     else:
         np.testing.assert_array_equal(y, x.reshape(3, -1))
+
+
+def test_bytes_to_a_float_image_larger_than_the_cache():
+    """uint8 pixels to a 52 MB float image: the 4-pixel byte path with streaming stores."""
+    x = np.random.default_rng(10).integers(0, 256, (200, 128, 128, 3), dtype=np.uint8)
+    y = cv.to_image(x, dtype=tf.float32, scale=[2.0, 1.0, 0.5], bias=[0.0, -1.0, 0.25]).numpy()
+    assert y.nbytes >= 48 << 20
+    expected = ref.unorm8_to_float(x) * np.array([2.0, 1.0, 0.5], np.float32) + np.array([0.0, -1.0, 0.25], np.float32)
+    np.testing.assert_array_equal(y, ref.to_layout(expected, "image"))

@@ -57,7 +57,7 @@ struct ConvertArgs {
 // CPU backend: every destination element written once (padding zeroed), rows spread
 // over `parallel`.
 void ConvertCpu(const ConvertArgs& args, const ParallelFor& parallel);
-// Which build of the CPU kernels ConvertCpu runs here: "avx2+f16c" or "base".
+// Which build of the CPU kernels ConvertCpu runs here: "avx2+fma+f16c" or "base".
 const char* ConvertCpuIsa();
 
 // Metal backend (convert_metal.mm, macOS only): the MPS converters between memory and

@@ -7,8 +7,9 @@
 // sequence <-> time-major through 16 x 16 row tiles. The value conversions are
 // branch-free.
 //
-// x86-64 with GCC: the kernels are compiled a second time for AVX2 + F16C (hardware half
-// conversions, SSE pixel paths) and used when the processor has both;
+// x86-64 with GCC: the kernels are compiled a second time for AVX2 + FMA + F16C (hardware
+// half conversions, SSE pixel paths, 8 x 8 register transposes) and used when the
+// processor has all three;
 // TFMPS_CONVERT_ISA=base (read once) forces the portable build. arm64 always has
 // hardware half conversions (_Float16).
 //
@@ -66,7 +67,7 @@ namespace isa_base {
 
 #if defined(TFMPS_CONVERT_HAVE_AVX2_BUILD)
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c")
+#pragma GCC target("avx2,fma,f16c")
 namespace isa_avx2 {
 #define TFMPS_CONVERT_AVX2 1
 #define TFMPS_NATIVE_HALF 1
@@ -77,26 +78,31 @@ namespace isa_avx2 {
 #pragma GCC pop_options
 #endif
 
-void ConvertCpu(const ConvertArgs& a, const ParallelFor& parallel) {
+namespace {
+// Whether the AVX2 build runs: decided once, on first use.
+bool UseAvx2Build() {
 #if defined(TFMPS_CONVERT_HAVE_AVX2_BUILD)
   static const bool avx2 = [] {
     const char* isa = std::getenv("TFMPS_CONVERT_ISA");
     const bool forced_base = isa != nullptr && std::strcmp(isa, "base") == 0;
-    return !forced_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    return !forced_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
-  if (avx2) return isa_avx2::ConvertCpuImpl(a, parallel);
+  return avx2;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+void ConvertCpu(const ConvertArgs& a, const ParallelFor& parallel) {
+#if defined(TFMPS_CONVERT_HAVE_AVX2_BUILD)
+  if (UseAvx2Build()) return isa_avx2::ConvertCpuImpl(a, parallel);
 #endif
   isa_base::ConvertCpuImpl(a, parallel);
 }
 
-const char* ConvertCpuIsa() {
-#if defined(TFMPS_CONVERT_HAVE_AVX2_BUILD)
-  const char* isa = std::getenv("TFMPS_CONVERT_ISA");
-  const bool forced_base = isa != nullptr && std::strcmp(isa, "base") == 0;
-  if (!forced_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return "avx2+f16c";
-#endif
-  return "base";
-}
+const char* ConvertCpuIsa() { return UseAvx2Build() ? "avx2+fma+f16c" : "base"; }
 
 }  // namespace convert
 }  // namespace tfmps
