@@ -27,6 +27,47 @@ def time_call(fn, calls: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def copier(nbytes: int, calls: int = 5, repeats: int = 3) -> tuple[object, int]:
+    """A plain memory copy of `nbytes` bytes (numpy's copy, which releases the GIL) as a
+    function, on 1 thread or on all cores, whichever is faster here; and that count."""
+    n = max(nbytes // 4, 1)
+    src = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    dst = np.empty_like(src)
+    best = None
+    for threads in sorted({1, cores()}):
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if threads == 1:
+            def copy(dst=dst, src=src):
+                np.copyto(dst, src)
+        else:
+            pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+            def copy(chunks=chunks, pool=pool):
+                list(pool.map(lambda c: np.copyto(*c), chunks))
+        seconds = time_call(copy, calls, repeats)
+        if best is None or seconds < best[0]:
+            best = (seconds, copy, threads)
+    return best[1], best[2]
+
+
+def time_interleaved(fns: dict, calls: int, repeats: int) -> dict:
+    """Seconds per call of each function, one list entry per round: every round times
+    `calls` calls of each function in turn, so that all of them meet the same machine
+    (on a shared VM the memory bandwidth drifts by tens of percent within a minute)."""
+    for fn in fns.values():  # trace / warm up
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
 def copy_rate(nbytes: int, calls: int, repeats: int) -> tuple[float, int]:
     """Rate of a plain memory copy of `nbytes` (bytes read + written per second), timed
     like the conversions (median of `repeats` runs of `calls` copies), on 1 thread and on
