@@ -9,13 +9,14 @@ How it is timed: the tf_mps function is called eagerly, as a user calls it (one 
 tf.function call costs ~170 us more here); the stock path runs eagerly or as a
 tf.function, whichever is faster; the copy is numpy's, on 1 thread or all cores,
 whichever is faster. Rounds interleave the three (copy, tf_mps, stock, copy, ...) and
-the fraction is the median over rounds of copy time / tf_mps time, so that a drift of
-the machine's memory bandwidth hits both sides alike.
+the fraction is the median over rounds of copy time / tf_mps time (its interquartile
+range is printed too), so that a drift of the machine's memory bandwidth hits both
+sides alike.
 
 Run at two sizes by default: 16-46 MB per call (near this machine's 32 MB L3, where a
 plain copy is fastest) and 4x that (DRAM-bound).
 
-    python bench/convert.py [--calls 10] [--repeats 11] [--scales 1,4]
+    python bench/convert.py [--calls 10] [--repeats 21] [--scales 1,4]
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=10, help="calls per timing round (default 10)")
-    parser.add_argument("--repeats", type=int, default=11,
-                        help="interleaved timing rounds; medians are kept (default 11)")
+    parser.add_argument("--repeats", type=int, default=21,
+                        help="interleaved timing rounds; medians are kept (default 21)")
     parser.add_argument("--scales", default="1,4",
                         help="comma-separated batch-size multipliers (default 1,4: 16-46 MB and 4x that)")
     args = parser.parse_args(argv)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
              lambda x: tf.transpose(x, [1, 0, 2])),
         ]
         print(f"\nscale {factor:g}:")
-        print(f"{'conversion':<34}{'MB in+out':>10}{'ms':>9}{'GB/s':>8}{'of copy':>9}{'vs TF':>8}")
+        print(f"{'conversion':<34}{'MB in+out':>10}{'ms':>9}{'GB/s':>8}{'of copy':>9}{'(IQR)':>12}{'vs TF':>8}")
         for name, data, ours, stock in cases:
             x = tf.constant(data)
             f_ours = lambda x=x, f=ours: f(x)  # noqa: E731
@@ -108,11 +109,13 @@ def main(argv=None) -> int:
             copy, _ = copier(moved // 2)  # a copy touching as many bytes (read + written)
             times = time_interleaved({"copy": copy, "ours": f_ours, "stock": f_stock}, args.calls, args.repeats)
             t_ours = float(np.median(times["ours"]))
-            fraction = float(np.median(np.array(times["copy"]) / np.array(times["ours"])))
+            fractions = np.array(times["copy"]) / np.array(times["ours"])
+            fraction = float(np.median(fractions))
+            q1, q3 = np.percentile(fractions, [25, 75])
             speedup = float(np.median(np.array(times["stock"]) / np.array(times["ours"])))
             worst = min(worst, fraction)
             print(f"{name:<34}{moved / 1e6:>10.1f}{t_ours * 1e3:>9.2f}{moved / t_ours / 1e9:>8.1f}"
-                  f"{fraction:>9.2f}{speedup:>7.2f}x")
+                  f"{fraction:>9.2f}{f'{q1:.2f}-{q3:.2f}':>12}{speedup:>7.2f}x")
     print(f"\nlowest fraction of the memory-copy rate: {worst:.2f} (target >= 0.7)")
     return 0
 
