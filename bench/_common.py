@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import statistics
 import time
@@ -36,7 +37,7 @@ def copier(nbytes: int, calls: int = 5, repeats: int = 3) -> tuple[object, int]:
     best = None
     for threads in sorted({1, cores()}):
         bounds = np.linspace(0, n, threads + 1).astype(int)
-        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        chunks = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
         if threads == 1:
             def copy(dst=dst, src=src):
                 np.copyto(dst, src)
@@ -78,7 +79,7 @@ def copy_rate(nbytes: int, calls: int, repeats: int) -> tuple[float, int]:
     best, best_threads = 0.0, 1
     for threads in sorted({1, cores()}):
         bounds = np.linspace(0, n, threads + 1).astype(int)
-        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        chunks = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             def copy(chunks=chunks):
                 list(pool.map(lambda c: np.copyto(*c), chunks))

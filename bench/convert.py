@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         print(f"{'conversion':<34}{'MB in+out':>10}{'ms':>9}{'GB/s':>8}{'of copy':>9}{'(IQR)':>12}{'vs TF':>8}")
         for name, data, ours, stock in cases:
             x = tf.constant(data)
-            f_ours = lambda x=x, f=ours: f(x)  # noqa: E731
-            stock_eager = lambda x=x, f=stock: f(x)  # noqa: E731
+            f_ours = lambda x=x, f=ours: f(x)
+            stock_eager = lambda x=x, f=stock: f(x)
             stock_graph = tf.function(stock_eager, autograph=False)
             np.testing.assert_array_equal(f_ours().numpy(), stock_graph().numpy())  # same result, or no comparison
             f_stock = min((stock_eager, stock_graph), key=lambda f: time_call(f, 3, 3))

@@ -393,3 +393,99 @@ def test_bytes_to_a_float_image_larger_than_the_cache():
     assert y.nbytes >= 48 << 20
     expected = ref.unorm8_to_float(x) * np.array([2.0, 1.0, 0.5], np.float32) + np.array([0.0, -1.0, 0.25], np.float32)
     np.testing.assert_array_equal(y, ref.to_layout(expected, "image"))
+
+
+# ------------------------------------------------------------------ review: paths and sizes
+@pytest.mark.parametrize("c", [1, 3, 4, 7, 9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_time_major_and_image(c, dtype):
+    """Time-major pixels are whole rows of every sequence apart: the image kernels must
+    not treat a tile of them as one range."""
+    t, n = 40, 4
+    seq = _random((n, t, c), dtype, np.random.default_rng(c))
+    tm = np.ascontiguousarray(np.transpose(seq, (1, 0, 2)))
+    img = cv.convert(tm, "time_major", "image").numpy()
+    np.testing.assert_array_equal(img, ref.to_layout(seq.reshape(n, t, 1, c), "image"))
+    back = cv.convert(img, "image", "time_major", channels=c).numpy()
+    np.testing.assert_array_equal(back, tm)
+
+
+@pytest.mark.parametrize("shape", [(2, 128, 128, 128), (8, 128, 128, 24)])
+@pytest.mark.parametrize("affine", [None, "forward", "inverse"])
+def test_streaming_chw_transposes(shape, affine):
+    """24 MB and more in + out: the 8 x 8 transposes write whole lines with streaming
+    stores (AVX2 build), both directions, with and without the affine."""
+    n, h, w, c = shape
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, c).astype(np.float32) if affine else None
+    bias = rng.uniform(-1, 1, c).astype(np.float32) if affine else None
+    kw = dict(scale=scale, bias=bias, affine=affine or "forward")
+    m = cv.convert(x, "nhwc", "matrix_chw", **kw).numpy()
+    y = x if affine is None else (x * scale + bias if affine == "forward" else (x - bias) / scale)
+    np.testing.assert_array_equal(m, np.transpose(y, (0, 3, 1, 2)).reshape(n, -1))
+    back = cv.convert(m, "matrix_chw", "nhwc", height=h, width=w, channels=c, **kw).numpy()
+    m_logical = np.transpose(m.reshape(n, c, h, w), (0, 2, 3, 1))
+    expected = m_logical if affine is None else (
+        m_logical * scale + bias if affine == "forward" else (m_logical - bias) / scale)
+    np.testing.assert_array_equal(back, expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 128, 128, 130), (200, 128, 128, 2), (200, 128, 128, 4)])
+def test_streaming_image_outputs(shape):
+    """Streaming stores into an image: a partial last slice (scattered slices), and float
+    pixels of C <= 4 (outputs of 48 MB and more)."""
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+    img = cv.to_image(x).numpy()
+    np.testing.assert_array_equal(img, ref.to_layout(x, "image"))
+    np.testing.assert_array_equal(cv.from_image(img, shape[-1]).numpy(), x)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16], ids=["uint8", "float16"])
+def test_streaming_size_sequences_of_short_rows(dtype):
+    """28 MB and more in + out with rows of 7 elements: still a bit copy (float16 NaN
+    payloads kept), not a per-element conversion."""
+    rng = np.random.default_rng(13)
+    bits = rng.integers(0, 2**16 if dtype == np.float16 else 2**8, (1024, 2000, 7))
+    x = bits.astype(np.uint16).view(np.float16) if dtype == np.float16 else bits.astype(np.uint8)
+    tm = cv.sequence_to_time_major(x).numpy()
+    view = np.uint16 if dtype == np.float16 else np.uint8
+    np.testing.assert_array_equal(tm.view(view), np.transpose(x, (1, 0, 2)).view(view))
+    np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy().view(view), x.view(view))
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 4])
+def test_uint8_pixel_groups_and_tails(c):
+    """uint8 -> image in groups of 4 pixels, 16-byte loads while the block has them,
+    exact-size loads near its end, single pixels after: every pixel count up to 40."""
+    rng = np.random.default_rng(c)
+    for pixels in range(1, 41):
+        x = rng.integers(0, 256, (2, 1, pixels, c), dtype=np.uint8)
+        y = cv.to_image(x, dtype=tf.float32, scale=np.full(c, 2.0, np.float32)).numpy()
+        np.testing.assert_array_equal(y, ref.to_layout(ref.unorm8_to_float(x) * np.float32(2.0), "image"))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_other_thread_pool_sizes(threads):
+    """The work-sharing ParallelFor with an intra-op pool of 1 (everything inline) and of
+    more threads than cores."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads({threads})
+from tf_mps import convert as cv
+from tf_mps.ops import apply_adam
+x = np.random.default_rng(0).standard_normal((16, 64, 64, 24)).astype(np.float32)
+assert np.array_equal(cv.nhwc_to_matrix(x, "CHW").numpy(), x.transpose(0, 3, 1, 2).reshape(16, -1))
+assert np.array_equal(cv.from_image(cv.to_image(x), 24).numpy(), x)
+v = tf.Variable(np.ones(300_000, np.float32)); m = tf.Variable(np.zeros(300_000, np.float32))
+u = tf.Variable(np.zeros(300_000, np.float32))
+apply_adam([v], [m], [u], [tf.ones(300_000)], 0.1, 1)
+assert np.allclose(v.numpy(), 0.9, atol=1e-5), v.numpy()[:4]
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

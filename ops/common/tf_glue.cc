@@ -55,17 +55,24 @@ ParallelFor CpuParallelFor(OpKernelContext* ctx) {
     // per op and cost 0.15-0.2 ms of each 1 ms conversion here (2 cores). One task per
     // other pool thread; the caller works too, and takes over the chunks of a thread
     // that wakes late.
+    // As many threads as the work pays for (kInlineCycles each), at most the pool's.
+    const int64_t work = total * std::max<int64_t>(cost, 1);
+    const int64_t used = std::min(threads, std::max<int64_t>(2, work / kInlineCycles));
     auto range = std::make_shared<SharedRange>();
     range->total = total;
-    range->chunks = std::min(total, threads * kChunksPerThread);
+    range->chunks = std::min(total, used * kChunksPerThread);
     range->chunk = (total + range->chunks - 1) / range->chunks;
     range->chunks = (total + range->chunk - 1) / range->chunk;
     range->fn = &fn;
-    for (int64_t i = 1; i < threads; ++i) workers->Schedule([range] { range->Run(); });
+    for (int64_t i = 1; i < used; ++i) workers->Schedule([range] { range->Run(); });
     range->Run();
     // Every chunk is claimed; wait for those still running on pool threads.
-    for (int spins = 0; range->done.load(std::memory_order_acquire) < range->chunks; ++spins) {
-      if (spins > 64) std::this_thread::yield();
+    for (int spins = 0; range->done.load(std::memory_order_acquire) < range->chunks;) {
+      if (spins < 64) {
+        ++spins;
+      } else {
+        std::this_thread::yield();
+      }
     }
   };
 }
