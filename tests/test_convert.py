@@ -441,6 +441,23 @@ def test_streaming_image_outputs(shape):
     np.testing.assert_array_equal(cv.from_image(img, shape[-1]).numpy(), x)
 
 
+@pytest.mark.parametrize("src_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("affine", [None, "inverse"])
+def test_streaming_image_to_many_channels(src_dtype, affine):
+    """Image -> float NHWC with C a multiple of 4 above 4, 24 MB and more in + out: blocks
+    of 4 slices x 4 pixels with streaming stores (AVX2 build), ragged pixel count."""
+    n, h, w, c = 4, 127, 129, 68
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((n, h, w, c)).astype(src_dtype)
+    img = ref.to_layout(x, "image")
+    scale = rng.uniform(0.5, 2.0, c).astype(np.float32) if affine else None
+    bias = rng.uniform(-1, 1, c).astype(np.float32) if affine else None
+    y = cv.convert(img, "image", "nhwc", channels=c, dtype=tf.float32, scale=scale, bias=bias,
+                   affine=affine or "forward").numpy()
+    xf = x.astype(np.float32)
+    np.testing.assert_array_equal(y, xf if affine is None else (xf - bias) / scale)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16], ids=["uint8", "float16"])
 def test_streaming_size_sequences_of_short_rows(dtype):
     """28 MB and more in + out with rows of 7 elements: still a bit copy (float16 NaN
