@@ -82,6 +82,10 @@ def main(argv=None) -> int:
         feat = rng.standard_normal((batch(32), 32, 32, 128)).astype(np.float32)  # 16.8 MB
         seq = rng.standard_normal((batch(256), 256, 64)).astype(np.float32)  # 16.8 MB
         rgb_img = cv.to_image(rgb).numpy()
+        feat_img = cv.to_image(feat).numpy()
+        feat_chw = cv.nhwc_to_matrix(feat, "CHW").numpy()
+        seq_tm = cv.sequence_to_time_major(seq).numpy()
+        sensors = rng.standard_normal((batch(5472), 128, 6)).astype(np.float32)  # 16.8 MB (sensor windows)
 
         cases = [
             ("NHWC f32 C=3 -> image f32", rgb, lambda x: cv.to_image(x), lambda x: stock_to_image(x)),
@@ -93,6 +97,15 @@ def main(argv=None) -> int:
              lambda x: tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [x.shape[0], -1])),
             ("NHWC f32 C=128 -> image f32", feat, lambda x: cv.to_image(x), lambda x: stock_to_image(x)),
             ("sequence -> time-major f32", seq, lambda x: cv.sequence_to_time_major(x),
+             lambda x: tf.transpose(x, [1, 0, 2])),
+            # the other directions
+            ("image f32 -> NHWC f32 C=128", feat_img, lambda x: cv.from_image(x, 128),
+             lambda x: stock_from_image(x, 128)),
+            ("matrix CHW -> NHWC f32 C=128", feat_chw, lambda x: cv.matrix_to_nhwc(x, 32, 32, 128, "CHW"),
+             lambda x: tf.transpose(tf.reshape(x, [x.shape[0], 128, 32, 32]), [0, 2, 3, 1])),
+            ("time-major -> sequence f32", seq_tm, lambda x: cv.time_major_to_sequence(x),
+             lambda x: tf.transpose(x, [1, 0, 2])),
+            ("sequence C=6 -> time-major f32", sensors, lambda x: cv.sequence_to_time_major(x),
              lambda x: tf.transpose(x, [1, 0, 2])),
         ]
         print(f"\nscale {factor:g}:")
