@@ -458,15 +458,19 @@ def test_streaming_image_to_many_channels(src_dtype, affine):
     np.testing.assert_array_equal(y, xf if affine is None else (xf - bias) / scale)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float16], ids=["uint8", "float16"])
-def test_streaming_size_sequences_of_short_rows(dtype):
-    """28 MB and more in + out with rows of 7 elements: still a bit copy (float16 NaN
-    payloads kept), not a per-element conversion."""
+@pytest.mark.parametrize("dtype, c", [(np.uint8, 7), (np.uint8, 8), (np.float16, 7), (np.float16, 6),
+                                      (np.float32, 6), (np.float32, 3)])
+def test_streaming_size_sequences_of_short_rows(dtype, c):
+    """24 MB and more in + out with rows shorter than a line: bit copies (float16 NaN
+    payloads kept), into time-major with 8- and 4-byte streaming stores where rows are
+    whole words (AVX2 build)."""
     rng = np.random.default_rng(13)
-    bits = rng.integers(0, 2**16 if dtype == np.float16 else 2**8, (1024, 2000, 7))
-    x = bits.astype(np.uint16).view(np.float16) if dtype == np.float16 else bits.astype(np.uint8)
+    bits = rng.integers(0, 2**16 if dtype == np.float16 else 2**8, (1024, 2000, c))
+    if dtype == np.float32:
+        bits = rng.integers(0, 2**32, (1024, 1000, c))
+    view = {np.float16: np.uint16, np.float32: np.uint32, np.uint8: np.uint8}[dtype]
+    x = bits.astype(view).view(dtype)
     tm = cv.sequence_to_time_major(x).numpy()
-    view = np.uint16 if dtype == np.float16 else np.uint8
     np.testing.assert_array_equal(tm.view(view), np.transpose(x, (1, 0, 2)).view(view))
     np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy().view(view), x.view(view))
 
