@@ -3,9 +3,10 @@
 //
 // Work is split into (item, pixel block) units; a layout pair whose pixels are both
 // channel-packed (NHWC, sequence, HWC matrix) streams contiguously, an image on either
-// side is walked slice by slice, CHW goes through a tiled (or BLAS) transpose, and
-// sequence <-> time-major through 16 x 16 row tiles. The value conversions are
-// branch-free.
+// side is walked in tiles of 32 pixels slice by slice, CHW goes through 8 x 8 register
+// transposes (AVX2 build; BLAS's omatcopy or 16 x 8 tiles in the portable one), and
+// sequence <-> time-major through square tiles of rows. Why each is shaped so, with
+// measurements: docs/converters.md. The value conversions are branch-free.
 //
 // x86-64 with GCC: the kernels are compiled a second time for AVX2 + FMA + F16C (hardware
 // half conversions, SSE pixel paths, 8 x 8 register transposes) and used when the
