@@ -205,7 +205,6 @@ def _convert_grad(op, dy):
     affine = op.get_attr("affine").decode()
     lib = _lib.load()
     scale = [op.inputs[1]] if n_scale else []
-    bias = [op.inputs[1 + n_scale]] if n_bias else []
 
     def to(layout, t, in_layout, out_dtype, **kw):
         return lib.mps_convert(input=t, scale=kw.get("scale", []), bias=[], Tout=out_dtype, src_layout=in_layout,
