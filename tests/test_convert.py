@@ -273,6 +273,29 @@ def test_property_random_shapes(n, h, w, c, src, dst, src_dtype, dst_dtype, seed
     np.testing.assert_array_equal(ref.from_layout(y, dst, n, h, w, c), expected)
 
 
+@given(
+    n=st.integers(0, 70), t=st.integers(1, 70), c=st.integers(1, 40),
+    src_dtype=st.sampled_from(DTYPES), dst_dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+    to_time_major=st.booleans(),
+)
+def test_property_random_sequences(n, t, c, src_dtype, dst_dtype, seed, to_time_major):
+    """sequence <-> time-major for random sizes (row tiles of 16 to 128 rows, rows of 1 to
+    160 bytes, ragged tile edges) and every dtype pair."""
+    rng = np.random.default_rng(seed)
+    seq = _random((n, t, c), src_dtype, rng)
+    values = ref.unorm8_to_float(seq) if src_dtype == np.uint8 else seq.astype(np.float32)
+    expected = ref.float_to_unorm8(values) if dst_dtype == np.uint8 else values.astype(dst_dtype)
+    if src_dtype == dst_dtype:
+        expected = seq  # a bit copy
+    if to_time_major:
+        y = cv.convert(seq, "sequence", "time_major", dtype=dst_dtype).numpy()
+        np.testing.assert_array_equal(y, np.transpose(expected, (1, 0, 2)))
+    else:
+        tm = np.ascontiguousarray(np.transpose(seq, (1, 0, 2)))
+        y = cv.convert(tm, "time_major", "sequence", dtype=dst_dtype).numpy()
+        np.testing.assert_array_equal(y, expected)
+
+
 # ------------------------------------------------------------------ tf.data helpers
 def test_map_images_in_a_pipeline():
     rng = np.random.default_rng(6)
