@@ -28,6 +28,16 @@ def time_call(fn, calls: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+_POOLS: dict = {}
+
+
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One thread pool per size for the whole run (the copies of every case share it)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads)
+    return _POOLS[threads]
+
+
 def copier(nbytes: int, calls: int = 5, repeats: int = 3) -> tuple[object, int]:
     """A plain memory copy of `nbytes` bytes (numpy's copy, which releases the GIL) as a
     function, on 1 thread or on all cores, whichever is faster here; and that count."""
@@ -42,7 +52,7 @@ def copier(nbytes: int, calls: int = 5, repeats: int = 3) -> tuple[object, int]:
             def copy(dst=dst, src=src):
                 np.copyto(dst, src)
         else:
-            pool = concurrent.futures.ThreadPoolExecutor(threads)
+            pool = _pool(threads)
 
             def copy(chunks=chunks, pool=pool):
                 list(pool.map(lambda c: np.copyto(*c), chunks))
@@ -71,20 +81,7 @@ def time_interleaved(fns: dict, calls: int, repeats: int) -> dict:
 
 def copy_rate(nbytes: int, calls: int, repeats: int) -> tuple[float, int]:
     """Rate of a plain memory copy of `nbytes` (bytes read + written per second), timed
-    like the conversions (median of `repeats` runs of `calls` copies), on 1 thread and on
-    all cores (numpy's copy releases the GIL); the faster of the two is returned."""
-    n = max(nbytes // 4, 1)
-    src = np.random.default_rng(1).standard_normal(n).astype(np.float32)
-    dst = np.empty_like(src)
-    best, best_threads = 0.0, 1
-    for threads in sorted({1, cores()}):
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        chunks = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            def copy(chunks=chunks):
-                list(pool.map(lambda c: np.copyto(*c), chunks))
-
-            rate = 2 * src.nbytes / time_call(copy, calls, repeats)
-            if rate > best:
-                best, best_threads = rate, threads
-    return best, best_threads
+    like the conversions (median of `repeats` runs of `calls` copies), with copier's
+    faster thread count; and that count."""
+    copy, threads = copier(nbytes, calls, repeats)
+    return 2 * 4 * max(nbytes // 4, 1) / time_call(copy, calls, repeats), threads

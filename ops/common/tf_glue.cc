@@ -46,8 +46,9 @@ ParallelFor CpuParallelFor(OpKernelContext* ctx) {
   return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
     if (total <= 0) return;
     const int64_t threads = std::max(1, workers->NumThreads());
+    const int64_t work = total * std::max<int64_t>(cost, 1);
     // Small jobs run on the calling thread: waking a pool thread costs more.
-    if (total == 1 || threads == 1 || total * std::max<int64_t>(cost, 1) < kInlineCycles) {
+    if (total == 1 || threads == 1 || work < kInlineCycles) {
       fn(0, total);
       return;
     }
@@ -56,7 +57,6 @@ ParallelFor CpuParallelFor(OpKernelContext* ctx) {
     // other pool thread; the caller works too, and takes over the chunks of a thread
     // that wakes late.
     // As many threads as the work pays for (kInlineCycles each), at most the pool's.
-    const int64_t work = total * std::max<int64_t>(cost, 1);
     const int64_t used = std::min(threads, std::max<int64_t>(2, work / kInlineCycles));
     auto range = std::make_shared<SharedRange>();
     range->total = total;
