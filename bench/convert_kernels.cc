@@ -138,6 +138,11 @@ int main(int argc, char** argv) {
       {"CHW -> NHWC f32 C=128", {batch(32), 32, 32, 128}, kChw, kNhwc, f32, f32, false},
       {"time-major -> sequence C=64", {batch(256), 256, 1, 64}, kTm, kSeq, f32, f32, false},
       {"sequence C=6 -> time-major", {batch(5472), 128, 1, 6}, kSeq, kTm, f32, f32, false},
+      // more short rows: the other direction, float16, another row stride and length
+      {"time-major C=6 -> sequence", {batch(5472), 128, 1, 6}, kTm, kSeq, f32, f32, false},
+      {"sequence f16 C=6 -> time-major", {batch(10944), 128, 1, 6}, kSeq, kTm, f16, f16, false},
+      {"sequence C=3 T=100 -> time-major", {batch(14000), 100, 1, 3}, kSeq, kTm, f32, f32, false},
+      {"sequence C=9 T=50 -> time-major", {batch(18666), 50, 1, 9}, kSeq, kTm, f32, f32, false},
   };
   std::printf("%-34s%10s%10s%10s%8s%12s\n", "conversion", "MB in+out", "ms", "memcpy", "ratio", "(IQR)");
   for (const Case& c : cases) {

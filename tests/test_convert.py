@@ -481,18 +481,22 @@ def test_streaming_image_to_many_channels(src_dtype, affine):
     np.testing.assert_array_equal(y, xf if affine is None else (xf - bias) / scale)
 
 
-@pytest.mark.parametrize("dtype, c", [(np.uint8, 7), (np.uint8, 8), (np.float16, 7), (np.float16, 6),
-                                      (np.float32, 6), (np.float32, 3)])
-def test_streaming_size_sequences_of_short_rows(dtype, c):
-    """24 MB and more in + out with rows shorter than a line: bit copies (float16 NaN
-    payloads kept), into time-major with 8- and 4-byte streaming stores where rows are
-    whole words (AVX2 build)."""
-    rng = np.random.default_rng(13)
-    bits = rng.integers(0, 2**16 if dtype == np.float16 else 2**8, (1024, 2000, c))
-    if dtype == np.float32:
-        bits = rng.integers(0, 2**32, (1024, 1000, c))
+@pytest.mark.parametrize("dtype, c", [(np.uint8, 1), (np.uint8, 7), (np.uint8, 8), (np.uint8, 33),
+                                      (np.float16, 3), (np.float16, 7), (np.float16, 6), (np.float16, 31),
+                                      (np.float32, 6), (np.float32, 3), (np.float32, 9), (np.float32, 15)])
+@pytest.mark.parametrize("n", [1024, 1021])
+def test_streaming_size_sequences_of_short_rows(dtype, c, n):
+    """24 MB and more in + out with rows shorter than a line (1 to 63 bytes): bit copies
+    (float16 NaN payloads kept); into time-major gathered 16-64 rows at a time and
+    streamed as whole lines, the parts of lines at each run's ends in 4- or 8-byte
+    streaming stores or plain ones (AVX2 build). n = 1021 leaves every run unaligned and
+    a last tile of fewer rows; t is never a multiple of the 64 time steps of a tile."""
+    rng = np.random.default_rng(13 + c)
+    size = np.dtype(dtype).itemsize
+    t = (12_600_000 // (n * c * size) + 1) | 1
     view = {np.float16: np.uint16, np.float32: np.uint32, np.uint8: np.uint8}[dtype]
-    x = bits.astype(view).view(dtype)
+    x = rng.integers(0, np.iinfo(view).max, (n, t, c), dtype=view, endpoint=True).view(dtype)
+    assert 2 * x.nbytes >= 24 << 20
     tm = cv.sequence_to_time_major(x).numpy()
     np.testing.assert_array_equal(tm.view(view), np.transpose(x, (1, 0, 2)).view(view))
     np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy().view(view), x.view(view))
