@@ -54,8 +54,12 @@ def main(argv=None) -> int:
 
     print(f"tf-mps {tf_mps.__version__} | TensorFlow {tf.__version__} | {cores()} cores | "
           f"{args.calls} calls x {args.repeats} interleaved rounds (medians)")
+    # ImageNet normalization, (x - mean) / std = x * (1 / std) + (-mean / std): the scale
+    # and bias are computed once, as an input pipeline does (three eager ops per call would
+    # add ~0.1 ms to every call of either path).
     mean = tf.constant([0.485, 0.456, 0.406])
     std = tf.constant([0.229, 0.224, 0.225])
+    norm_scale, norm_bias = 1 / std, -mean / std
 
     def stock_to_image(x, dtype=tf.float32, scale=None, bias=None):
         c = x.shape[-1]
@@ -91,8 +95,8 @@ def main(argv=None) -> int:
             ("NHWC f32 C=3 -> image f32", rgb, lambda x: cv.to_image(x), lambda x: stock_to_image(x)),
             ("image f32 -> NHWC f32 C=3", rgb_img, lambda x: cv.from_image(x, 3), lambda x: stock_from_image(x, 3)),
             ("NHWC u8 -> image f16, normalized", rgb_u8,
-             lambda x: cv.to_image(x, dtype=tf.float16, scale=1 / std, bias=-mean / std),
-             lambda x: stock_to_image(x, tf.float16, 1 / std, -mean / std)),
+             lambda x: cv.to_image(x, dtype=tf.float16, scale=norm_scale, bias=norm_bias),
+             lambda x: stock_to_image(x, tf.float16, norm_scale, norm_bias)),
             ("NHWC f32 C=128 -> matrix CHW", feat, lambda x: cv.nhwc_to_matrix(x, "CHW"),
              lambda x: tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [x.shape[0], -1])),
             ("NHWC f32 C=128 -> image f32", feat, lambda x: cv.to_image(x), lambda x: stock_to_image(x)),
