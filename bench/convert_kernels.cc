@@ -153,6 +153,9 @@ int main(int argc, char** argv) {
       {"sequence f16 C=6 -> time-major", {batch(10944), 128, 1, 6}, kSeq, kTm, f16, f16, false},
       {"sequence C=3 T=100 -> time-major", {batch(14000), 100, 1, 3}, kSeq, kTm, f32, f32, false},
       {"sequence C=9 T=50 -> time-major", {batch(18666), 50, 1, 9}, kSeq, kTm, f32, f32, false},
+      {"sequence C=4 -> time-major", {batch(8192), 128, 1, 4}, kSeq, kTm, f32, f32, false},
+      {"sequence C=8 -> time-major", {batch(4096), 128, 1, 8}, kSeq, kTm, f32, f32, false},
+      {"time-major C=8 -> sequence", {batch(4096), 128, 1, 8}, kTm, kSeq, f32, f32, false},
   };
   std::printf("%-34s%10s%10s%10s%8s%12s\n", "conversion", "MB in+out", "ms", "memcpy", "ratio", "(IQR)");
   for (const Case& c : cases) {

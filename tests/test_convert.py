@@ -483,11 +483,12 @@ def test_streaming_image_to_many_channels(src_dtype, affine):
 
 @pytest.mark.parametrize("dtype, c", [(np.uint8, 1), (np.uint8, 7), (np.uint8, 8), (np.uint8, 33),
                                       (np.float16, 3), (np.float16, 7), (np.float16, 6), (np.float16, 31),
-                                      (np.float32, 6), (np.float32, 3), (np.float32, 9), (np.float32, 15)])
+                                      (np.float32, 6), (np.float32, 3), (np.float32, 9), (np.float32, 15),
+                                      (np.float32, 4), (np.float32, 8), (np.float32, 12)])
 @pytest.mark.parametrize("n", [1024, 1021])
 def test_streaming_size_sequences_of_short_rows(dtype, c, n):
     """24 MB and more in + out with rows shorter than a line (1 to 63 bytes): bit copies
-    (float16 NaN payloads kept); into time-major gathered 16-64 rows at a time and
+    (float16 NaN payloads kept); both directions gathered 16-64 rows at a time and
     streamed as whole lines, the parts of lines at each run's ends in 4- or 8-byte
     streaming stores or plain ones (AVX2 build). n = 1021 leaves every run unaligned and
     a last tile of fewer rows; t is never a multiple of the 64 time steps of a tile."""
