@@ -150,6 +150,8 @@ int main(int argc, char** argv) {
       {"sequence C=6 -> time-major", {batch(5472), 128, 1, 6}, kSeq, kTm, f32, f32, false},
       // more short rows: the other direction, float16, another row stride and length
       {"time-major C=6 -> sequence", {batch(5472), 128, 1, 6}, kTm, kSeq, f32, f32, false},
+      {"sequence C=6 N=5471 T=127 -> TM", {batch(5471), 127, 1, 6}, kSeq, kTm, f32, f32, false},
+      {"time-major C=6 N=5471 T=127 -> seq", {batch(5471), 127, 1, 6}, kTm, kSeq, f32, f32, false},
       {"sequence f16 C=6 -> time-major", {batch(10944), 128, 1, 6}, kSeq, kTm, f16, f16, false},
       {"sequence C=3 T=100 -> time-major", {batch(14000), 100, 1, 3}, kSeq, kTm, f32, f32, false},
       {"sequence C=9 T=50 -> time-major", {batch(18666), 50, 1, 9}, kSeq, kTm, f32, f32, false},
