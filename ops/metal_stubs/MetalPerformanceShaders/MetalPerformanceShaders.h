@@ -1,12 +1,13 @@
 // Declaration subset of Apple's MetalPerformanceShaders headers (MPSCore: MPSCoreTypes.h,
-// MPSImage.h; MPSMatrix: MPSMatrixTypes.h; MPSImage: MPSImageCopy.h;
-// MPSNeuralNetwork/MPSNNOptimizers.h), for type-checking only (see
+// MPSKernel.h, MPSImage.h; MPSMatrix: MPSMatrixTypes.h; MPSImage: MPSImageCopy.h;
+// MPSNeuralNetwork/MPSNNOptimizers.h), for the type-check and the Linux emulation (see
 // ../Foundation/Foundation.h). Selectors and argument types checked against
 // developer.apple.com and Apple's headers; enum values checked against PyObjC's
 // MetalPerformanceShaders metadata by tools/check_metal_enums.py.
 #ifndef TFMPS_STUB_METALPERFORMANCESHADERS_H_
 #define TFMPS_STUB_METALPERFORMANCESHADERS_H_
 
+#include <stddef.h>
 #include <stdint.h>
 
 #import <Metal/Metal.h>
@@ -41,16 +42,34 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
   MPSNNRegularizationTypeL2 = 2,
 };
 
-@interface MPSKernel : NSObject
+// MPSKernel.h: whether MPS runs on `device` at all (macOS 10.13+).
+extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device);
+
+@interface MPSKernel : NSObject <NSCopying>
+@property(readonly, retain, nonatomic) id<MTLDevice> device;
+@property(copy, atomic) NSString* label;
 - (instancetype)initWithDevice:(id<MTLDevice>)device;
 @end
 
 @interface MPSVectorDescriptor : NSObject
+@property(readwrite, nonatomic) NSUInteger length;
+@property(readonly, nonatomic) NSUInteger vectors;
+@property(readwrite, nonatomic) MPSDataType dataType;
+@property(readonly, nonatomic) NSUInteger vectorBytes;
 + (MPSVectorDescriptor*)vectorDescriptorWithLength:(NSUInteger)length
                                           dataType:(MPSDataType)dataType;
 @end
 
 @interface MPSVector : NSObject
+@property(readonly, retain, nonatomic) id<MTLDevice> device;
+@property(readonly, nonatomic) NSUInteger length;
+@property(readonly, nonatomic) NSUInteger vectors;
+@property(readonly, nonatomic) MPSDataType dataType;
+@property(readonly, nonatomic) NSUInteger vectorBytes;
+// macOS 10.15+.
+@property(readonly, nonatomic) NSUInteger offset;
+@property(readonly, nonatomic) id<MTLBuffer> data;
+- (instancetype)initWithBuffer:(id<MTLBuffer>)buffer descriptor:(MPSVectorDescriptor*)descriptor;
 // macOS 10.15+.
 - (instancetype)initWithBuffer:(id<MTLBuffer>)buffer
                         offset:(NSUInteger)offset
@@ -58,21 +77,70 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 @end
 
 @interface MPSMatrixDescriptor : NSObject
+@property(readwrite, nonatomic) NSUInteger rows;
+@property(readwrite, nonatomic) NSUInteger columns;
+@property(readonly, nonatomic) NSUInteger matrices;
+@property(readwrite, nonatomic) MPSDataType dataType;
+@property(readwrite, nonatomic) NSUInteger rowBytes;
+@property(readonly, nonatomic) NSUInteger matrixBytes;
 // macOS 10.13+. rowBytes must be a multiple of the element size.
 + (instancetype)matrixDescriptorWithRows:(NSUInteger)rows
                                  columns:(NSUInteger)columns
                                 rowBytes:(NSUInteger)rowBytes
                                 dataType:(MPSDataType)dataType;
+// The recommended (not required) rowBytes for performance.
++ (size_t)rowBytesForColumns:(NSUInteger)columns dataType:(MPSDataType)dataType;
 @end
 
 @interface MPSMatrix : NSObject
+@property(readonly, retain, nonatomic) id<MTLDevice> device;
+@property(readonly, nonatomic) NSUInteger rows;
+@property(readonly, nonatomic) NSUInteger columns;
+@property(readonly, nonatomic) NSUInteger matrices;
+@property(readonly, nonatomic) MPSDataType dataType;
+@property(readonly, nonatomic) NSUInteger rowBytes;
+@property(readonly, nonatomic) NSUInteger matrixBytes;
+// macOS 10.15+.
+@property(readonly, nonatomic) NSUInteger offset;
+@property(readonly, nonatomic) id<MTLBuffer> data;
+// The buffer must hold (rows-1)*rowBytes + columns*(element size) bytes.
+- (instancetype)initWithBuffer:(id<MTLBuffer>)buffer descriptor:(MPSMatrixDescriptor*)descriptor;
 // macOS 10.15+.
 - (instancetype)initWithBuffer:(id<MTLBuffer>)buffer
                         offset:(NSUInteger)offset
                     descriptor:(MPSMatrixDescriptor*)descriptor;
 @end
 
+// MPSImage.h (macOS 10.13+): what an MPSImage is made from.
+@interface MPSImageDescriptor : NSObject <NSCopying>
+@property(readwrite, nonatomic) NSUInteger width;
+@property(readwrite, nonatomic) NSUInteger height;
+@property(readwrite, nonatomic) NSUInteger featureChannels;
+@property(readwrite, nonatomic) NSUInteger numberOfImages;
+// Derived from channelFormat and featureChannels.
+@property(readonly, nonatomic) MTLPixelFormat pixelFormat;
+@property(readwrite, nonatomic) MPSImageFeatureChannelFormat channelFormat;
+@property(readwrite, nonatomic) MTLCPUCacheMode cpuCacheMode;
+@property(readwrite, nonatomic) MTLStorageMode storageMode;
+@property(readwrite, nonatomic) MTLTextureUsage usage;
++ (instancetype)imageDescriptorWithChannelFormat:(MPSImageFeatureChannelFormat)channelFormat
+                                           width:(NSUInteger)width
+                                          height:(NSUInteger)height
+                                 featureChannels:(NSUInteger)featureChannels;
++ (instancetype)imageDescriptorWithChannelFormat:(MPSImageFeatureChannelFormat)channelFormat
+                                           width:(NSUInteger)width
+                                          height:(NSUInteger)height
+                                 featureChannels:(NSUInteger)featureChannels
+                                  numberOfImages:(NSUInteger)numberOfImages
+                                           usage:(MTLTextureUsage)usage;
+@end
+
 @interface MPSImage : NSObject
+@property(readonly, retain, nonatomic) id<MTLDevice> device;
+// Storage is allocated lazily, on first use.
+- (instancetype)initWithDevice:(id<MTLDevice>)device imageDescriptor:(MPSImageDescriptor*)imageDescriptor;
+@property(readonly, nonatomic) MTLTextureUsage usage;
+@property(copy, atomic) NSString* label;
 @property(readonly, nonatomic) NSUInteger width;
 @property(readonly, nonatomic) NSUInteger height;
 @property(readonly, nonatomic) NSUInteger featureChannels;
@@ -94,6 +162,11 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 
 // macOS 10.13+.
 @interface MPSImageCopyToMatrix : MPSKernel
+// x is the column, y the row of the matrix where image 0 starts (default 0, 0, 0).
+@property(readwrite, nonatomic) MTLOrigin destinationMatrixOrigin;
+// macOS 10.15+: the matrix (of matrices) the images go to.
+@property(readwrite, nonatomic) NSUInteger destinationMatrixBatchIndex;
+@property(readonly, nonatomic) MPSDataLayout dataLayout;
 - (instancetype)initWithDevice:(id<MTLDevice>)device dataLayout:(MPSDataLayout)dataLayout;
 - (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
                   sourceImage:(MPSImage*)sourceImage
@@ -102,6 +175,10 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 
 // macOS 10.14+.
 @interface MPSMatrixCopyToImage : MPSKernel
+// x is the column, y the row of the matrix where image 0 starts (default 0, 0, 0).
+@property(readwrite, nonatomic) MTLOrigin sourceMatrixOrigin;
+@property(readwrite, nonatomic) NSUInteger sourceMatrixBatchIndex;
+@property(readonly, nonatomic) MPSDataLayout dataLayout;
 - (instancetype)initWithDevice:(id<MTLDevice>)device dataLayout:(MPSDataLayout)dataLayout;
 - (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
                  sourceMatrix:(MPSMatrix*)sourceMatrix
@@ -109,6 +186,14 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 @end
 
 @interface MPSNNOptimizerDescriptor : NSObject
+@property(readwrite, nonatomic) float learningRate;
+@property(readwrite, nonatomic) float gradientRescale;
+@property(readwrite, nonatomic) BOOL applyGradientClipping;
+// Bounds of the gradient before it is rescaled.
+@property(readwrite, nonatomic) float gradientClipMax;
+@property(readwrite, nonatomic) float gradientClipMin;
+@property(readwrite, nonatomic) float regularizationScale;
+@property(readwrite, nonatomic) MPSNNRegularizationType regularizationType;
 + (instancetype)optimizerDescriptorWithLearningRate:(float)learningRate
                                     gradientRescale:(float)gradientRescale
                               applyGradientClipping:(BOOL)applyGradientClipping
@@ -120,11 +205,20 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 
 @interface MPSNNOptimizer : MPSKernel
 @property(readonly, nonatomic) float learningRate;
+@property(readonly, nonatomic) float gradientRescale;
+@property(readwrite, nonatomic) BOOL applyGradientClipping;
+@property(readonly, nonatomic) float gradientClipMax;
+@property(readonly, nonatomic) float gradientClipMin;
+@property(readonly, nonatomic) float regularizationScale;
+@property(readonly, nonatomic) MPSNNRegularizationType regularizationType;
 - (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
 - (void)setLearningRate:(float)newLearningRate;
 @end
 
 @interface MPSNNOptimizerAdam : MPSNNOptimizer
+@property(readonly, nonatomic) double beta1;
+@property(readonly, nonatomic) double beta2;
+@property(readonly, nonatomic) float epsilon;
 // Number of updates so far: each encode first does t = t + 1 (MPSNNOptimizers.h).
 @property(readwrite, nonatomic) NSUInteger timeStep;
 - (instancetype)initWithDevice:(id<MTLDevice>)device
@@ -139,7 +233,7 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
           inputMomentumVector:(MPSVector*)inputMomentumVector
           inputVelocityVector:(MPSVector*)inputVelocityVector
            resultValuesVector:(MPSVector*)resultValuesVector;
-// AMSGrad, macOS 10.15+.
+// AMSGrad, macOS 10.15+. A nil maximumVelocityVector is plain Adam.
 - (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
           inputGradientVector:(MPSVector*)inputGradientVector
             inputValuesVector:(MPSVector*)inputValuesVector
@@ -150,6 +244,9 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 @end
 
 @interface MPSNNOptimizerStochasticGradientDescent : MPSNNOptimizer
+@property(readonly, nonatomic) float momentumScale;
+// macOS 11+ spelling (10.14: useNestrovMomentum).
+@property(readonly, nonatomic) BOOL useNesterovMomentum;
 // macOS 11+ spelling; macOS 10.14 shipped it as ...useNestrovMomentum:..., which the SDK
 // still declares.
 - (instancetype)initWithDevice:(id<MTLDevice>)device
@@ -165,6 +262,8 @@ typedef NS_ENUM(NSUInteger, MPSNNRegularizationType) {
 @end
 
 @interface MPSNNOptimizerRMSProp : MPSNNOptimizer
+@property(readonly, nonatomic) double decay;
+@property(readonly, nonatomic) float epsilon;
 - (instancetype)initWithDevice:(id<MTLDevice>)device
                          decay:(double)decay
                        epsilon:(float)epsilon
