@@ -300,13 +300,27 @@ void Initialize(ClassInfo* k) {
         self->isa->ro->name, sel, is_class ? "class" : "instance", static_cast<void*>(self));
 }
 
+// Blocks are objects on Apple platforms (NSBlock): the messages ARC code sends them.
+id BlockCopy(id self, SEL) { return static_cast<id>(_Block_copy(self)); }
+void BlockRelease(id self, SEL) { _Block_release(self); }
+id BlockSelf(id self, SEL) { return self; }
+extern "C" id objc_autorelease(id);
+id BlockAutorelease(id self, SEL) { return objc_autorelease(self); }
+
+IMP BlockMethod(id self, SEL sel) {
+  const std::string_view name(sel);
+  if (name == "copy" || name == "retain") return reinterpret_cast<IMP>(&BlockCopy);
+  if (name == "release") return reinterpret_cast<IMP>(&BlockRelease);
+  if (name == "autorelease") return reinterpret_cast<IMP>(&BlockAutorelease);
+  if (name == "self") return reinterpret_cast<IMP>(&BlockSelf);
+  Fatal("-[__NSBlock %s]: unrecognized selector sent to block %p (blocks answer copy, "
+        "retain, release, autorelease and self here)",
+        sel, static_cast<void*>(self));
+}
+
 IMP Lookup(id self, class_t* start, SEL sel) {
   class_t* isa = self->isa;
-  if (IsBlockClass(isa)) {
-    Fatal("message %s sent to a block %p: blocks are not objects in this runtime beyond "
-          "retain/release/copy through ARC",
-          sel, static_cast<void*>(self));
-  }
+  if (IsBlockClass(isa)) return BlockMethod(self, sel);
   EnsureInitialized(Realize(isa));
   IMP imp = FindMethod(start, sel);
   if (imp == nullptr) {
