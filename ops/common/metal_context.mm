@@ -1,5 +1,6 @@
 // The process-wide Metal context and buffer table (see metal_context.h). Built with ARC.
 #import <Metal/Metal.h>
+#import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstdint>
 #include <map>
@@ -16,13 +17,30 @@ struct Context {
   id<MTLCommandQueue> queue;
 };
 
+// The device MPS can run on. MTLCreateSystemDefaultDevice gives the preferred GPU, but on
+// macOS only when the process links CoreGraphics (Apple's documentation of that
+// function), which a Python interpreter loading this library need not: then the first
+// of MTLCopyAllDevices that MPS supports (what PyTorch's MPS backend does too).
+id<MTLDevice> ChooseDevice() {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  if (device != nil && MPSSupportsMTLDevice(device)) return device;
+  NSArray<id<MTLDevice>>* all = MTLCopyAllDevices();
+  for (NSUInteger i = 0; i < [all count]; ++i) {
+    id<MTLDevice> candidate = [all objectAtIndex:i];
+    if (MPSSupportsMTLDevice(candidate)) return candidate;
+  }
+  return nil;
+}
+
 // Created on first use (a C++ static: thread-safe initialization), never destroyed, so
 // that kernels running during interpreter shutdown still find it.
 const Context& GetContext() {
   static const Context* context = [] {
     Context* c = new Context();
-    c->device = MTLCreateSystemDefaultDevice();
-    c->queue = c->device != nil ? [c->device newCommandQueue] : nil;
+    @autoreleasepool {
+      c->device = ChooseDevice();
+      c->queue = c->device != nil ? [c->device newCommandQueue] : nil;
+    }
     return c;
   }();
   return *context;
@@ -99,6 +117,7 @@ void* AllocateSharedBuffer(size_t length) {
 void FreeSharedBuffer(void* base) { UnregisterBuffer(base); }
 
 BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
+  if (!Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   id<MTLCommandBuffer> cb = [Queue() commandBuffer];
   if (cb == nil) return BackendStatus::Internal(op + ": no Metal command buffer");
   encode(cb);

@@ -1,6 +1,7 @@
 // Metal backend of the convert family: MPS's own converters between memory and
-// MPSImages. Built with ARC. Nothing here has run on a Mac yet: it is type-checked on
-// Linux only.
+// MPSImages. Built with ARC. Nothing here has run on a Mac yet: it is type-checked
+// against the project's declarations of Apple's API and executed on Linux against the
+// Metal emulation (emulation/, docs/metal-emulation.md).
 //
 // What MPS does on these paths (Apple's MPSImage.h, MPSImageCopy.h, MPSMatrixTypes.h and
 // developer.apple.com), and why the rest returns kUnsupported:
@@ -40,10 +41,11 @@
 // that they hold no NaN or Inf; convert.h's kImage promises zeros).
 // Coherency: MPSImageDescriptor's default storage on macOS is managed (separate CPU and
 // GPU copies on Intel Macs), so MatrixToImageMetal also encodes
-// -synchronizeOnCommandBuffer: (nothing for other storage modes) for a later
-// ReadImageMetal. ReadImageMetal reads on the CPU at once: every GPU command that writes
-// the image must have completed, which tf-mps guarantees by waiting for each command
-// buffer. MPSTemporaryImages (GPU-private) cannot be read or written from the CPU.
+// -synchronizeOnCommandBuffer: (nothing for other storage modes). ReadImageMetal and
+// WriteImageMetal touch the texture from the CPU at once, so they first wait for the
+// GPU work queued before them (and a read synchronizes a managed texture itself rather
+// than trusting the last writer to have done it): WaitForGpuWork.
+// MPSTemporaryImages (GPU-private) cannot be read or written from the CPU.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstddef>
@@ -189,19 +191,47 @@ size_t ImageBytes(const ConvertArgs& args, DType t) {
   return static_cast<size_t>(g.h * g.w * g.c) * ElementSize(t);
 }
 
-// An n-row matrix of whole images over the registered buffer that holds p, or nil.
-MPSMatrix* WrapRows(const void* p, const ConvertArgs& args, DType t) {
+// An n-row matrix of whole images over the registered buffer that holds p. nil if p is
+// not in a registered, aligned buffer (*failed stays false: the caller falls back), or
+// if MPS returned nil for a valid buffer (*failed: an error).
+MPSMatrix* WrapRows(const void* p, const ConvertArgs& args, DType t, bool* failed) {
   const size_t row_bytes = ImageBytes(args, t);
   const size_t rows = static_cast<size_t>(args.geometry.n);
   const metal::BufferRef ref = metal::FindAlignedBuffer(p, rows * row_bytes);
   if (!ref.found()) return nil;
+  *failed = true;
   MPSMatrixDescriptor* d =
       [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
                                             columns:static_cast<NSUInteger>(row_bytes /
                                                                             ElementSize(t))
                                            rowBytes:static_cast<NSUInteger>(row_bytes)
                                            dataType:MatrixType(t)];
-  return [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+  if (d == nil) return nil;
+  MPSMatrix* m = [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+  *failed = m == nil;
+  return m;
+}
+
+BackendStatus MatrixFailed(const std::string& op) {
+  return BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil");
+}
+
+BackendStatus KernelFailed(const std::string& op) {
+  return BackendStatus::Internal(op + ": initWithDevice:dataLayout: returned nil");
+}
+
+// readBytes/writeBytes touch the image from the CPU at once, so every GPU command queued
+// before them must have completed: a GPU write still in flight would be read half done,
+// or overwrite what the CPU writes. The one queue runs command buffers in order, so
+// waiting for a new one is waiting for all of them; before a read it also carries
+// -synchronizeOnCommandBuffer:, which copies a managed texture's GPU contents to its CPU
+// copy (macOS's default storage for textures, on Intel and external GPUs; nothing for
+// shared or private storage). Without a device there is no GPU work to wait for.
+BackendStatus WaitForGpuWork(const std::string& op, MPSImage* image, bool synchronize) {
+  if (!metal::Available()) return BackendStatus::Ok();
+  return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+    if (synchronize) [image synchronizeOnCommandBuffer:cb];
+  });
 }
 
 BackendStatus NotInBuffer(const std::string& op) {
@@ -218,6 +248,8 @@ BackendStatus WriteImageMetal(void* image_ptr, const ConvertArgs& args) {
     MPSImage* image = (__bridge MPSImage*)image_ptr;
     MPSDataLayout layout;
     BackendStatus s = Check(op, image, args, /*to_image=*/true, /*exact_count=*/false, &layout);
+    if (!s.ok()) return s;
+    s = WaitForGpuWork(op, image, /*synchronize=*/false);
     if (!s.ok()) return s;
     const size_t bytes = ImageBytes(args, args.src_type);
     const auto* src = static_cast<const uint8_t*>(args.src);
@@ -236,6 +268,8 @@ BackendStatus ReadImageMetal(void* image_ptr, const ConvertArgs& args) {
     MPSImage* image = (__bridge MPSImage*)image_ptr;
     MPSDataLayout layout;
     BackendStatus s = Check(op, image, args, /*to_image=*/false, /*exact_count=*/false, &layout);
+    if (!s.ok()) return s;
+    s = WaitForGpuWork(op, image, /*synchronize=*/true);
     if (!s.ok()) return s;
     const size_t bytes = ImageBytes(args, args.dst_type);
     auto* dst = static_cast<uint8_t*>(args.dst);
@@ -258,10 +292,12 @@ BackendStatus ImageToMatrixMetal(void* image_ptr, const ConvertArgs& args) {
     BackendStatus s = Check(op, image, args, /*to_image=*/false, /*exact_count=*/true, &layout);
     if (!s.ok()) return s;
     if (args.geometry.n == 0) return BackendStatus::Ok();
-    MPSMatrix* matrix = WrapRows(args.dst, args, args.dst_type);
-    if (matrix == nil) return NotInBuffer(op);
+    bool failed = false;
+    MPSMatrix* matrix = WrapRows(args.dst, args, args.dst_type, &failed);
+    if (matrix == nil) return failed ? MatrixFailed(op) : NotInBuffer(op);
     MPSImageCopyToMatrix* copy = [[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
                                                                    dataLayout:layout];
+    if (copy == nil) return KernelFailed(op);
     return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       [copy encodeToCommandBuffer:cb sourceImage:image destinationMatrix:matrix];
     });
@@ -277,10 +313,12 @@ BackendStatus MatrixToImageMetal(void* image_ptr, const ConvertArgs& args) {
     BackendStatus s = Check(op, image, args, /*to_image=*/true, /*exact_count=*/true, &layout);
     if (!s.ok()) return s;
     if (args.geometry.n == 0) return BackendStatus::Ok();
-    MPSMatrix* matrix = WrapRows(args.src, args, args.src_type);
-    if (matrix == nil) return NotInBuffer(op);
+    bool failed = false;
+    MPSMatrix* matrix = WrapRows(args.src, args, args.src_type, &failed);
+    if (matrix == nil) return failed ? MatrixFailed(op) : NotInBuffer(op);
     MPSMatrixCopyToImage* copy = [[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
                                                                    dataLayout:layout];
+    if (copy == nil) return KernelFailed(op);
     return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       [copy encodeToCommandBuffer:cb sourceMatrix:matrix destinationImage:image];
       [image synchronizeOnCommandBuffer:cb];

@@ -1,6 +1,8 @@
 // Metal backend of the optim family: MPSNNOptimizer{Adam,StochasticGradientDescent,
 // RMSProp} on MPSVectors that alias the variables' unified-memory MTLBuffers. Built with
-// ARC. Nothing here has run on a Mac yet: it is type-checked on Linux only.
+// ARC. Nothing here has run on a Mac yet: it is type-checked against the project's
+// declarations of Apple's API and executed on Linux against the Metal emulation
+// (emulation/, docs/metal-emulation.md), whose MPS fakes compute what Apple documents.
 //
 // What MPS runs exactly, and why the rest returns kUnsupported (formulas: optim.h, and
 // Apple's MPSNNOptimizers.h, which MPS_REFERENCE.md summarizes):
@@ -34,6 +36,7 @@
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -69,15 +72,27 @@ MPSNNOptimizerDescriptor* MakeDescriptor(const GradientTransform& g, double lr) 
                                                    regularizationScale:g.regularization_scale];
 }
 
-// A float vector of n elements over the buffer that holds p, in place; nil if p is not
-// in a registered buffer or is misaligned there.
-MPSVector* Wrap(const void* p, int64_t n) {
+// A float vector of n elements over the buffer that holds p, in place. Not found:
+// p is not in a registered buffer or is misaligned there (the caller falls back to the
+// CPU); *failed: MPS returned nil for a vector over a valid buffer (an error, never
+// mistaken for success).
+MPSVector* Wrap(const void* p, int64_t n, bool* failed) {
   const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(n) * sizeof(float));
   if (!ref.found()) return nil;
   const NSUInteger length = static_cast<NSUInteger>(n);
   MPSVectorDescriptor* d = [MPSVectorDescriptor vectorDescriptorWithLength:length
                                                                   dataType:MPSDataTypeFloat32];
-  return [[MPSVector alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+  MPSVector* v = d == nil ? nil
+                          : [[MPSVector alloc] initWithBuffer:metal::BufferOf(ref)
+                                                       offset:ref.offset
+                                                   descriptor:d];
+  if (v == nil) *failed = true;
+  return v;
+}
+
+BackendStatus VectorFailed(const char* op, size_t index) {
+  return BackendStatus::Internal(std::string(op) + ": MPSVector initWithBuffer: returned nil "
+                                 "for variable " + std::to_string(index) + " or one of its slots");
 }
 
 BackendStatus NotInBuffer(const char* op, size_t index) {
@@ -90,11 +105,16 @@ BackendStatus NotInBuffer(const char* op, size_t index) {
 // MPS optimizer objects, keyed by everything fixed at creation. The learning rate and
 // Adam's time step change every call and are set on the cached object instead, under
 // the entry's lock, which is held until the last variable is encoded.
+// The key holds bit patterns, not doubles: beta, epsilon, momentum and rho are op inputs
+// that nothing forces to be finite, and a NaN compared with `<` would break std::map's
+// ordering (undefined behaviour: a later call could be handed an optimizer with other
+// parameters). With bits, equal inputs share an optimizer and any input, NaN included,
+// gets one built from exactly its own values.
 struct Key {
   int kind;
-  double a, b, c;
+  uint64_t a, b, c;
   bool flag;
-  float rescale, clip_min, clip_max, regularization_scale;
+  uint32_t rescale, clip_min, clip_max, regularization_scale;
   bool clip;
   int regularization;
 
@@ -106,11 +126,23 @@ struct Key {
   }
 };
 
+uint64_t Bits(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+uint32_t Bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+
 Key MakeKey(int kind, double a, double b, double c, bool flag, const GradientTransform& g) {
   // Unused options are zeroed so that they do not split the cache.
   const bool reg = g.regularization != Regularization::kNone;
-  return Key{kind, a, b, c, flag, g.rescale, g.clip ? g.clip_min : 0.0f,
-             g.clip ? g.clip_max : 0.0f, reg ? g.regularization_scale : 0.0f, g.clip,
+  return Key{kind, Bits(a), Bits(b), Bits(c), flag, Bits(g.rescale),
+             Bits(g.clip ? g.clip_min : 0.0f), Bits(g.clip ? g.clip_max : 0.0f),
+             Bits(reg ? g.regularization_scale : 0.0f), g.clip,
              static_cast<int>(g.regularization)};
 }
 
@@ -124,17 +156,26 @@ struct Cached {
 // an entry in use outlives its eviction.
 constexpr size_t kMaxCached = 64;
 
+// nullptr when MPS returns nil for the optimizer (or its descriptor): nothing is cached
+// then, so a later call tries again.
 std::shared_ptr<Cached> GetCached(const Key& key, const std::function<MPSNNOptimizer*()>& make) {
   static std::mutex mu;
   static auto* cache = new std::map<Key, std::shared_ptr<Cached>>();
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache->find(key);
   if (it != cache->end()) return it->second;
+  MPSNNOptimizer* optimizer = make();
+  if (optimizer == nil) return nullptr;
   if (cache->size() >= kMaxCached) cache->clear();
   auto entry = std::make_shared<Cached>();
-  entry->optimizer = make();
+  entry->optimizer = optimizer;
   (*cache)[key] = entry;
   return entry;
+}
+
+BackendStatus NoOptimizer(const char* op) {
+  return BackendStatus::Internal(std::string(op) + ": the MPS initializer returned nil "
+                                 "(MPSNNOptimizerDescriptor or the optimizer itself)");
 }
 
 BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool grad_sq) {
@@ -166,8 +207,11 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
     for (size_t i = 0; i < vars.size(); ++i) {
       const AdamSlots<float>& x = vars[i];
       if (x.size == 0) continue;
-      Vectors w{Wrap(x.var, x.size), Wrap(x.m, x.size), Wrap(x.v, x.size),
-                p.amsgrad ? Wrap(x.vhat, x.size) : nil, Wrap(x.grad, x.size)};
+      bool failed = false;
+      Vectors w{Wrap(x.var, x.size, &failed), Wrap(x.m, x.size, &failed),
+                Wrap(x.v, x.size, &failed), p.amsgrad ? Wrap(x.vhat, x.size, &failed) : nil,
+                Wrap(x.grad, x.size, &failed)};
+      if (failed) return VectorFailed(op, i);
       if (w.var == nil || w.m == nil || w.v == nil || w.grad == nil ||
           (p.amsgrad && w.vhat == nil)) {
         return NotInBuffer(op, i);
@@ -176,14 +220,17 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
     }
     if (vecs.empty()) return BackendStatus::Ok();
     const Key key = MakeKey(kAdam, p.beta1, p.beta2, p.epsilon, false, p.gradient);
-    std::shared_ptr<Cached> cached = GetCached(key, [&] {
+    std::shared_ptr<Cached> cached = GetCached(key, [&]() -> MPSNNOptimizer* {
+      MPSNNOptimizerDescriptor* d = MakeDescriptor(p.gradient, p.lr);
+      if (d == nil) return nil;
       return [[MPSNNOptimizerAdam alloc] initWithDevice:metal::Device()
                                                   beta1:p.beta1
                                                   beta2:p.beta2
                                                 epsilon:static_cast<float>(p.epsilon)
                                                timeStep:0
-                                    optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+                                    optimizerDescriptor:d];
     });
+    if (cached == nullptr) return NoOptimizer(op);
     return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached->optimizer;
@@ -227,8 +274,11 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
       const SgdSlots<float>& x = vars[i];
       if (x.size == 0) continue;
       // A nil momentum vector is MPS's plain rule, w -= lr*g.
-      Vectors w{Wrap(x.var, x.size), p.use_momentum ? Wrap(x.momentum, x.size) : nil,
-                Wrap(x.grad, x.size)};
+      bool failed = false;
+      Vectors w{Wrap(x.var, x.size, &failed),
+                p.use_momentum ? Wrap(x.momentum, x.size, &failed) : nil,
+                Wrap(x.grad, x.size, &failed)};
+      if (failed) return VectorFailed(op, i);
       if (w.var == nil || w.grad == nil || (p.use_momentum && w.momentum == nil)) {
         return NotInBuffer(op, i);
       }
@@ -238,13 +288,16 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
     const double mu = p.use_momentum ? p.momentum : 0.0;
     const bool nesterov = p.use_momentum && p.nesterov;
     const Key key = MakeKey(kSgd, mu, 0.0, 0.0, nesterov, p.gradient);
-    std::shared_ptr<Cached> cached = GetCached(key, [&] {
+    std::shared_ptr<Cached> cached = GetCached(key, [&]() -> MPSNNOptimizer* {
+      MPSNNOptimizerDescriptor* d = MakeDescriptor(p.gradient, p.lr);
+      if (d == nil) return nil;
       return [[MPSNNOptimizerStochasticGradientDescent alloc]
                 initWithDevice:metal::Device()
                  momentumScale:static_cast<float>(mu)
            useNesterovMomentum:nesterov
-           optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+           optimizerDescriptor:d];
     });
+    if (cached == nullptr) return NoOptimizer(op);
     return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerStochasticGradientDescent* sgd =
@@ -277,18 +330,24 @@ BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlot
     for (size_t i = 0; i < vars.size(); ++i) {
       const RmsPropSlots<float>& x = vars[i];
       if (x.size == 0) continue;
-      Vectors w{Wrap(x.var, x.size), Wrap(x.ms, x.size), Wrap(x.grad, x.size)};
+      bool failed = false;
+      Vectors w{Wrap(x.var, x.size, &failed), Wrap(x.ms, x.size, &failed),
+                Wrap(x.grad, x.size, &failed)};
+      if (failed) return VectorFailed(op, i);
       if (w.var == nil || w.ms == nil || w.grad == nil) return NotInBuffer(op, i);
       vecs.push_back(w);
     }
     if (vecs.empty()) return BackendStatus::Ok();
     const Key key = MakeKey(kRmsProp, p.rho, p.epsilon, 0.0, false, p.gradient);
-    std::shared_ptr<Cached> cached = GetCached(key, [&] {
+    std::shared_ptr<Cached> cached = GetCached(key, [&]() -> MPSNNOptimizer* {
+      MPSNNOptimizerDescriptor* d = MakeDescriptor(p.gradient, p.lr);
+      if (d == nil) return nil;
       return [[MPSNNOptimizerRMSProp alloc] initWithDevice:metal::Device()
                                                      decay:p.rho
                                                    epsilon:static_cast<float>(p.epsilon)
-                                       optimizerDescriptor:MakeDescriptor(p.gradient, p.lr)];
+                                       optimizerDescriptor:d];
     });
+    if (cached == nullptr) return NoOptimizer(op);
     return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached->optimizer;

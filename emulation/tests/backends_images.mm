@@ -1,0 +1,53 @@
+// See backends_images.h. Built with ARC.
+#import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+
+#include <stdexcept>
+
+#include "emulation/tests/backends_images.h"
+#include "ops/common/metal_context.h"
+
+namespace tfmps_test {
+
+namespace {
+MPSImageFeatureChannelFormat FormatOf(tfmps::convert::DType t) {
+  switch (t) {
+    case tfmps::convert::DType::kUint8: return MPSImageFeatureChannelFormatUnorm8;
+    case tfmps::convert::DType::kFloat16: return MPSImageFeatureChannelFormatFloat16;
+    case tfmps::convert::DType::kFloat32: break;
+  }
+  return MPSImageFeatureChannelFormatFloat32;
+}
+}  // namespace
+
+Image::~Image() {
+  @autoreleasepool {
+    if (handle != nullptr) (void)(__bridge_transfer MPSImage*)handle;
+  }
+}
+
+std::unique_ptr<Image> MakeImage(int64_t n, int64_t h, int64_t w, int64_t c,
+                                 tfmps::convert::DType dtype) {
+  @autoreleasepool {
+    if (!tfmps::metal::Available()) throw std::runtime_error("no Metal device");
+    MPSImageDescriptor* d =
+        [MPSImageDescriptor imageDescriptorWithChannelFormat:FormatOf(dtype)
+                                                       width:static_cast<NSUInteger>(w)
+                                                      height:static_cast<NSUInteger>(h)
+                                             featureChannels:static_cast<NSUInteger>(c)
+                                              numberOfImages:static_cast<NSUInteger>(n)
+                                                       usage:MTLTextureUsageShaderRead |
+                                                             MTLTextureUsageShaderWrite];
+    MPSImage* image = [[MPSImage alloc] initWithDevice:tfmps::metal::Device() imageDescriptor:d];
+    if (image == nil) throw std::runtime_error("MPSImage initWithDevice:imageDescriptor: returned nil");
+    auto out = std::make_unique<Image>();
+    out->handle = (__bridge_retained void*)image;
+    out->n = n;
+    out->h = h;
+    out->w = w;
+    out->c = c;
+    out->dtype = dtype;
+    return out;
+  }
+}
+
+}  // namespace tfmps_test

@@ -1,0 +1,320 @@
+// _tfmps_metal_emu: the Python tests' handle on the project's Metal backends
+// (ops/optim/optim_metal.mm, ops/convert/convert_metal.mm, ops/common/metal_context.mm)
+// running on the emulation. Plain C++: the backends' entry points are C++ functions of
+// the backend seam (optim.h, convert.h, metal_context.h); only MPSImage handling needs
+// Objective-C (backends_images.mm).
+//
+// Each call copies NumPy arrays into fresh shared-storage MTLBuffers made by the metal
+// context (as the device's allocator will), runs the backend, and copies the results
+// back: the arrays passed in are updated in place, like variables. An optional byte
+// offset places every array that far into its buffer, to exercise the alignment rule.
+// Results are (code, message): code 0 ok, 1 unsupported (the caller would run the CPU
+// backend), 2 internal error.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "emulation/runtime/objc_emu.h"
+#include "emulation/tests/backends_images.h"
+#include "ops/common/metal_context.h"
+#include "ops/convert/convert.h"
+#include "ops/optim/optim.h"
+
+namespace py = pybind11;
+using tfmps::BackendStatus;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style>;
+
+py::tuple Result(const BackendStatus& s) {
+  const int code = s.code == BackendStatus::Code::kOk            ? 0
+                   : s.code == BackendStatus::Code::kUnsupported ? 1
+                                                                 : 2;
+  return py::make_tuple(code, s.message);
+}
+
+// A shared-storage MTLBuffer holding a copy of `bytes` bytes at `offset`; freed (and so
+// released) when it goes out of scope.
+class Staged {
+ public:
+  Staged(const void* src, size_t bytes, size_t offset) : bytes_(bytes), offset_(offset) {
+    base_ = static_cast<char*>(tfmps::metal::AllocateSharedBuffer(offset + bytes + 1));
+    if (base_ == nullptr) throw std::runtime_error("AllocateSharedBuffer failed (no Metal device?)");
+    if (src != nullptr && bytes != 0) std::memcpy(base_ + offset, src, bytes);
+  }
+  ~Staged() { tfmps::metal::FreeSharedBuffer(base_); }
+  Staged(const Staged&) = delete;
+  Staged& operator=(const Staged&) = delete;
+  char* data() const { return base_ + offset_; }
+  void CopyTo(void* dst) const {
+    if (bytes_ != 0) std::memcpy(dst, data(), bytes_);
+  }
+
+ private:
+  char* base_;
+  size_t bytes_, offset_;
+};
+
+// The staged copies of one call's arrays; results are written back on Commit().
+struct Stage {
+  size_t offset;
+  std::vector<std::pair<std::unique_ptr<Staged>, F32>> arrays;
+
+  float* Add(F32& a, bool optional = false) {
+    if (optional && a.size() == 0) return nullptr;
+    auto staged = std::make_unique<Staged>(a.data(), static_cast<size_t>(a.nbytes()), offset);
+    float* p = reinterpret_cast<float*>(staged->data());
+    arrays.emplace_back(std::move(staged), a);
+    return p;
+  }
+  void Commit() {
+    for (auto& [staged, array] : arrays) staged->CopyTo(array.mutable_data());
+  }
+};
+
+tfmps::optim::GradientTransform Transform(const py::dict& d) {
+  tfmps::optim::GradientTransform g;
+  g.rescale = d.contains("rescale") ? d["rescale"].cast<float>() : 1.0f;
+  if (d.contains("clip") && !d["clip"].is_none()) {
+    auto c = d["clip"].cast<std::pair<float, float>>();
+    g.clip = true;
+    g.clip_min = c.first;
+    g.clip_max = c.second;
+  }
+  const std::string reg = d.contains("regularization") && !d["regularization"].is_none()
+                              ? d["regularization"].cast<std::string>()
+                              : "none";
+  g.regularization = reg == "l1"   ? tfmps::optim::Regularization::kL1
+                     : reg == "l2" ? tfmps::optim::Regularization::kL2
+                                   : tfmps::optim::Regularization::kNone;
+  g.regularization_scale = d.contains("regularization_scale") ? d["regularization_scale"].cast<float>() : 0.0f;
+  return g;
+}
+
+tfmps::optim::Semantics SemanticsOf(const std::string& s) {
+  if (s == "mps") return tfmps::optim::Semantics::kMps;
+  if (s == "keras") return tfmps::optim::Semantics::kKeras;
+  throw std::invalid_argument("semantics must be 'keras' or 'mps', got '" + s + "'");
+}
+
+void CheckSizes(const std::vector<F32>& a, const std::vector<F32>& b, const char* what) {
+  if (a.size() != b.size()) throw std::invalid_argument(std::string(what) + ": list lengths differ");
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (b[i].size() != 0 && b[i].size() != a[i].size()) {
+      throw std::invalid_argument(std::string(what) + "[" + std::to_string(i) + "]: size differs from vars");
+    }
+  }
+}
+
+// Runs `body` with the GIL released: the backends block on command buffers whose
+// completion handlers run on the queue's worker thread.
+template <typename Body>
+BackendStatus NoGil(Body body) {
+  py::gil_scoped_release release;
+  return body();
+}
+
+py::tuple Adam(py::dict p, std::vector<F32> vars, std::vector<F32> ms, std::vector<F32> vs,
+               std::vector<F32> vhats, std::vector<F32> grads, size_t offset) {
+  CheckSizes(vars, ms, "ms");
+  CheckSizes(vars, vs, "vs");
+  CheckSizes(vars, grads, "grads");
+  tfmps::optim::AdamParams a{};
+  a.lr = p["lr"].cast<double>();
+  a.beta1 = p["beta1"].cast<double>();
+  a.beta2 = p["beta2"].cast<double>();
+  a.epsilon = p["epsilon"].cast<double>();
+  a.step = p["step"].cast<int64_t>();
+  a.amsgrad = !vhats.empty();
+  a.grad_sq = false;
+  a.semantics = SemanticsOf(p["semantics"].cast<std::string>());
+  a.gradient = Transform(p);
+  if (a.amsgrad) CheckSizes(vars, vhats, "vhats");
+  Stage stage{offset, {}};
+  std::vector<tfmps::optim::AdamSlots<float>> slots;
+  for (size_t i = 0; i < vars.size(); ++i) {
+    slots.push_back({stage.Add(vars[i]), stage.Add(ms[i]), stage.Add(vs[i]),
+                     a.amsgrad ? stage.Add(vhats[i]) : nullptr, stage.Add(grads[i]), nullptr,
+                     static_cast<int64_t>(vars[i].size())});
+  }
+  BackendStatus s = NoGil([&] { return tfmps::optim::AdamMetal(a, slots); });
+  if (s.ok()) stage.Commit();
+  return Result(s);
+}
+
+py::tuple Sgd(py::dict p, std::vector<F32> vars, std::vector<F32> moms, std::vector<F32> grads,
+              size_t offset) {
+  CheckSizes(vars, grads, "grads");
+  tfmps::optim::SgdParams a{};
+  a.lr = p["lr"].cast<double>();
+  a.momentum = p["momentum"].cast<double>();
+  a.use_momentum = !moms.empty();
+  a.nesterov = p["nesterov"].cast<bool>();
+  a.semantics = SemanticsOf(p["semantics"].cast<std::string>());
+  a.gradient = Transform(p);
+  if (a.use_momentum) CheckSizes(vars, moms, "momentums");
+  Stage stage{offset, {}};
+  std::vector<tfmps::optim::SgdSlots<float>> slots;
+  for (size_t i = 0; i < vars.size(); ++i) {
+    slots.push_back({stage.Add(vars[i]), a.use_momentum ? stage.Add(moms[i]) : nullptr,
+                     stage.Add(grads[i]), static_cast<int64_t>(vars[i].size())});
+  }
+  BackendStatus s = NoGil([&] { return tfmps::optim::SgdMetal(a, slots); });
+  if (s.ok()) stage.Commit();
+  return Result(s);
+}
+
+py::tuple RmsProp(py::dict p, std::vector<F32> vars, std::vector<F32> mss, std::vector<F32> mgs,
+                  std::vector<F32> moms, std::vector<F32> grads, size_t offset) {
+  CheckSizes(vars, mss, "mss");
+  CheckSizes(vars, grads, "grads");
+  tfmps::optim::RmsPropParams a{};
+  a.lr = p["lr"].cast<double>();
+  a.rho = p["rho"].cast<double>();
+  a.momentum = p["momentum"].cast<double>();
+  a.epsilon = p["epsilon"].cast<double>();
+  a.centered = !mgs.empty();
+  a.use_momentum = !moms.empty();
+  a.grad_sq = false;
+  a.semantics = SemanticsOf(p["semantics"].cast<std::string>());
+  a.gradient = Transform(p);
+  Stage stage{offset, {}};
+  std::vector<tfmps::optim::RmsPropSlots<float>> slots;
+  for (size_t i = 0; i < vars.size(); ++i) {
+    slots.push_back({stage.Add(vars[i]), stage.Add(mss[i]), a.centered ? stage.Add(mgs[i]) : nullptr,
+                     a.use_momentum ? stage.Add(moms[i]) : nullptr, stage.Add(grads[i]),
+                     nullptr, static_cast<int64_t>(vars[i].size())});
+  }
+  BackendStatus s = NoGil([&] { return tfmps::optim::RmsPropMetal(a, slots); });
+  if (s.ok()) stage.Commit();
+  return Result(s);
+}
+
+// ------------------------------------------------------------------ converters
+tfmps::convert::DType DTypeOf(const py::dtype& d) {
+  if (d.is(py::dtype::of<uint8_t>())) return tfmps::convert::DType::kUint8;
+  if (d.is(py::dtype::of<float>())) return tfmps::convert::DType::kFloat32;
+  if (d.kind() == 'f' && d.itemsize() == 2) return tfmps::convert::DType::kFloat16;
+  throw std::invalid_argument("dtype must be uint8, float16 or float32");
+}
+
+tfmps::convert::Layout LayoutOf(const std::string& s) {
+  using L = tfmps::convert::Layout;
+  if (s == "nhwc") return L::kNhwc;
+  if (s == "sequence") return L::kSequence;
+  if (s == "time_major") return L::kTimeMajor;
+  if (s == "matrix_hwc") return L::kMatrixHwc;
+  if (s == "matrix_chw") return L::kMatrixChw;
+  throw std::invalid_argument("memory layout must be nhwc, sequence, time_major, matrix_hwc or matrix_chw");
+}
+
+tfmps::convert::ConvertArgs Args(const tfmps_test::Image& image, const std::string& layout,
+                                 tfmps::convert::DType mem_type, bool to_image) {
+  tfmps::convert::ConvertArgs a;
+  a.geometry = {image.n, image.h, image.w, image.c};
+  const auto mem = LayoutOf(layout);
+  if (to_image) {
+    a.src_layout = mem;
+    a.dst_layout = tfmps::convert::Layout::kImage;
+    a.src_type = mem_type;
+    a.dst_type = image.dtype;
+  } else {
+    a.src_layout = tfmps::convert::Layout::kImage;
+    a.dst_layout = mem;
+    a.src_type = image.dtype;
+    a.dst_type = mem_type;
+  }
+  return a;
+}
+
+// The memory side of an image call: host memory for read/writeBytes (they run on the
+// CPU), a staged MTLBuffer for the GPU copies.
+py::tuple ToImage(tfmps_test::Image& image, py::array src, const std::string& layout, bool gpu,
+                  size_t offset, py::object scale) {
+  src = py::array::ensure(src, py::array::c_style);
+  auto a = Args(image, layout, DTypeOf(src.dtype()), /*to_image=*/true);
+  std::vector<float> scale_v;
+  if (!scale.is_none()) {
+    scale_v = scale.cast<std::vector<float>>();
+    a.scale = scale_v.data();
+  }
+  std::unique_ptr<Staged> staged;
+  if (gpu) {
+    staged = std::make_unique<Staged>(src.data(), static_cast<size_t>(src.nbytes()), offset);
+    a.src = staged->data();
+  } else {
+    a.src = src.data();
+  }
+  BackendStatus s = NoGil([&] {
+    return gpu ? tfmps::convert::MatrixToImageMetal(image.handle, a)
+               : tfmps::convert::WriteImageMetal(image.handle, a);
+  });
+  return Result(s);
+}
+
+py::tuple FromImage(tfmps_test::Image& image, py::array dst, const std::string& layout, bool gpu,
+                    size_t offset) {
+  if (!(dst.flags() & py::array::c_style) || !dst.writeable()) {
+    throw std::invalid_argument("dst must be a writeable C-contiguous array");
+  }
+  auto a = Args(image, layout, DTypeOf(dst.dtype()), /*to_image=*/false);
+  std::unique_ptr<Staged> staged;
+  if (gpu) {
+    staged = std::make_unique<Staged>(dst.data(), static_cast<size_t>(dst.nbytes()), offset);
+    a.dst = staged->data();
+  } else {
+    a.dst = dst.mutable_data();
+  }
+  BackendStatus s = NoGil([&] {
+    return gpu ? tfmps::convert::ImageToMatrixMetal(image.handle, a)
+               : tfmps::convert::ReadImageMetal(image.handle, a);
+  });
+  if (s.ok() && staged) staged->CopyTo(dst.mutable_data());
+  return Result(s);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_tfmps_metal_emu, m) {
+  m.doc() = "tf-mps's Metal backends on the Linux Metal emulation (tests only)";
+  m.def("available", &tfmps::metal::Available, "True when the metal context found a device");
+  m.def("live_objects", [] { return objc_emu_live_objects(); },
+        "Objective-C objects alive in the emulation's runtime");
+  m.def("live_instances", [](const std::string& cls) { return objc_emu_live_instances(cls.c_str()); });
+  m.def("adam", &Adam, py::arg("params"), py::arg("vars"), py::arg("ms"), py::arg("vs"),
+        py::arg("vhats"), py::arg("grads"), py::arg("offset") = 0);
+  m.def("sgd", &Sgd, py::arg("params"), py::arg("vars"), py::arg("momentums"), py::arg("grads"),
+        py::arg("offset") = 0);
+  m.def("rmsprop", &RmsProp, py::arg("params"), py::arg("vars"), py::arg("mss"), py::arg("mgs"),
+        py::arg("moms"), py::arg("grads"), py::arg("offset") = 0);
+  py::class_<tfmps_test::Image>(m, "Image")
+      .def(py::init([](int64_t n, int64_t h, int64_t w, int64_t c, py::dtype dtype) {
+             return tfmps_test::MakeImage(n, h, w, c, DTypeOf(dtype));
+           }),
+           py::arg("n"), py::arg("h"), py::arg("w"), py::arg("c"), py::arg("dtype"))
+      .def_readonly("n", &tfmps_test::Image::n)
+      .def_readonly("h", &tfmps_test::Image::h)
+      .def_readonly("w", &tfmps_test::Image::w)
+      .def_readonly("c", &tfmps_test::Image::c);
+  m.def("write_image", [](tfmps_test::Image& i, py::array src, const std::string& layout,
+                          py::object scale) { return ToImage(i, src, layout, false, 0, scale); },
+        py::arg("image"), py::arg("src"), py::arg("layout"), py::arg("scale") = py::none());
+  m.def("read_image", [](tfmps_test::Image& i, py::array dst, const std::string& layout) {
+          return FromImage(i, dst, layout, false, 0);
+        });
+  m.def("matrix_to_image", [](tfmps_test::Image& i, py::array src, const std::string& layout,
+                              size_t offset) { return ToImage(i, src, layout, true, offset, py::none()); },
+        py::arg("image"), py::arg("src"), py::arg("layout"), py::arg("offset") = 0);
+  m.def("image_to_matrix", [](tfmps_test::Image& i, py::array dst, const std::string& layout,
+                              size_t offset) { return FromImage(i, dst, layout, true, offset); },
+        py::arg("image"), py::arg("dst"), py::arg("layout"), py::arg("offset") = 0);
+}
