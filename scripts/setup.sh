@@ -4,8 +4,9 @@
 # and installs tf-mps into it. Idempotent: a second run rebuilds only what changed.
 #
 #   scripts/setup.sh            # the package
-#   scripts/setup.sh --test     # plus the test tools (pytest, hypothesis) and clang-19
-#                               # for the Linux type-check of the Metal backend
+#   scripts/setup.sh --test     # plus the test tools (pytest, hypothesis, pybind11), and
+#                               # clang-19 with what the Metal emulation needs, which it
+#                               # then builds (build/emulation, tools/build_emulation.sh)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +35,13 @@ if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   command -v g++ >/dev/null 2>&1 || missing+=(g++)
   "$python" -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
-  [[ "$with_test" == 1 ]] && ! command -v clang++-19 >/dev/null 2>&1 && missing+=(clang-19)
+  if [[ "$with_test" == 1 ]]; then
+    # The Metal emulation (emulation/): clang-19, blocks, GoogleTest, sanitizer runtimes.
+    command -v clang++-19 >/dev/null 2>&1 || missing+=(clang-19)
+    [[ -f /usr/include/Block.h ]] || missing+=(libblocksruntime-dev)
+    [[ -f /usr/include/gtest/gtest.h ]] || missing+=(libgtest-dev)
+    compgen -G "/usr/lib/llvm-19/lib/clang/19/lib/linux/libclang_rt.asan*" >/dev/null || missing+=(libclang-rt-19-dev)
+  fi
   command -v readelf >/dev/null 2>&1 || missing+=(binutils)
   if ((${#missing[@]})); then
     echo "== installing ${missing[*]} (apt)"
@@ -65,4 +72,8 @@ extras=""
 echo "== building and installing tf-mps$extras (at most 2 compile jobs)"
 # No build isolation: the build must see the very TensorFlow it will load into.
 "${pip[@]}" install -q --no-build-isolation ".$extras"
+if [[ "$with_test" == 1 && "$(uname -s)" == "Linux" ]]; then
+  echo "== building the Metal emulation (clang-19, build/emulation)"
+  tools/build_emulation.sh >/dev/null
+fi
 echo "== ready: .venv/bin/python -m tf_mps"

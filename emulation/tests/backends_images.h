@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "ops/convert/convert.h"
 
@@ -24,6 +25,12 @@ struct Image {
 // Throws std::runtime_error if MPS returns nil.
 std::unique_ptr<Image> MakeImage(int64_t n, int64_t h, int64_t w, int64_t c,
                                  tfmps::convert::DType dtype);
+
+// The emulation's test hooks (emulation/metal/metal_emu.h), for the Python tests.
+void FailNextInit(const char* class_name, int count);
+void FailNextCommandBuffers(int count, const std::string& message);
+void ResetHooks();
+int DebugLevel();
 
 }  // namespace tfmps_test
 

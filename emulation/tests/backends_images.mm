@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 
+#include "emulation/metal/metal_emu.h"
 #include "emulation/tests/backends_images.h"
 #include "ops/common/metal_context.h"
 
@@ -49,5 +50,12 @@ std::unique_ptr<Image> MakeImage(int64_t n, int64_t h, int64_t w, int64_t c,
     return out;
   }
 }
+
+void FailNextInit(const char* class_name, int count) { EmuFailNextInit(class_name, count); }
+void FailNextCommandBuffers(int count, const std::string& message) {
+  EmuFailNextCommandBuffers(count, message);
+}
+void ResetHooks() { EmuResetHooks(); }
+int DebugLevel() { return EmuDebugLevel(); }
 
 }  // namespace tfmps_test

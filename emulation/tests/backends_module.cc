@@ -290,6 +290,12 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
   m.def("live_objects", [] { return objc_emu_live_objects(); },
         "Objective-C objects alive in the emulation's runtime");
   m.def("live_instances", [](const std::string& cls) { return objc_emu_live_instances(cls.c_str()); });
+  m.def("fail_next_init", &tfmps_test::FailNextInit, py::arg("class_name"), py::arg("count"),
+        "The next `count` initializers of class_name return nil (metal_emu.h)");
+  m.def("fail_next_command_buffers", &tfmps_test::FailNextCommandBuffers, py::arg("count"),
+        py::arg("message"), "The next `count` committed command buffers end in an error");
+  m.def("reset_hooks", &tfmps_test::ResetHooks);
+  m.def("debug_level", &tfmps_test::DebugLevel, "TFMPS_METAL_EMU_DEBUG as the emulation read it");
   m.def("adam", &Adam, py::arg("params"), py::arg("vars"), py::arg("ms"), py::arg("vs"),
         py::arg("vhats"), py::arg("grads"), py::arg("offset") = 0);
   m.def("sgd", &Sgd, py::arg("params"), py::arg("vars"), py::arg("momentums"), py::arg("grads"),
