@@ -52,7 +52,8 @@ def test_wrong_dtypes():
     vs, ms, vvs, gs = _adam_args()
     with pytest.raises(INVALID, match=r"grads\[1\] has dtype float64 but its variable holds float32"):
         tf_mps.ops.apply_adam(vs, ms, vvs, [gs[0], tf.ones((3, 2), tf.float64)], 0.1, 1)
-    with pytest.raises(INVALID, match=r"variables must be float32 or float64, got int32"):
+    with pytest.raises(INVALID, match=r"MpsApplySgd: variables must be float16, bfloat16, float32 or float64; "
+                                      r"var holds int32"):
         tf_mps.ops.apply_sgd(tf.Variable([1, 2]), tf.constant([1, 2]), 0.1)
     with pytest.raises(INVALID, match=r"vars\[1\] holds float64 but vars\[0\] holds float32"):
         tf_mps.ops.apply_sgd([_v(), _v(dtype=np.float64)], [tf.ones((3, 2)), tf.ones((3, 2), tf.float64)], 0.1)
@@ -64,7 +65,7 @@ def test_bad_options():
         tf_mps.ops.apply_sgd(v, g, 0.1, semantics="torch")
     with pytest.raises(INVALID, match=r"regularization must be None, 'l1' or 'l2'"):
         tf_mps.ops.apply_sgd(v, g, 0.1, regularization="l3")
-    with pytest.raises(INVALID, match=r"gradient_clip must be \(min, max\) with min <= max"):
+    with pytest.raises(INVALID, match=r"gradient_clip must be None or a pair \(min, max\) of numbers with min <= max"):
         tf_mps.ops.apply_sgd(v, g, 0.1, gradient_clip=(1.0, -1.0))
     with pytest.raises(INVALID, match=r"nesterov=True needs momentum slots"):
         tf_mps.ops.apply_sgd(v, g, 0.1, 0.9, nesterov=True)
@@ -156,12 +157,24 @@ def test_uninitialized_variable():
 
 
 def test_shape_function_catches_mismatch_in_graph():
+    """The raw op's shape function, at graph construction."""
+    @tf.function
+    def f(v, m, vv, g):
+        return _raw_adam([v], [m], [vv], [g])
+
+    v, m, vv = _v(), _v(value=0), _v(value=0)
+    with pytest.raises(ValueError, match=r"has shape \[3,2\] but its gradient .* has shape \[4\]"):
+        f(v, m, vv, tf.ones((4,)))
+
+
+def test_wrapper_catches_mismatch_while_tracing():
+    """The Python wrapper names the pair (the kernel's wording) before any op exists."""
     @tf.function
     def f(v, m, vv, g):
         return tf_mps.ops.apply_adam(v, m, vv, g, 0.1, 1)
 
     v, m, vv = _v(), _v(value=0), _v(value=0)
-    with pytest.raises(ValueError, match=r"has shape \[3,2\] but its gradient .* has shape \[4\]"):
+    with pytest.raises(INVALID, match=r"MpsApplyAdam: var and grad do not have the same shape: \[3,2\] vs \[4\]"):
         f(v, m, vv, tf.ones((4,)))
 
 

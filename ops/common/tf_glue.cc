@@ -95,6 +95,12 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
             absl::StrCat(op, ": ", g.Label(i), " must be a resource variable handle, got ",
                          tensorflow::DataTypeString(ctx->input_dtype(index))));
       }
+      // HandleFromInput reads element 0: a list of handles, or none, is not a variable.
+      if (!tensorflow::TensorShapeUtils::IsScalar(ctx->input(index).shape())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(op, ": ", g.Label(i), " must be one resource variable handle (a scalar), got shape ",
+                         ctx->input(index).shape().DebugString()));
+      }
       tensorflow::core::RefCountPtr<Var> var;
       absl::Status s = tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, index), &var);
       if (!s.ok()) {

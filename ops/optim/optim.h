@@ -40,6 +40,20 @@
 namespace tfmps {
 namespace optim {
 
+// 16-bit floating-point storage: IEEE binary16 ("half") and bfloat16, bit-compatible
+// with TensorFlow's DT_HALF / DT_BFLOAT16 tensors (Eigen::half / Eigen::bfloat16), so
+// the glue hands their data over without the backends seeing TensorFlow's types. The
+// CPU backend computes on them as TensorFlow's own kernels do (and so Keras does on a
+// float16 or bfloat16 variable): every operation in float, rounded back to 16 bits
+// (round to nearest even) before the next one.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types");
+
 enum class Semantics { kKeras, kMps };
 enum class Regularization { kNone, kL1, kL2 };
 
@@ -67,7 +81,7 @@ struct AdamParams {
   double lr, beta1, beta2, epsilon;
   int64_t step;  // 1-based time step t
   bool amsgrad;
-  bool grad_sq;  // AdamSlots::grad_sq given
+  bool grad_sq;  // AdamSlots::grad_sq given for at least one variable
   Semantics semantics;
   GradientTransform gradient;
 };
@@ -84,7 +98,7 @@ struct RmsPropParams {
   double lr, rho, momentum, epsilon;
   bool centered;      // average-gradient slots present
   bool use_momentum;  // momentum slots present
-  bool grad_sq;       // RmsPropSlots::grad_sq given
+  bool grad_sq;       // RmsPropSlots::grad_sq given for at least one variable
   Semantics semantics;
   GradientTransform gradient;
 };
@@ -92,11 +106,12 @@ struct RmsPropParams {
 // One variable and its slots: all arrays hold `size` elements. Optional slots are
 // nullptr when the option is off. Distinct variables never alias (checked by the glue).
 //
-// grad_sq (Adam, RMSProp; optional) replaces g*g in the second-moment update. Keras
-// squares each slice of a sparse gradient before summing duplicate indices (its
-// ops.square acts on IndexedSlices values), so with repeated indices its second moment
-// sees sum(g_k^2), not (sum g_k)^2; the Python layer passes that sum here in Keras
-// semantics to stay identical to Keras.
+// grad_sq (Adam, RMSProp; optional, per variable) replaces g*g in the second-moment
+// update. Keras squares each slice of a sparse gradient before summing duplicate
+// indices (its ops.square acts on IndexedSlices values), so with repeated indices its
+// second moment sees sum(g_k^2), not (sum g_k)^2; the Python layer passes that sum here
+// in Keras semantics to stay identical to Keras. It is nullptr for the variables of the
+// same call whose gradients are dense (one call updates dense and sparse alike).
 template <typename T>
 struct AdamSlots {
   T* var; T* m; T* v; T* vhat; const T* grad; const T* grad_sq; int64_t size;
@@ -111,7 +126,7 @@ struct RmsPropSlots {
 };
 
 // CPU backend: the whole list in one pass over memory, spread over `parallel`.
-// Instantiated for float and double.
+// Instantiated for Half, BFloat16, float and double.
 template <typename T>
 void AdamCpu(const AdamParams& p, const std::vector<AdamSlots<T>>& vars, const ParallelFor& parallel);
 template <typename T>

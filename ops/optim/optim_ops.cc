@@ -11,7 +11,13 @@
 // are inputs, never attributes: a schedule may change them every step.
 //
 // Optional slots (Adam's vhats, SGD's momentums, RMSProp's mgs and moms) are lists whose
-// length attribute is 0 (option off) or N (option on).
+// length attribute is 0 (option off) or N (option on). The squared-gradient sums of
+// sparse gradients (grads_sq, Adam and RMSProp) belong to the variables listed in the
+// attribute sq_vars, so one call updates dense and sparse gradients together: a call is
+// one op, validated completely before anything is written (all or nothing).
+//
+// T is half, bfloat16, float or double; the backends see Half/BFloat16 (optim.h), the
+// same bits as Eigen::half/Eigen::bfloat16.
 #include <string>
 #include <vector>
 
@@ -35,7 +41,7 @@ using tensorflow::shape_inference::ShapeHandle;
 using tfglue::ArgGroup;
 
 // MPSNNOptimizerDescriptor's gradient options and the update semantics (optim.h).
-constexpr char kAttrT[] = "T: {float, double}";
+constexpr char kAttrT[] = "T: {half, bfloat16, float, double}";
 constexpr char kAttrSemantics[] = "semantics: {'keras', 'mps'} = 'keras'";
 constexpr char kAttrRescale[] = "gradient_rescale: float = 1.0";
 constexpr char kAttrClip[] = "clip_gradient: bool = false";
@@ -43,6 +49,8 @@ constexpr char kAttrClipMin[] = "gradient_clip_min: float = 0.0";
 constexpr char kAttrClipMax[] = "gradient_clip_max: float = 0.0";
 constexpr char kAttrReg[] = "regularization: {'none', 'l1', 'l2'} = 'none'";
 constexpr char kAttrRegScale[] = "regularization_scale: float = 0.0";
+// Which variables the grads_sq entries belong to (see SquaresOwners).
+constexpr char kAttrSqVars[] = "sq_vars: list(int) = []";
 
 // The resource groups of one rule: for each, the single op's input name, the multi op's,
 // and the length attribute of an optional group (nullptr: always N entries).
@@ -94,27 +102,51 @@ absl::Status GroupLengths(Ctx* c, const std::string& op, const std::vector<SlotS
   return absl::OkStatus();
 }
 
-// Shape function: optional groups hold 0 or N, each gradient matches its variable's and
-// slots' shapes wherever the handles carry shapes, and the trailing inputs are scalars.
-// Length of the optional grads_sq list (attr S): 0 or N.
+// The variables the grads_sq entries belong to (attr sq_vars; empty: entry j belongs
+// to variable j, and there are 0 or N entries). Used by the shape function and the kernel.
 template <typename Ctx>
-absl::Status SquaresLength(Ctx* c, const std::string& op, bool multi, int n, int* len) {
-  TF_RETURN_IF_ERROR(c->GetAttr("S", len));
-  if (*len != 0 && *len != n) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", multi ? "grads_sq" : "grad_sq",
-                                                   " must hold 0 or ", n, " tensors, got ", *len));
+absl::Status SquaresOwners(Ctx* c, const std::string& op, bool multi, int n, std::vector<int>* owners) {
+  int len = 0;
+  std::vector<int64_t> sq_vars;
+  TF_RETURN_IF_ERROR(c->GetAttr("S", &len));
+  TF_RETURN_IF_ERROR(c->GetAttr("sq_vars", &sq_vars));
+  const char* name = multi ? "grads_sq" : "grad_sq";
+  owners->clear();
+  if (sq_vars.empty()) {
+    if (len != 0 && len != n) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " must hold 0 or ", n,
+                                                     " tensors (or one per entry of sq_vars), got ", len));
+    }
+    for (int j = 0; j < len; ++j) owners->push_back(j);
+    return absl::OkStatus();
+  }
+  if (static_cast<int>(sq_vars.size()) != len) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " must hold one tensor per entry of sq_vars (",
+                                                   sq_vars.size(), "), got ", len));
+  }
+  for (size_t j = 0; j < sq_vars.size(); ++j) {
+    if (sq_vars[j] < 0 || sq_vars[j] >= n || (j > 0 && sq_vars[j] <= sq_vars[j - 1])) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": sq_vars must be increasing variable indices in [0, ", n,
+                                                     "), got ", sq_vars[j], " at position ", j));
+    }
+    owners->push_back(static_cast<int>(sq_vars[j]));
   }
   return absl::OkStatus();
 }
+
+// Shape function: optional groups hold 0 or N, each gradient matches its variable's and
+// slots' shapes wherever the handles carry shapes, each squared-gradient sum matches its
+// gradient, and the trailing inputs are scalars.
 
 std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
                                                             const std::vector<SlotSpec>* slots,
                                                             bool has_sq, int num_scalars, bool multi) {
   return [=](InferenceContext* c) -> absl::Status {
-    int n, sq = 0;
-    std::vector<int> lens;
+    int n;
+    std::vector<int> lens, owners;
     TF_RETURN_IF_ERROR(GroupLengths(c, op, *slots, multi, &n, &lens));
-    if (has_sq) TF_RETURN_IF_ERROR(SquaresLength(c, op, multi, n, &sq));
+    if (has_sq) TF_RETURN_IF_ERROR(SquaresOwners(c, op, multi, n, &owners));
+    const int sq = static_cast<int>(owners.size());
     int first_grad = 0;
     for (int len : lens) first_grad += len;
     for (int i = 0; i < n; ++i) {
@@ -125,12 +157,15 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
         base += len;
       }
       TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, op, handles, first_grad + i));
+    }
+    for (int j = 0; j < sq; ++j) {
       ShapeHandle merged;
-      if (sq > 0 && !c->Merge(c->input(first_grad + i), c->input(first_grad + n + i), &merged).ok()) {
+      const int i = owners[j];
+      if (!c->Merge(c->input(first_grad + i), c->input(first_grad + n + j), &merged).ok()) {
         return absl::InvalidArgumentError(absl::StrCat(op, ": gradient ", i, " has shape ",
                                                        c->DebugString(c->input(first_grad + i)),
                                                        " but its squared-gradient sum has shape ",
-                                                       c->DebugString(c->input(first_grad + n + i))));
+                                                       c->DebugString(c->input(first_grad + n + j))));
       }
     }
     ShapeHandle unused;
@@ -149,7 +184,7 @@ REGISTER_OP("MpsApplyAdam")
     .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
     .Input("epsilon: double")
-    .Attr("M: int >= 0").Attr("S: int >= 0")
+    .Attr("M: int >= 0").Attr("S: int >= 0").Attr(kAttrSqVars)
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
     .SetShapeFn(RuleShapeFn("MpsApplyAdam", &kAdamSlots, true, 5, false))
@@ -164,7 +199,7 @@ REGISTER_OP("MpsMultiApplyAdam")
     .Input("grads: N * T").Input("grads_sq: S * T")
     .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
     .Input("epsilon: double")
-    .Attr("N: int >= 1").Attr("M: int >= 0").Attr("S: int >= 0")
+    .Attr("N: int >= 1").Attr("M: int >= 0").Attr("S: int >= 0").Attr(kAttrSqVars)
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
     .SetShapeFn(RuleShapeFn("MpsMultiApplyAdam", &kAdamSlots, true, 5, true))
@@ -198,7 +233,7 @@ REGISTER_OP("MpsApplyRmsProp")
     .Input("var: resource").Input("ms: resource").Input("mg: C * resource").Input("mom: K * resource")
     .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
-    .Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0")
+    .Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0").Attr(kAttrSqVars)
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
     .SetShapeFn(RuleShapeFn("MpsApplyRmsProp", &kRmsPropSlots, true, 4, false))
@@ -209,14 +244,129 @@ REGISTER_OP("MpsMultiApplyRmsProp")
     .Input("moms: K * resource")
     .Input("grads: N * T").Input("grads_sq: S * T")
     .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
-    .Attr("N: int >= 1").Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0")
+    .Attr("N: int >= 1").Attr("C: int >= 0").Attr("K: int >= 0").Attr("S: int >= 0").Attr(kAttrSqVars)
     .Attr(kAttrT).Attr(kAttrSemantics).Attr(kAttrRescale).Attr(kAttrClip).Attr(kAttrClipMin)
     .Attr(kAttrClipMax).Attr(kAttrReg).Attr(kAttrRegScale)
     .SetShapeFn(RuleShapeFn("MpsMultiApplyRmsProp", &kRmsPropSlots, true, 4, true))
     .Doc("RMSProp on N resource variables in one call, in place.");
 
+// ------------------------------------------------------------ sparse gradients
+// The Python layer sums an IndexedSlices gradient into a dense one with TensorFlow's
+// unsorted_segment_sum (Keras's own conversion, so the sums round alike). That op drops
+// negative indices and reshapes rows silently; TensorFlow's scatter ops, which Keras's
+// sparse updates use, reject both. This op checks first and passes the indices on, so
+// the sum (and the update, which consumes it) cannot run on unchecked input.
+REGISTER_OP("MpsCheckSparseGradient")
+    .Input("indices: Tindices").Input("values_shape: int64").Input("var_shape: int64")
+    .Output("checked_indices: Tindices")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("label: string = ''")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Checks an IndexedSlices gradient against its variable's shape and returns its indices:
+indices a vector, values.shape == indices.shape + var_shape[1:] (TensorFlow's scatter
+rule), every index in [0, var_shape[0]). `label` names the gradient in messages.
+)doc");
+
 // -------------------------------------------------------------------------- kernels
 namespace {
+
+class CheckSparseGradientOp : public OpKernel {
+ public:
+  explicit CheckSparseGradientOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("label", &label_));
+    if (label_.empty()) label_ = type_string();
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indices = ctx->input(0);
+    const Tensor& values_shape = ctx->input(1);
+    const Tensor& var_shape = ctx->input(2);
+    OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsVector(values_shape.shape()) &&
+                         tensorflow::TensorShapeUtils::IsVector(var_shape.shape()),
+                absl::InvalidArgumentError(absl::StrCat(label_, ": values_shape and var_shape must be vectors, got ",
+                                                        values_shape.shape().DebugString(), " and ",
+                                                        var_shape.shape().DebugString())));
+    const auto vs = values_shape.vec<int64_t>();
+    const auto ps = var_shape.vec<int64_t>();
+    OP_REQUIRES(ctx, ps.size() >= 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    label_, ": a sparse (IndexedSlices) gradient needs a variable of rank >= 1, got a scalar")));
+    OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsVector(indices.shape()),
+                absl::InvalidArgumentError(absl::StrCat(label_, ": the indices of an IndexedSlices gradient must be "
+                                                        "a vector, got shape ", indices.shape().DebugString())));
+    // TensorFlow's scatter rule: updates.shape = indices.shape + params.shape[1:].
+    bool ok = vs.size() == ps.size() && vs(0) == indices.NumElements();
+    for (int64_t d = 1; ok && d < ps.size(); ++d) ok = vs(d) == ps(d);
+    if (!ok) {
+      auto dims = [](const decltype(vs)& v) {
+        std::string out = "[";
+        for (int64_t d = 0; d < v.size(); ++d) absl::StrAppend(&out, d ? "," : "", v(d));
+        return out + "]";
+      };
+      ctx->CtxFailure(absl::InvalidArgumentError(absl::StrCat(
+          label_, ": Must have updates.shape = indices.shape + params.shape[1:], got updates.shape ",
+          dims(vs), ", indices.shape ", indices.shape().DebugString(), ", params.shape ", dims(ps),
+          " (the IndexedSlices gradient's values, indices and variable)")));
+      return;
+    }
+    if (indices.dtype() == tensorflow::DT_INT32) {
+      CheckRange<int32_t>(ctx, indices, ps(0));
+    } else {
+      CheckRange<int64_t>(ctx, indices, ps(0));
+    }
+    if (ctx->status().ok()) ctx->set_output(0, indices);
+  }
+
+ private:
+  template <typename Index>
+  void CheckRange(OpKernelContext* ctx, const Tensor& indices, int64_t limit) {
+    const auto flat = indices.flat<Index>();
+    for (int64_t i = 0; i < flat.size(); ++i) {
+      const int64_t k = flat(i);
+      // TensorFlow's scatter ops word it so ("indices[0] = 6 is not in [0, 6)").
+      OP_REQUIRES(ctx, k >= 0 && k < limit,
+                  absl::InvalidArgumentError(absl::StrCat(label_, ": indices[", i, "] = ", k, " is not in [0, ",
+                                                          limit, ")")));
+    }
+  }
+
+  std::string label_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("MpsCheckSparseGradient").Device(DEVICE_CPU), CheckSparseGradientOp);
+
+// The backends' element type for TensorFlow's: Half/BFloat16 carry the bits of
+// Eigen::half/Eigen::bfloat16 (optim.h), so their data is handed over as it is.
+template <typename T>
+struct BackendType {
+  using type = T;
+};
+template <>
+struct BackendType<Eigen::half> {
+  using type = Half;
+};
+template <>
+struct BackendType<Eigen::bfloat16> {
+  using type = BFloat16;
+};
+static_assert(sizeof(Eigen::half) == sizeof(Half) && sizeof(Eigen::bfloat16) == sizeof(BFloat16),
+              "16-bit storage must match TensorFlow's");
+
+template <typename T>
+using B = typename BackendType<T>::type;
+
+template <typename T>
+B<T>* BackendData(Tensor* t) {
+  return reinterpret_cast<B<T>*>(t->template flat<T>().data());
+}
+template <typename T>
+const B<T>* BackendData(const Tensor& t) {
+  return reinterpret_cast<const B<T>*>(t.template flat<T>().data());
+}
 
 // The variables of one Compute call, locked for its duration. Kernels are shared
 // between concurrent calls, so this lives on the stack, never in the kernel.
@@ -226,8 +376,8 @@ class Slots {
   Slots(const std::vector<ArgGroup>* groups) : groups_(groups) {}
   tfglue::LockedVariables& locked() { return locked_; }
   // Data of slot group g entry i, or nullptr when that optional group is empty.
-  T* operator()(int g, int i) {
-    return (*groups_)[g].count == 0 ? nullptr : locked_.tensor(g, i)->template flat<T>().data();
+  B<T>* operator()(int g, int i) {
+    return (*groups_)[g].count == 0 ? nullptr : BackendData<T>(locked_.tensor(g, i));
   }
   int64_t size(int i) { return locked_.tensor(0, i)->NumElements(); }
 
@@ -252,9 +402,12 @@ class OptimizerKernel : public OpKernel {
       index += lens[g];
     }
     grads_ = {multi ? "grads" : "grad", index, n_, multi};
-    int sq = 0;
-    if (has_sq) OP_REQUIRES_OK(c, SquaresLength(c, op, multi, n_, &sq));
+    std::vector<int> owners;
+    if (has_sq) OP_REQUIRES_OK(c, SquaresOwners(c, op, multi, n_, &owners));
+    const int sq = static_cast<int>(owners.size());
     grads_sq_ = {multi ? "grads_sq" : "grad_sq", index + n_, sq, multi};
+    sq_of_var_.assign(n_, -1);
+    for (int j = 0; j < sq; ++j) sq_of_var_[owners[j]] = j;
     first_scalar_ = index + n_ + sq;
 
     std::string semantics, regularization;
@@ -289,19 +442,22 @@ class OptimizerKernel : public OpKernel {
       }
       TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0], grads_, i, var_shape,
                                                 ctx->input(grads_.Index(i)).shape()));
-      if (grads_sq_.count > 0) {
-        TF_RETURN_IF_ERROR(tfglue::CheckSameShape(ctx, groups_[0], grads_sq_, i, var_shape,
-                                                  ctx->input(grads_sq_.Index(i)).shape()));
+      const int j = sq_of_var_[i];
+      if (j >= 0 && var_shape != ctx->input(grads_sq_.Index(j)).shape()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            type_string(), ": ", groups_[0].Label(i), " and ", grads_sq_.Label(j),
+            " do not have the same shape: ", var_shape.DebugString(), " vs ",
+            ctx->input(grads_sq_.Index(j)).shape().DebugString()));
       }
     }
     return absl::OkStatus();
   }
 
-  const T* grad(OpKernelContext* ctx, int i) const {
-    return ctx->input(grads_.Index(i)).template flat<T>().data();
-  }
-  const T* grad_sq(OpKernelContext* ctx, int i) const {
-    return grads_sq_.count == 0 ? nullptr : ctx->input(grads_sq_.Index(i)).template flat<T>().data();
+  const B<T>* grad(OpKernelContext* ctx, int i) const { return BackendData<T>(ctx->input(grads_.Index(i))); }
+  // The squared-gradient sum of variable i, or nullptr when it has none.
+  const B<T>* grad_sq(OpKernelContext* ctx, int i) const {
+    const int j = sq_of_var_[i];
+    return j < 0 ? nullptr : BackendData<T>(ctx->input(grads_sq_.Index(j)));
   }
   bool has(int g) const { return groups_[g].count > 0; }
   // Scalar input k (0-based, after the gradients), named for messages.
@@ -315,6 +471,7 @@ class OptimizerKernel : public OpKernel {
   std::vector<ArgGroup> groups_;
   ArgGroup grads_;
   ArgGroup grads_sq_;
+  std::vector<int> sq_of_var_;  // per variable: its grads_sq entry, or -1
   Semantics semantics_ = Semantics::kKeras;
   GradientTransform gradient_;
 };
@@ -343,12 +500,12 @@ class AdamOp : public OptimizerKernel<T> {
 
     Slots<T> s(&this->groups_);
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
-    std::vector<AdamSlots<T>> vars(this->n_);
+    std::vector<AdamSlots<B<T>>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
       vars[i] = {s(kAdamVar, i), s(kAdamM, i),           s(kAdamV, i),
                  s(kAdamVhat, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
-    AdamCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+    AdamCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
   }
 };
 
@@ -376,11 +533,11 @@ class SgdOp : public OptimizerKernel<T> {
 
     Slots<T> s(&this->groups_);
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
-    std::vector<SgdSlots<T>> vars(this->n_);
+    std::vector<SgdSlots<B<T>>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
       vars[i] = {s(kSgdVar, i), s(kSgdMomentum, i), this->grad(ctx, i), s.size(i)};
     }
-    SgdCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+    SgdCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
   }
 
  private:
@@ -409,16 +566,16 @@ class RmsPropOp : public OptimizerKernel<T> {
 
     Slots<T> s(&this->groups_);
     OP_REQUIRES_OK(ctx, this->Acquire(ctx, &s));
-    std::vector<RmsPropSlots<T>> vars(this->n_);
+    std::vector<RmsPropSlots<B<T>>> vars(this->n_);
     for (int i = 0; i < this->n_; ++i) {
       vars[i] = {s(kRmsVar, i), s(kRmsMs, i),            s(kRmsMg, i),
                  s(kRmsMom, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
-    RmsPropCpu<T>(p, vars, tfglue::CpuParallelFor(ctx));
+    RmsPropCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
   }
 };
 
-// Registers Kernel<T> for both forms of one rule on the CPU for float and double.
+// Registers Kernel<T> for both forms of one rule on the CPU for every dtype of kAttrT.
 template <template <typename> class Kernel, bool kMulti>
 struct Form {
   template <typename T>
@@ -432,17 +589,21 @@ struct Form {
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name(NAME).Device(DEVICE_CPU).TypeConstraint<T>("T"),                                \
       Form<KERNEL, MULTI>::template K<T>)
-#define TFMPS_REGISTER_RULE(SINGLE, MULTI_NAME, KERNEL)      \
-  TFMPS_REGISTER_OPTIMIZER(SINGLE, KERNEL, false, float);    \
-  TFMPS_REGISTER_OPTIMIZER(SINGLE, KERNEL, false, double);   \
-  TFMPS_REGISTER_OPTIMIZER(MULTI_NAME, KERNEL, true, float); \
-  TFMPS_REGISTER_OPTIMIZER(MULTI_NAME, KERNEL, true, double)
+#define TFMPS_REGISTER_RULE_T(SINGLE, MULTI_NAME, KERNEL, T) \
+  TFMPS_REGISTER_OPTIMIZER(SINGLE, KERNEL, false, T);         \
+  TFMPS_REGISTER_OPTIMIZER(MULTI_NAME, KERNEL, true, T)
+#define TFMPS_REGISTER_RULE(SINGLE, MULTI_NAME, KERNEL)                  \
+  TFMPS_REGISTER_RULE_T(SINGLE, MULTI_NAME, KERNEL, Eigen::half);        \
+  TFMPS_REGISTER_RULE_T(SINGLE, MULTI_NAME, KERNEL, Eigen::bfloat16);    \
+  TFMPS_REGISTER_RULE_T(SINGLE, MULTI_NAME, KERNEL, float);              \
+  TFMPS_REGISTER_RULE_T(SINGLE, MULTI_NAME, KERNEL, double)
 
 TFMPS_REGISTER_RULE("MpsApplyAdam", "MpsMultiApplyAdam", AdamOp);
 TFMPS_REGISTER_RULE("MpsApplySgd", "MpsMultiApplySgd", SgdOp);
 TFMPS_REGISTER_RULE("MpsApplyRmsProp", "MpsMultiApplyRmsProp", RmsPropOp);
 
 #undef TFMPS_REGISTER_RULE
+#undef TFMPS_REGISTER_RULE_T
 #undef TFMPS_REGISTER_OPTIMIZER
 
 }  // namespace

@@ -5,8 +5,14 @@ same constructor arguments and defaults, same schedules, ``weight_decay``,
 ``clipnorm``/``clipvalue``/``global_clipnorm``, ``use_ema``, gradient accumulation, loss
 scaling (``LossScaleOptimizer`` under ``mixed_float16``), ``get_config``/``from_config``
 and saving. Only the per-variable ``update_step`` loop is replaced: all variables of one
-dtype are updated by a single multi-tensor op (``tf_mps.ops.apply_*``), with results
-equal to Keras's (``semantics="keras"``, the default).
+dtype (float16, bfloat16, float32 or float64) are updated by a single multi-tensor op
+(``tf_mps.ops.apply_*``), with results equal to Keras's (``semantics="keras"``, the
+default).
+
+All or nothing: ``apply`` checks every gradient against its variable (shapes; a sparse
+gradient's indices) before Keras's machinery (weight decay, EMA, ``iterations``) runs,
+and the ops of all dtype groups run only after every group's inputs are checked, so a
+rejected step changes no variable, slot or counter.
 
 tf-mps-only keyword arguments (all optional; see ``tf_mps.ops.optim``):
 
@@ -45,11 +51,25 @@ except ImportError:  # pragma: no cover - TensorFlow moved it: assume no XLA
 _FUSED_KWARGS = ("semantics", "gradient_rescale", "gradient_clip", "regularization", "regularization_scale")
 
 
+def _check_hyper(owner, name, value):
+    """Keras keeps beta_1 and the like as given and fails at the first step; check now."""
+    if _optim._is_real_number(value):
+        return
+    if isinstance(value, (tf.Tensor, tf.Variable, keras.Variable)) and value.dtype.is_floating and (
+            value.shape.rank == 0):
+        return
+    raise ValueError(f"{owner}: {name} must be a real number or a scalar float tensor, got {value!r}")
+
+
 class _FusedOptimizer:
     """Machinery shared by the fused optimizers (a mixin ahead of the Keras class)."""
 
-    def _init_fused(self, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale):
-        options = _optim.normalize_options(type(self).__name__, semantics, gradient_rescale, gradient_clip,
+    def _init_fused(self, semantics, gradient_rescale, gradient_clip, regularization, regularization_scale,
+                    **hyper):
+        owner = type(self).__name__
+        for name, value in hyper.items():
+            _check_hyper(owner, name, value)
+        options = _optim.normalize_options(owner, semantics, gradient_rescale, gradient_clip,
                                            regularization, regularization_scale, error=ValueError)
         for name, value in options.items():
             setattr(self, name, value)
@@ -80,6 +100,58 @@ class _FusedOptimizer:
                 "jit_compile=False (or use the default options)."
             )
 
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        variables = trainable_variables
+        if variables is None and self.built:
+            variables = self._trainable_variables
+        checks = []
+        if variables is not None and not _in_xla_context():
+            variables = list(variables)
+            if len(variables) == len(grads):  # else Keras raises its own error
+                grads, checks = self._check_gradients(grads, variables)
+        if checks and not tf.executing_eagerly():
+            # Weight decay, EMA and the iteration counter do not consume the gradients:
+            # order them after the checks too.
+            with tf.control_dependencies(checks):
+                return super().apply(grads, trainable_variables)
+        return super().apply(grads, trainable_variables)
+
+    def _check_gradients(self, grads, variables):
+        """Checks what the fused ops would reject, before anything is written: dtypes the
+        ops lack, shapes, and sparse gradients' indices (through MpsCheckSparseGradient,
+        whose output indices replace the gradient's). Returns (grads, check tensors)."""
+        owner = type(self).__name__
+        out, checks = [], []
+        for g, v in zip(grads, variables):
+            if g is None:  # Keras drops it
+                out.append(g)
+                continue
+            path = getattr(v, "path", None) or getattr(v, "name", "?")
+            if v.dtype not in _optim.DTYPES:
+                raise ValueError(f"{owner}: variable {path!r} has dtype {tf.as_dtype(v.dtype).name}; the fused "
+                                 f"optimizers update {_optim._DTYPE_NAMES} variables")
+            shape = tf.TensorShape(v.shape)
+            if isinstance(g, tf.IndexedSlices):
+                if shape.rank == 0 or not g.values.shape.is_compatible_with(
+                        tf.TensorShape([None]).concatenate(shape[1:])):
+                    raise ValueError(
+                        f"{owner}: the sparse gradient of variable {path!r} has values of shape "
+                        f"{_optim._shape_str(g.values.shape)}; expected [indices] + {_optim._shape_str(shape[1:])} "
+                        f"(the variable has shape {_optim._shape_str(shape)})")
+                var_shape = (tf.constant(shape.as_list(), tf.int64) if shape.is_fully_defined()
+                             else tf.shape(v, out_type=tf.int64))
+                indices = _optim._lib.load().mps_check_sparse_gradient(
+                    indices=g.indices, values_shape=tf.shape(g.values, out_type=tf.int64), var_shape=var_shape,
+                    label=f"{owner}: the gradient of variable {path!r}")
+                checks.append(indices)
+                g = tf.IndexedSlices(g.values, indices, g.dense_shape)
+            elif not tf.TensorShape(getattr(g, "shape", None)).is_compatible_with(shape):
+                raise ValueError(f"{owner}: the gradient of variable {path!r} has shape "
+                                 f"{_optim._shape_str(g.shape)} but the variable has shape {_optim._shape_str(shape)}")
+            out.append(g)
+        return out, checks
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if _in_xla_context():
             self._cannot_fuse("inside an XLA-compiled function")
@@ -91,23 +163,24 @@ class _FusedOptimizer:
         by_dtype: dict = {}
         for g, v in zip(grads, trainable_variables):
             by_dtype.setdefault(v.dtype, []).append((g, v))
-        for pairs in by_dtype.values():
-            gs = [g for g, _ in pairs]
-            vs = [v for _, v in pairs]
-            self._fused_apply(gs, vs, learning_rate)
+        # Every group is checked (and its sparse gradients summed) before any group runs.
+        prepared = [self._prepare([g for g, _ in pairs], [v for _, v in pairs], learning_rate)
+                    for pairs in by_dtype.values()]
+        _optim.run_all(prepared)
 
     def update_step(self, gradient, variable, learning_rate):
         if _in_xla_context():
             self._cannot_fuse("inside an XLA-compiled function")
             return super().update_step(gradient, variable, learning_rate)
-        self._fused_apply([gradient], [variable], learning_rate)
+        self._prepare([gradient], [variable], learning_rate).run()
 
     def _slots(self, slot_list, variables):
         if not slot_list:
             return None
         return [slot_list[self._get_variable_index(v)] for v in variables]
 
-    def _fused_apply(self, grads, variables, learning_rate):
+    def _prepare(self, grads, variables, learning_rate) -> _optim.Prepared:
+        """The checked fused op for one dtype group (tf_mps.ops.optim.prepare_*)."""
         raise NotImplementedError
 
     @staticmethod
@@ -150,11 +223,12 @@ class Adam(_FusedOptimizer, keras.optimizers.Adam):
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             amsgrad=amsgrad, name=name, **kwargs,
         )
-        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
 
-    def _fused_apply(self, grads, variables, learning_rate):
+    def _prepare(self, grads, variables, learning_rate):
         dtype = variables[0].dtype
-        _optim.apply_adam(
+        return _optim.prepare_adam(
             variables,
             self._slots(self._momentums, variables),
             self._slots(self._velocities, variables),
@@ -189,12 +263,13 @@ class SGD(_FusedOptimizer, keras.optimizers.SGD):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, name=name, **kwargs)
-        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale,
+                         momentum=momentum)
 
-    def _fused_apply(self, grads, variables, learning_rate):
+    def _prepare(self, grads, variables, learning_rate):
         dtype = variables[0].dtype
         momentums = self._slots(self.momentums, variables) if self.momentum != 0 else None
-        _optim.apply_sgd(
+        return _optim.prepare_sgd(
             variables,
             self._cast_grads(grads, variables),
             tf.cast(learning_rate, dtype),
@@ -231,11 +306,12 @@ class RMSProp(_FusedOptimizer, keras.optimizers.RMSprop):
             learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
             centered=centered, name=name, **kwargs,
         )
-        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale)
+        self._init_fused(semantics, gradient_rescale, gradient_clip, regularization, regularization_scale,
+                         rho=rho, momentum=momentum, epsilon=epsilon)
 
-    def _fused_apply(self, grads, variables, learning_rate):
+    def _prepare(self, grads, variables, learning_rate):
         dtype = variables[0].dtype
-        _optim.apply_rmsprop(
+        return _optim.prepare_rmsprop(
             variables,
             self._slots(self._velocities, variables),
             self._cast_grads(grads, variables),
