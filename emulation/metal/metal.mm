@@ -1,0 +1,887 @@
+// A CPU fake of Metal for the Linux emulation: device, buffers, command queues with
+// their own worker threads, command buffers, shared events and the blit encoder. The
+// model and its debug mode are described in metal_emu.h. Built with ARC.
+//
+// Where Apple documents a rule (developer.apple.com, MTLCommandBuffer.h, ...), the fake
+// follows it and checks it, failing as Metal's API validation layer does (an abort with
+// "failed assertion"); the comments cite the rule. Apple does not document every
+// message text: the texts here are this emulation's, in the layer's style.
+#import <Metal/Metal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "emulation/metal/metal_emu.h"
+#include "emulation/runtime/objc_emu.h"
+
+extern "C" NSErrorDomain const MTLCommandBufferErrorDomain = @"MTLCommandBufferErrorDomain";
+
+// ----------------------------------------------------------------- shared helpers
+void EmuValidationFailure(const char* method, const std::string& what) {
+  std::fprintf(stderr, "tf-mps Metal emulation: %s: failed assertion `%s'\n", method, what.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+int EmuDebugLevel() {
+  static const int level = [] {
+    const char* v = std::getenv("TFMPS_METAL_EMU_DEBUG");
+    return v != nullptr ? std::atoi(v) : 0;
+  }();
+  return level;
+}
+
+void EmuFillUndefined(void* p, size_t bytes) {
+  std::memset(p, EmuDebugLevel() >= 1 ? 0xFF : 0, bytes);
+}
+
+namespace {
+
+struct Hooks {
+  std::mutex mu;
+  std::map<std::string, int> fail_init;
+  int fail_command_buffers = 0;
+  std::string fail_message;
+};
+
+Hooks& GetHooks() {
+  static Hooks* hooks = new Hooks();
+  return *hooks;
+}
+
+// Takes one injected command-buffer failure, if any is pending.
+bool TakeCommandBufferFailure(std::string* message) {
+  Hooks& h = GetHooks();
+  std::lock_guard<std::mutex> lock(h.mu);
+  if (h.fail_command_buffers <= 0) return false;
+  --h.fail_command_buffers;
+  *message = h.fail_message;
+  return true;
+}
+
+// How long the worker waits for an event before it gives up as a GPU watchdog would
+// (MTLCommandBufferErrorTimeout) instead of hanging the test forever.
+constexpr auto kEventWaitTimeout = std::chrono::seconds(60);
+
+// Apple silicon Macs report a large fraction of memory; any allocation beyond this is
+// refused (nil), as newBuffer... refuses lengths above maxBufferLength.
+constexpr NSUInteger kMaxBufferLength = NSUInteger{1} << 34;
+
+}  // namespace
+
+void EmuFailNextInit(const char* class_name, int count) {
+  Hooks& h = GetHooks();
+  std::lock_guard<std::mutex> lock(h.mu);
+  if (count <= 0) {
+    h.fail_init.erase(class_name);
+  } else {
+    h.fail_init[class_name] = count;
+  }
+}
+
+bool EmuInitShouldFail(const char* class_name) {
+  Hooks& h = GetHooks();
+  std::lock_guard<std::mutex> lock(h.mu);
+  auto it = h.fail_init.find(class_name);
+  if (it == h.fail_init.end()) return false;
+  if (--it->second <= 0) h.fail_init.erase(it);
+  return true;
+}
+
+void EmuFailNextCommandBuffers(int count, const std::string& message) {
+  Hooks& h = GetHooks();
+  std::lock_guard<std::mutex> lock(h.mu);
+  h.fail_command_buffers = std::max(count, 0);
+  h.fail_message = message;
+}
+
+void EmuResetHooks() {
+  Hooks& h = GetHooks();
+  std::lock_guard<std::mutex> lock(h.mu);
+  h.fail_init.clear();
+  h.fail_command_buffers = 0;
+  h.fail_message.clear();
+}
+
+// ------------------------------------------------------------------------- device
+@interface TFMPSEmuDevice : NSObject <MTLDevice>
+@end
+
+@interface TFMPSEmuBuffer : NSObject <MTLBuffer>
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                        length:(NSUInteger)length
+                       options:(MTLResourceOptions)options
+                         bytes:(const void*)bytes
+                        method:(const char*)method;
+- (void*)storage;
+@end
+
+@interface TFMPSEmuCommandQueue : NSObject <MTLCommandQueue>
+- (instancetype)initWithDevice:(id<MTLDevice>)device;
+@end
+
+@interface TFMPSEmuSharedEvent : NSObject <MTLSharedEvent>
+- (instancetype)initWithDevice:(id<MTLDevice>)device;
+@end
+
+@implementation TFMPSEmuDevice
+
+- (NSString*)name {
+  return @"tf-mps Metal emulation (CPU)";
+}
+
+// The emulation is one address space, like Apple silicon's unified memory.
+- (BOOL)hasUnifiedMemory {
+  return YES;
+}
+
+- (NSUInteger)maxBufferLength {
+  return kMaxBufferLength;
+}
+
+- (id<MTLCommandQueue>)newCommandQueue {
+  if (EmuInitShouldFail("MTLCommandQueue")) return nil;
+  return [[TFMPSEmuCommandQueue alloc] initWithDevice:self];
+}
+
+- (id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options {
+  if (EmuInitShouldFail("MTLBuffer")) return nil;
+  return [[TFMPSEmuBuffer alloc] initWithDevice:self
+                                         length:length
+                                        options:options
+                                          bytes:nullptr
+                                         method:"-[MTLDevice newBufferWithLength:options:]"];
+}
+
+- (id<MTLBuffer>)newBufferWithBytes:(const void*)pointer
+                             length:(NSUInteger)length
+                            options:(MTLResourceOptions)options {
+  const char* method = "-[MTLDevice newBufferWithBytes:length:options:]";
+  if (pointer == nullptr) EmuValidationFailure(method, "pointer is NULL");
+  // The CPU cannot write private storage, so there is nothing to copy the bytes into.
+  if (((options >> 4) & 0xF) == MTLStorageModePrivate) {
+    EmuValidationFailure(method, "MTLStorageModePrivate is not allowed when creating a buffer with bytes");
+  }
+  if (EmuInitShouldFail("MTLBuffer")) return nil;
+  return [[TFMPSEmuBuffer alloc] initWithDevice:self length:length options:options bytes:pointer method:method];
+}
+
+- (id<MTLSharedEvent>)newSharedEvent {
+  if (EmuInitShouldFail("MTLSharedEvent")) return nil;
+  return [[TFMPSEmuSharedEvent alloc] initWithDevice:self];
+}
+
+@end
+
+namespace {
+
+// One device object while anything uses it (Apple returns the same device on every
+// call); held weakly, so that with no Metal object left alive the live-object count is
+// zero, which the tests check.
+TFMPSEmuDevice* SystemDevice() {
+  static std::mutex mu;
+  static __weak TFMPSEmuDevice* device = nil;
+  std::lock_guard<std::mutex> lock(mu);
+  TFMPSEmuDevice* d = device;
+  if (d == nil) {
+    d = [[TFMPSEmuDevice alloc] init];
+    device = d;
+  }
+  return d;
+}
+
+}  // namespace
+
+// Apple: on macOS a default device needs CoreGraphics linked; the emulation always has
+// its one device (unless a test makes creation fail).
+extern "C" id<MTLDevice> MTLCreateSystemDefaultDevice(void) {
+  if (EmuInitShouldFail("MTLDevice")) return nil;
+  return SystemDevice();
+}
+
+extern "C" NSArray<id<MTLDevice>>* MTLCopyAllDevices(void) {
+  if (EmuInitShouldFail("MTLDevice")) return [NSArray arrayWithObjects:nullptr count:0];
+  id<MTLDevice> device = SystemDevice();
+  return [NSArray arrayWithObjects:&device count:1];
+}
+
+// ------------------------------------------------------------------------- buffer
+@implementation TFMPSEmuBuffer {
+  id<MTLDevice> _device;
+  void* _bytes;
+  NSUInteger _length;
+  MTLResourceOptions _options;
+}
+@synthesize label;
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                        length:(NSUInteger)length
+                       options:(MTLResourceOptions)options
+                         bytes:(const void*)bytes
+                        method:(const char*)method {
+  const NSUInteger storage = (options >> 4) & 0xF;
+  const NSUInteger cache = options & 0xF;
+  if (storage > MTLStorageModePrivate) {
+    EmuValidationFailure(method, "unsupported storage mode " + std::to_string(storage) +
+                                     " in options (the emulation has shared, managed and private)");
+  }
+  if (cache > MTLCPUCacheModeWriteCombined) {
+    EmuValidationFailure(method, "invalid CPU cache mode " + std::to_string(cache) + " in options");
+  }
+  // The emulation treats a zero length as misuse rather than returning nil: Apple
+  // documents no zero-length buffer, and code that asks for one has a bug to handle.
+  if (length == 0) EmuValidationFailure(method, "length must be greater than 0");
+  if (length > kMaxBufferLength) return nil;
+  self = [super init];
+  if (self == nil) return nil;
+  // Page-aligned like Metal's allocations (contents are at least 16-byte aligned).
+  if (posix_memalign(&_bytes, 4096, length) != 0) return nil;
+  if (bytes != nullptr) {
+    std::memcpy(_bytes, bytes, length);
+  } else if (EmuDebugLevel() >= 2) {
+    // Deliberately unlike Apple ("creates a buffer the method clears with zero values"):
+    // debug level 2 finds code that reads buffer memory it never wrote.
+    std::memset(_bytes, 0xFF, length);
+  } else {
+    std::memset(_bytes, 0, length);
+  }
+  _device = device;
+  _length = length;
+  _options = options;
+  return self;
+}
+
+- (void)dealloc {
+  std::free(_bytes);
+}
+
+- (id<MTLDevice>)device {
+  return _device;
+}
+
+- (MTLStorageMode)storageMode {
+  return static_cast<MTLStorageMode>((_options >> 4) & 0xF);
+}
+
+- (MTLCPUCacheMode)cpuCacheMode {
+  return static_cast<MTLCPUCacheMode>(_options & 0xF);
+}
+
+// Managed buffers share the one copy here (as on Apple silicon); private ones have no
+// CPU address.
+- (void*)contents {
+  return [self storageMode] == MTLStorageModePrivate ? nullptr : _bytes;
+}
+
+- (NSUInteger)length {
+  return _length;
+}
+
+- (void*)storage {
+  return _bytes;
+}
+
+@end
+
+void* EmuBufferBytes(id<MTLBuffer> buffer) {
+  if (![(id)buffer isKindOfClass:[TFMPSEmuBuffer class]]) {
+    EmuValidationFailure("EmuBufferBytes", "not a buffer of the emulated device");
+  }
+  return [(TFMPSEmuBuffer*)buffer storage];
+}
+
+void EmuCheckBufferRange(id<MTLBuffer> buffer, size_t offset, size_t bytes, const char* method) {
+  if (buffer == nil) EmuValidationFailure(method, "buffer is nil");
+  const size_t length = [buffer length];
+  if (offset > length || bytes > length - offset) {
+    EmuValidationFailure(method, "range [" + std::to_string(offset) + ", " + std::to_string(offset) + " + " +
+                                     std::to_string(bytes) + ") is outside the buffer of length " +
+                                     std::to_string(length));
+  }
+}
+
+// ------------------------------------------------------------------- shared event
+namespace {
+struct EventState {
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t value = 0;
+
+  // Apple: "its value is changed only if you provide a larger value than the value
+  // currently stored in the event".
+  void Signal(uint64_t v) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (v <= value) return;
+      value = v;
+    }
+    cv.notify_all();
+  }
+  template <typename Duration>
+  bool WaitFor(uint64_t v, Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return value >= v; });
+  }
+};
+}  // namespace
+
+@implementation TFMPSEmuSharedEvent {
+  id<MTLDevice> _device;
+  std::shared_ptr<EventState> _state;
+}
+@synthesize label;
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device {
+  self = [super init];
+  if (self == nil) return nil;
+  _device = device;
+  _state = std::make_shared<EventState>();
+  return self;
+}
+
+- (id<MTLDevice>)device {
+  return _device;
+}
+
+- (uint64_t)signaledValue {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  return _state->value;
+}
+
+- (void)setSignaledValue:(uint64_t)signaledValue {
+  _state->Signal(signaledValue);
+}
+
+- (BOOL)waitUntilSignaledValue:(uint64_t)value timeoutMS:(uint64_t)milliseconds {
+  return _state->WaitFor(value, std::chrono::milliseconds(milliseconds));
+}
+
+- (std::shared_ptr<EventState>)state {
+  return _state;
+}
+
+@end
+
+// ------------------------------------------------------- command queue and buffers
+namespace {
+
+struct WorkItem {
+  std::string what;
+  std::function<std::string()> work;
+  MTLCommandBufferError code;
+  std::function<void()> finally;
+};
+
+// A command buffer's state, shared by the Objective-C object, its queue and the
+// worker, so that the worker can release the object before it wakes the waiters.
+struct CommandBufferState {
+  std::mutex mu;
+  std::condition_variable cv;
+  MTLCommandBufferStatus status = MTLCommandBufferStatusNotEnqueued;
+  std::atomic<bool> committed{false};
+  std::atomic<bool> abandoned{false};  // enqueued, then destroyed uncommitted
+  bool enqueued = false;
+  bool scheduled = false;  // scheduled handlers ran
+  bool done = false;       // completed handlers ran, references dropped
+  bool encoder_open = false;
+  std::vector<WorkItem> items;
+  std::string injected_error;  // from EmuFailNextCommandBuffers, fixed at commit
+  // While committed and not yet run: the command buffer keeps itself alive, as Metal
+  // retains a committed command buffer until it completes.
+  id self_ref = nil;
+  NSError* error = nil;
+  std::vector<MTLCommandBufferHandler> scheduled_handlers, completed_handlers;
+
+  ~CommandBufferState() {
+    for (WorkItem& item : items) {
+      if (item.finally) item.finally();
+    }
+  }
+};
+
+struct QueueState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<CommandBufferState>> order;  // enqueue order
+  bool stop = false;
+};
+
+void RunCommandBuffer(const std::shared_ptr<CommandBufferState>& st);
+
+void WorkerLoop(std::shared_ptr<QueueState> q) {
+  for (;;) {
+    std::shared_ptr<CommandBufferState> st;
+    {
+      std::unique_lock<std::mutex> lock(q->mu);
+      q->cv.wait(lock, [&] {
+        return (q->stop && q->order.empty()) ||
+               (!q->order.empty() && (q->order.front()->committed || q->order.front()->abandoned));
+      });
+      if (q->order.empty()) return;  // stopping
+      st = q->order.front();
+      q->order.pop_front();
+    }
+    if (!st->abandoned) RunCommandBuffer(st);
+  }
+}
+
+void CallHandlers(std::vector<MTLCommandBufferHandler>* handlers, id cb) {
+  for (MTLCommandBufferHandler h : *handlers) h(cb);
+  handlers->clear();  // Metal releases handlers once called (and so what they capture)
+}
+
+void RunCommandBuffer(const std::shared_ptr<CommandBufferState>& st) {
+  @autoreleasepool {
+    id cb;
+    std::vector<MTLCommandBufferHandler> scheduled, completed;
+    std::vector<WorkItem> items;
+    std::string injected;
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      cb = st->self_ref;
+      st->self_ref = nil;
+      items.swap(st->items);
+      scheduled.swap(st->scheduled_handlers);
+      injected = st->injected_error;
+    }
+    if (EmuDebugLevel() >= 1) {
+      // Another thread's work, or a slow GPU: a read that does not wait for this
+      // command buffer sees the old values.
+      thread_local std::mt19937 rng{std::random_device{}()};
+      std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(200, 3000)(rng)));
+    }
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      st->status = MTLCommandBufferStatusScheduled;
+    }
+    CallHandlers(&scheduled, cb);
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      st->scheduled = true;
+    }
+    st->cv.notify_all();
+
+    std::string failure = injected;
+    MTLCommandBufferError code = MTLCommandBufferErrorInternal;
+    for (WorkItem& item : items) {
+      if (failure.empty()) {
+        std::string e = item.work();
+        if (!e.empty()) {
+          failure = item.what + ": " + e;
+          code = item.code;
+        }
+      }
+      if (item.finally) item.finally();
+      item.finally = nullptr;
+    }
+    items.clear();  // drops the references the work captured
+
+    NSError* error = nil;
+    if (!failure.empty()) {
+      NSString* text = [NSString stringWithUTF8String:failure.c_str()];
+      error = [NSError errorWithDomain:MTLCommandBufferErrorDomain
+                                  code:static_cast<NSInteger>(code)
+                              userInfo:@{NSLocalizedDescriptionKey : text}];
+    }
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      st->error = error;
+      st->status = failure.empty() ? MTLCommandBufferStatusCompleted : MTLCommandBufferStatusError;
+      completed.swap(st->completed_handlers);
+    }
+    // Apple calls completed handlers also for a failed command buffer (status Error).
+    CallHandlers(&completed, cb);
+    cb = nil;  // possibly the last reference: the object may be destroyed here
+  }
+  // Only now wake waitUntilCompleted: by then nothing of this command buffer's is
+  // retained by the worker, so a test's live-object count right after the wait is exact.
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    st->done = true;
+  }
+  st->cv.notify_all();
+}
+
+}  // namespace
+
+@interface TFMPSEmuCommandBuffer : NSObject <MTLCommandBuffer>
+- (instancetype)initWithQueue:(TFMPSEmuCommandQueue*)queue state:(std::shared_ptr<QueueState>)queueState;
+- (std::shared_ptr<CommandBufferState>)state;
+@end
+
+@interface TFMPSEmuBlitEncoder : NSObject <MTLBlitCommandEncoder>
+- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb;
+@end
+
+@implementation TFMPSEmuCommandQueue {
+  id<MTLDevice> _device;
+  std::shared_ptr<QueueState> _state;
+  std::thread _worker;
+}
+@synthesize label;
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device {
+  self = [super init];
+  if (self == nil) return nil;
+  _device = device;
+  _state = std::make_shared<QueueState>();
+  _worker = std::thread(WorkerLoop, _state);
+  return self;
+}
+
+// Every command buffer keeps its queue alive, so none is pending here. The last one may
+// have been released by the worker itself, which then must not join itself.
+- (void)dealloc {
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    _state->stop = true;
+  }
+  _state->cv.notify_all();
+  if (_worker.get_id() == std::this_thread::get_id()) {
+    _worker.detach();
+  } else {
+    _worker.join();
+  }
+}
+
+- (id<MTLDevice>)device {
+  return _device;
+}
+
+- (id<MTLCommandBuffer>)commandBuffer {
+  if (EmuInitShouldFail("MTLCommandBuffer")) return nil;
+  return [[TFMPSEmuCommandBuffer alloc] initWithQueue:self state:_state];
+}
+
+@end
+
+@implementation TFMPSEmuCommandBuffer {
+  TFMPSEmuCommandQueue* _queue;
+  std::shared_ptr<QueueState> _queueState;
+  std::shared_ptr<CommandBufferState> _state;
+}
+@synthesize label;
+
+- (instancetype)initWithQueue:(TFMPSEmuCommandQueue*)queue state:(std::shared_ptr<QueueState>)queueState {
+  self = [super init];
+  if (self == nil) return nil;
+  _queue = queue;
+  _queueState = std::move(queueState);
+  _state = std::make_shared<CommandBufferState>();
+  return self;
+}
+
+// An enqueued command buffer that is never committed would block its queue forever on
+// Apple's GPU; here it is skipped once destroyed, so tests do not hang.
+- (void)dealloc {
+  if (!_state->committed && _state->enqueued) {
+    _state->abandoned = true;
+    {
+      std::lock_guard<std::mutex> lock(_queueState->mu);
+    }
+    _queueState->cv.notify_all();
+  }
+}
+
+- (std::shared_ptr<CommandBufferState>)state {
+  return _state;
+}
+
+- (id<MTLDevice>)device {
+  return [_queue device];
+}
+
+- (id<MTLCommandQueue>)commandQueue {
+  return _queue;
+}
+
+- (void)enqueue {
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    if (_state->enqueued) {
+      EmuValidationFailure("-[MTLCommandBuffer enqueue]", "enqueue an already enqueued command buffer");
+    }
+    _state->enqueued = true;
+    _state->status = MTLCommandBufferStatusEnqueued;
+  }
+  std::lock_guard<std::mutex> lock(_queueState->mu);
+  _queueState->order.push_back(_state);
+}
+
+// Apple: "You can commit a command buffer to its command queue only one time"; "only
+// ... when it doesn't have an active encoder"; commit enqueues if needed.
+- (void)commit {
+  bool enqueued;
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    if (_state->committed) {
+      EmuValidationFailure("-[MTLCommandBuffer commit]", "commit an already committed command buffer");
+    }
+    if (_state->encoder_open) {
+      EmuValidationFailure("-[MTLCommandBuffer commit]", "commit command buffer with uncommitted encoder");
+    }
+    enqueued = _state->enqueued;
+  }
+  if (!enqueued) [self enqueue];
+  std::string injected;
+  const bool inject = TakeCommandBufferFailure(&injected);
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    if (inject) _state->injected_error = injected.empty() ? "injected GPU failure" : injected;
+    _state->self_ref = self;
+    _state->status = MTLCommandBufferStatusCommitted;
+    _state->committed = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(_queueState->mu);
+  }
+  _queueState->cv.notify_all();
+}
+
+// Apple: "You can only call this method before calling the command buffer's commit()".
+- (void)addScheduledHandler:(MTLCommandBufferHandler)block {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  if (_state->committed) {
+    EmuValidationFailure("-[MTLCommandBuffer addScheduledHandler:]", "Scheduled handler provided after commit call");
+  }
+  if (block == nil) EmuValidationFailure("-[MTLCommandBuffer addScheduledHandler:]", "block is nil");
+  _state->scheduled_handlers.push_back([block copy]);
+}
+
+- (void)addCompletedHandler:(MTLCommandBufferHandler)block {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  if (_state->committed) {
+    EmuValidationFailure("-[MTLCommandBuffer addCompletedHandler:]", "Completed handler provided after commit call");
+  }
+  if (block == nil) EmuValidationFailure("-[MTLCommandBuffer addCompletedHandler:]", "block is nil");
+  _state->completed_handlers.push_back([block copy]);
+}
+
+- (void)waitUntilScheduled {
+  std::unique_lock<std::mutex> lock(_state->mu);
+  if (!_state->committed) {
+    EmuValidationFailure("-[MTLCommandBuffer waitUntilScheduled]", "waitUntilScheduled on uncommitted command buffer");
+  }
+  _state->cv.wait(lock, [&] { return _state->scheduled || _state->done; });
+}
+
+// Returns after the work ran and the completed handlers returned (Apple does not
+// document the order of the two; code must not rely on handlers having run).
+- (void)waitUntilCompleted {
+  std::unique_lock<std::mutex> lock(_state->mu);
+  if (!_state->committed) {
+    EmuValidationFailure("-[MTLCommandBuffer waitUntilCompleted]", "waitUntilCompleted on uncommitted command buffer");
+  }
+  _state->cv.wait(lock, [&] { return _state->done; });
+}
+
+- (MTLCommandBufferStatus)status {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  return _state->status;
+}
+
+- (NSError*)error {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  return _state->error;
+}
+
+- (void)checkEncodable:(const char*)method {
+  if (_state->committed) {
+    EmuValidationFailure(method, "encoding commands into a command buffer that is already committed");
+  }
+  if (_state->encoder_open) {
+    EmuValidationFailure(method, "a command encoder is already encoding to this command buffer "
+                                 "(call endEncoding on it first)");
+  }
+}
+
+- (id<MTLBlitCommandEncoder>)blitCommandEncoder {
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    [self checkEncodable:"-[MTLCommandBuffer blitCommandEncoder]"];
+    _state->encoder_open = true;
+  }
+  return [[TFMPSEmuBlitEncoder alloc] initWithCommandBuffer:self];
+}
+
+- (void)appendItem:(WorkItem)item fromEncoder:(BOOL)fromEncoder method:(const char*)method {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  if (fromEncoder) {
+    if (_state->committed) EmuValidationFailure(method, "encoding into a committed command buffer");
+  } else {
+    [self checkEncodable:method];
+  }
+  _state->items.push_back(std::move(item));
+}
+
+- (void)endEncoderFrom:(const char*)method {
+  std::lock_guard<std::mutex> lock(_state->mu);
+  _state->encoder_open = false;
+}
+
+- (void)encodeSignalEvent:(id<MTLEvent>)event value:(uint64_t)value {
+  const char* method = "-[MTLCommandBuffer encodeSignalEvent:value:]";
+  if (![(id)event isKindOfClass:[TFMPSEmuSharedEvent class]]) {
+    EmuValidationFailure(method, "event is not an event of the emulated device");
+  }
+  std::shared_ptr<EventState> ev = [(TFMPSEmuSharedEvent*)event state];
+  id keep = event;  // Metal retains what a command buffer references
+  [self appendItem:WorkItem{method,
+                            [ev, value, keep] {
+                              (void)keep;
+                              ev->Signal(value);
+                              return std::string();
+                            },
+                            MTLCommandBufferErrorInternal, nullptr}
+       fromEncoder:NO
+            method:method];
+}
+
+// The queue's worker (its "GPU") stops here until the value is reached, so everything
+// encoded after the wait runs after the signal, and later command buffers of the queue
+// wait too, as on the GPU.
+- (void)encodeWaitForEvent:(id<MTLEvent>)event value:(uint64_t)value {
+  const char* method = "-[MTLCommandBuffer encodeWaitForEvent:value:]";
+  if (![(id)event isKindOfClass:[TFMPSEmuSharedEvent class]]) {
+    EmuValidationFailure(method, "event is not an event of the emulated device");
+  }
+  std::shared_ptr<EventState> ev = [(TFMPSEmuSharedEvent*)event state];
+  id keep = event;
+  [self appendItem:WorkItem{method,
+                            [ev, value, keep]() -> std::string {
+                              (void)keep;
+                              if (ev->WaitFor(value, kEventWaitTimeout)) return std::string();
+                              return "timed out waiting for event value " + std::to_string(value);
+                            },
+                            MTLCommandBufferErrorTimeout, nullptr}
+       fromEncoder:NO
+            method:method];
+}
+
+@end
+
+void EmuEncodeFallible(id<MTLCommandBuffer> cb, const char* what, std::function<std::string()> work,
+                       MTLCommandBufferError code, std::function<void()> finally) {
+  if (![(id)cb isKindOfClass:[TFMPSEmuCommandBuffer class]]) {
+    EmuValidationFailure(what, cb == nil ? "commandBuffer is nil" : "not a command buffer of the emulated device");
+  }
+  [(TFMPSEmuCommandBuffer*)cb appendItem:WorkItem{what, std::move(work), code, std::move(finally)}
+                             fromEncoder:NO
+                                  method:what];
+}
+
+void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> work,
+               std::function<void()> finally) {
+  EmuEncodeFallible(
+      cb, what,
+      [work = std::move(work)] {
+        work();
+        return std::string();
+      },
+      MTLCommandBufferErrorInternal, std::move(finally));
+}
+
+// ------------------------------------------------------------------- blit encoder
+@implementation TFMPSEmuBlitEncoder {
+  TFMPSEmuCommandBuffer* _cb;
+  bool _ended;
+}
+@synthesize label;
+
+- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb {
+  self = [super init];
+  if (self == nil) return nil;
+  _cb = cb;
+  return self;
+}
+
+// The validation layer's check: every encoder must be ended before it goes away.
+- (void)dealloc {
+  if (!_ended) {
+    EmuValidationFailure("-[MTLBlitCommandEncoder dealloc]", "Command encoder released without endEncoding");
+  }
+}
+
+- (id<MTLDevice>)device {
+  return [_cb device];
+}
+
+- (void)checkOpen:(const char*)method {
+  if (_ended) EmuValidationFailure(method, "encoder has already ended (endEncoding was called)");
+}
+
+- (void)endEncoding {
+  [self checkOpen:"-[MTLBlitCommandEncoder endEncoding]"];
+  _ended = true;
+  [_cb endEncoderFrom:"-[MTLBlitCommandEncoder endEncoding]"];
+}
+
+// Apple: "In macOS, sourceOffset [destinationOffset, size] needs to be a multiple of 4";
+// overlapping ranges of one buffer are undefined, so refused.
+- (void)copyFromBuffer:(id<MTLBuffer>)sourceBuffer
+          sourceOffset:(NSUInteger)sourceOffset
+              toBuffer:(id<MTLBuffer>)destinationBuffer
+     destinationOffset:(NSUInteger)destinationOffset
+                  size:(NSUInteger)size {
+  const char* method = "-[MTLBlitCommandEncoder copyFromBuffer:sourceOffset:toBuffer:destinationOffset:size:]";
+  [self checkOpen:method];
+  if (sourceOffset % 4 != 0 || destinationOffset % 4 != 0 || size % 4 != 0) {
+    EmuValidationFailure(method, "sourceOffset (" + std::to_string(sourceOffset) + "), destinationOffset (" +
+                                     std::to_string(destinationOffset) + ") and size (" + std::to_string(size) +
+                                     ") must be multiples of 4 on macOS");
+  }
+  EmuCheckBufferRange(sourceBuffer, sourceOffset, size, method);
+  EmuCheckBufferRange(destinationBuffer, destinationOffset, size, method);
+  if (sourceBuffer == destinationBuffer && sourceOffset < destinationOffset + size &&
+      destinationOffset < sourceOffset + size) {
+    EmuValidationFailure(method, "source and destination ranges overlap in the same buffer");
+  }
+  id<MTLBuffer> src = sourceBuffer, dst = destinationBuffer;
+  [_cb appendItem:WorkItem{method,
+                           [src, dst, sourceOffset, destinationOffset, size] {
+                             std::memcpy(static_cast<char*>(EmuBufferBytes(dst)) + destinationOffset,
+                                         static_cast<const char*>(EmuBufferBytes(src)) + sourceOffset, size);
+                             return std::string();
+                           },
+                           MTLCommandBufferErrorInternal, nullptr}
+      fromEncoder:YES
+           method:method];
+}
+
+// Apple: the range's length must be greater than 0, and location and length multiples
+// of 4 in macOS.
+- (void)fillBuffer:(id<MTLBuffer>)buffer range:(NSRange)range value:(uint8_t)value {
+  const char* method = "-[MTLBlitCommandEncoder fillBuffer:range:value:]";
+  [self checkOpen:method];
+  if (range.length == 0) EmuValidationFailure(method, "range.length must be greater than 0");
+  if (range.location % 4 != 0 || range.length % 4 != 0) {
+    EmuValidationFailure(method, "range.location (" + std::to_string(range.location) + ") and range.length (" +
+                                     std::to_string(range.length) + ") must be multiples of 4 on macOS");
+  }
+  EmuCheckBufferRange(buffer, range.location, range.length, method);
+  id<MTLBuffer> dst = buffer;
+  [_cb appendItem:WorkItem{method,
+                           [dst, range, value] {
+                             std::memset(static_cast<char*>(EmuBufferBytes(dst)) + range.location, value,
+                                         range.length);
+                             return std::string();
+                           },
+                           MTLCommandBufferErrorInternal, nullptr}
+      fromEncoder:YES
+           method:method];
+}
+
+@end
