@@ -53,6 +53,20 @@ struct GeometryAttrs {
   int64_t height = -1, width = -1, channels = -1;
 };
 
+// Each geometry attribute is -1 (unset) or a size (>= 0); any other negative value is a
+// mistake, not another way to say "unset". Checked by the shape function and the kernel.
+absl::Status CheckGeometryAttrs(const std::string& op, const GeometryAttrs& a) {
+  const struct { int64_t value; const char* name; } attrs[] = {
+      {a.height, "height"}, {a.width, "width"}, {a.channels, "channels"}};
+  for (const auto& attr : attrs) {
+    if (attr.value < -1) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": attribute ", attr.name,
+                                                     " must be -1 (unset) or a size >= 0, got ", attr.value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Reads the logical geometry of `shape` in layout `l`, checked against the attributes.
 // Errors name the op and the argument and say what was expected.
 absl::Status InputGeometry(const std::string& op, Layout l, const std::string& layout_name,
@@ -170,13 +184,36 @@ REGISTER_OP("MpsConvert")
       TF_RETURN_IF_ERROR(c->GetAttr("height", &a.height));
       TF_RETURN_IF_ERROR(c->GetAttr("width", &a.width));
       TF_RETURN_IF_ERROR(c->GetAttr("channels", &a.channels));
+      TF_RETURN_IF_ERROR(CheckGeometryAttrs("MpsConvert", a));
       int na, nb;
       TF_RETURN_IF_ERROR(c->GetAttr("A", &na));
       TF_RETURN_IF_ERROR(c->GetAttr("B", &nb));
       if (na > 1 || nb > 1) return absl::InvalidArgumentError("MpsConvert: scale and bias are optional single vectors");
       const Layout src = ParseLayout(src_name), dst = ParseLayout(dst_name);
-      ShapeHandle in;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), Rank(src), &in));
+      ShapeHandle in = c->input(0);
+      if (c->RankKnown(in) && c->Rank(in) != Rank(src)) {  // the kernel's message, at graph build time
+        return absl::InvalidArgumentError(absl::StrCat("MpsConvert: input in layout '", src_name,
+                                                       "' must have rank ", Rank(src), ", got shape ",
+                                                       c->DebugString(in)));
+      }
+      TF_RETURN_IF_ERROR(c->WithRank(in, Rank(src), &in));
+      // scale and bias hold one value per channel: checked as soon as the channel count is
+      // known (the last input dimension, or the channels attribute of image and matrix
+      // inputs), so that a mistake shows when a tf.data pipeline is built, even one that
+      // never yields a batch.
+      const int64_t channels = (src == Layout::kImage || src == Layout::kMatrixHwc || src == Layout::kMatrixChw)
+                                   ? a.channels
+                                   : c->Value(c->Dim(in, Rank(src) - 1));
+      for (int k = 0; k < na + nb; ++k) {
+        const char* name = k < na ? "scale" : "bias";
+        ShapeHandle v = c->input(1 + k);
+        if (c->RankKnown(v) && (c->Rank(v) != 1 || (channels >= 0 && c->ValueKnown(c->Dim(v, 0)) &&
+                                                    c->Value(c->Dim(v, 0)) != channels))) {
+          return absl::InvalidArgumentError(absl::StrCat("MpsConvert: ", name, " must be a vector of ", channels,
+                                                         " values (one per channel), got shape ",
+                                                         c->DebugString(v)));
+        }
+      }
       if (!c->FullyDefined(in)) {
         c->set_output(0, c->UnknownShapeOfRank(Rank(dst)));
         return absl::OkStatus();
@@ -204,6 +241,7 @@ class ConvertOp : public OpKernel {
     OP_REQUIRES_OK(c, c->GetAttr("height", &attrs_.height));
     OP_REQUIRES_OK(c, c->GetAttr("width", &attrs_.width));
     OP_REQUIRES_OK(c, c->GetAttr("channels", &attrs_.channels));
+    OP_REQUIRES_OK(c, CheckGeometryAttrs(type_string(), attrs_));
     std::string affine;
     OP_REQUIRES_OK(c, c->GetAttr("affine", &affine));
     int na, nb;

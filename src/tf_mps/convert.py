@@ -32,7 +32,9 @@ flow to the input and to ``scale``/``bias``; a uint8 input or output has none.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from tf_mps import _lib
@@ -48,6 +50,45 @@ _DATA_LAYOUTS = {
 
 
 _invalid = _lib.invalid_argument
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _geometry(name: str, value) -> int:
+    """A height/width/channels argument as the op's attribute: None -> -1 (unset), else an
+    integer size in [0, 2**63 - 1] (bools, floats and strings are mistakes, not sizes)."""
+    if value is None:
+        return -1
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 <= value <= _INT64_MAX:
+        raise _invalid(f"MpsConvert: {name} must be None or an integer size in [0, 2**63 - 1], got {value!r}")
+    return int(value)
+
+
+def _dtype(value) -> tf.DType:
+    try:
+        dtype = tf.as_dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype not in _DTYPES:
+        raise _invalid(f"MpsConvert: dtype must be uint8, float16 or float32, got "
+                       f"{dtype.name if dtype is not None else repr(value)}")
+    return dtype
+
+
+def _vector(name: str, value) -> tf.Tensor:
+    """scale/bias as a float32 tensor, or an error naming the argument (the kernel checks
+    the length: one value per channel)."""
+    if isinstance(value, tf.Tensor) and value.dtype == tf.float32:
+        return value
+    try:
+        t = tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as e:
+        raise _invalid(f"MpsConvert: {name} must be a vector of float32 values (one per channel), got {value!r}") from e
+    if not (t.dtype.is_floating or t.dtype.is_integer) or t.dtype == tf.bool:
+        raise _invalid(f"MpsConvert: {name} must be a vector of float32 values (one per channel), got dtype "
+                       f"{t.dtype.name}")
+    return tf.cast(t, tf.float32)
 
 
 def _matrix_layout(data_layout: str) -> str:
@@ -81,6 +122,7 @@ def convert(
       src_layout, dst_layout: one of ``LAYOUTS``.
       height, width, channels: the geometry, needed to read ``image`` (channels) and
         matrix (all three) inputs; checked against the input when given otherwise.
+        None (unset) or an integer size.
       dtype: output dtype (uint8, float16, float32); default: ``x``'s dtype.
       scale, bias: optional per-channel float32 vectors of length C.
       affine: ``"forward"`` (``x*scale + bias``) or ``"inverse"`` (``(x - bias)/scale``).
@@ -89,27 +131,25 @@ def convert(
       The converted tensor in ``dst_layout``.
     """
     for arg, value in (("src_layout", src_layout), ("dst_layout", dst_layout)):
-        if value not in LAYOUTS:
+        if not isinstance(value, str) or value not in LAYOUTS:
             raise _invalid(f"MpsConvert: {arg} must be one of {LAYOUTS}, got {value!r}")
-    if affine not in ("forward", "inverse"):
+    if not isinstance(affine, str) or affine not in ("forward", "inverse"):
         raise _invalid(f"MpsConvert: affine must be 'forward' or 'inverse', got {affine!r}")
     # Eagerly (a call per batch) the name scope and no-op conversions cost more than the
     # op itself on small batches (34 against 12 us here): skipped there.
+    geometry = {k: _geometry(k, v) for k, v in (("height", height), ("width", width), ("channels", channels))}
     with contextlib.nullcontext() if tf.executing_eagerly() else tf.name_scope(name or "mps_convert"):
-        x = x if isinstance(x, tf.Tensor) else tf.convert_to_tensor(x)
+        if not isinstance(x, tf.Tensor):
+            try:
+                x = tf.convert_to_tensor(x)
+            except (TypeError, ValueError) as e:
+                raise _invalid(f"MpsConvert: input must be a uint8, float16 or float32 tensor, got {type(x).__name__}"
+                               ) from e
         if x.dtype not in _DTYPES:
             raise _invalid(f"MpsConvert: input must be uint8, float16 or float32, got {x.dtype.name}")
-        out_dtype = tf.as_dtype(dtype) if dtype is not None else x.dtype
-        if out_dtype not in _DTYPES:
-            raise _invalid(f"MpsConvert: dtype must be uint8, float16 or float32, got {out_dtype.name}")
-        vectors = {}
-        for arg, value in (("scale", scale), ("bias", bias)):
-            if value is None:
-                vectors[arg] = []
-            elif isinstance(value, tf.Tensor) and value.dtype == tf.float32:
-                vectors[arg] = [value]
-            else:
-                vectors[arg] = [tf.cast(tf.convert_to_tensor(value), tf.float32)]
+        out_dtype = _dtype(dtype) if dtype is not None else x.dtype
+        vectors = {arg: [] if value is None else [_vector(arg, value)] for arg, value in (("scale", scale),
+                                                                                          ("bias", bias))}
         return _lib.load().mps_convert(
             input=x,
             scale=vectors["scale"],
@@ -117,10 +157,8 @@ def convert(
             Tout=out_dtype,
             src_layout=src_layout,
             dst_layout=dst_layout,
-            height=-1 if height is None else int(height),
-            width=-1 if width is None else int(width),
-            channels=-1 if channels is None else int(channels),
             affine=affine,
+            **geometry,
         )
 
 
