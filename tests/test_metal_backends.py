@@ -37,12 +37,23 @@ GRADIENT_OPTIONS = {
 SIZES = [(1,), (7,), (3, 5), (40_003,), (70_001,)]
 
 
+# Made once and kept on purpose: the metal context (device, queue) and the optimizer
+# cache (at most 64 MPS optimizers, optim_metal.mm). Everything else a call makes must be
+# gone when it returns.
+PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSEmuBlitEncoder", "TFMPSHeapString", "MPSVector", "MPSVectorDescriptor",
+                    "MPSMatrix", "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor",
+                    "MPSImageCopyToMatrix", "MPSMatrixCopyToImage", "MPSNNOptimizerDescriptor",
+                    "NSError"]
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
-    before = emu.live_objects()
+    assert emu.available(), "the metal context found no device on the emulation"
+    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
     yield
     emu.reset_hooks()
-    assert emu.live_objects() == before, "Objective-C objects leaked (emu.live_objects())"
+    after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
 
 
 def _emu_opts(opts):
@@ -186,8 +197,8 @@ def test_what_mps_cannot_express_is_unsupported_and_writes_nothing(call):
 )
 def test_a_nil_from_an_mps_initializer_is_an_error_not_success(cls):
     w, g = [np.ones(10, np.float32)], [np.full(10, 0.5, np.float32)]
-    # A configuration no other test uses, so that the optimizer is not in the cache.
-    params = dict(lr=0.1, beta1=0.5, beta2=0.75, epsilon=1e-3, step=1, semantics="mps")
+    # A configuration no other call uses, so that the optimizer is not in the cache.
+    params = dict(lr=0.1, beta1=0.5, beta2=0.75, epsilon=1e-3 * (1 + len(cls)), step=1, semantics="mps")
     emu.fail_next_init(cls, 1)
     code, message = emu.adam(params, w, [np.zeros(10, np.float32)], [np.zeros(10, np.float32)], [], g)
     assert code == 2 and "nil" in message, (code, message)

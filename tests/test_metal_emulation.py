@@ -28,7 +28,7 @@ def test_objc_runtime():
 
 @pytest.mark.parametrize("debug", ["0", "1"], ids=["plain", "debug-mode"])
 def test_metal_fakes(debug):
-    _run("metal_fakes_test", {"TFMPS_METAL_EMU_DEBUG": debug})
+    _run("fakes_test", {"TFMPS_METAL_EMU_DEBUG": debug})
 
 
 @pytest.mark.parametrize("debug", ["0", "1"], ids=["plain", "debug-mode"])

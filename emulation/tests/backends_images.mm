@@ -28,28 +28,38 @@ Image::~Image() {
 
 std::unique_ptr<Image> MakeImage(int64_t n, int64_t h, int64_t w, int64_t c,
                                  tfmps::convert::DType dtype) {
+  // No throw inside the pool: an exception unwinding through @autoreleasepool skips its
+  // pop (as on macOS), which would leak what the pool holds.
+  void* handle = nullptr;
   @autoreleasepool {
-    if (!tfmps::metal::Available()) throw std::runtime_error("no Metal device");
-    MPSImageDescriptor* d =
-        [MPSImageDescriptor imageDescriptorWithChannelFormat:FormatOf(dtype)
-                                                       width:static_cast<NSUInteger>(w)
-                                                      height:static_cast<NSUInteger>(h)
-                                             featureChannels:static_cast<NSUInteger>(c)
-                                              numberOfImages:static_cast<NSUInteger>(n)
-                                                       usage:MTLTextureUsageShaderRead |
-                                                             MTLTextureUsageShaderWrite];
-    MPSImage* image = [[MPSImage alloc] initWithDevice:tfmps::metal::Device() imageDescriptor:d];
-    if (image == nil) throw std::runtime_error("MPSImage initWithDevice:imageDescriptor: returned nil");
-    auto out = std::make_unique<Image>();
-    out->handle = (__bridge_retained void*)image;
-    out->n = n;
-    out->h = h;
-    out->w = w;
-    out->c = c;
-    out->dtype = dtype;
-    return out;
+    if (tfmps::metal::Available()) {
+      MPSImageDescriptor* d =
+          [MPSImageDescriptor imageDescriptorWithChannelFormat:FormatOf(dtype)
+                                                         width:static_cast<NSUInteger>(w)
+                                                        height:static_cast<NSUInteger>(h)
+                                               featureChannels:static_cast<NSUInteger>(c)
+                                                numberOfImages:static_cast<NSUInteger>(n)
+                                                         usage:MTLTextureUsageShaderRead |
+                                                               MTLTextureUsageShaderWrite];
+      MPSImage* image = [[MPSImage alloc] initWithDevice:tfmps::metal::Device() imageDescriptor:d];
+      if (image != nil) handle = (__bridge_retained void*)image;
+    }
   }
+  if (!tfmps::metal::Available()) throw std::runtime_error("no Metal device");
+  if (handle == nullptr) throw std::runtime_error("MPSImage initWithDevice:imageDescriptor: returned nil");
+  auto out = std::make_unique<Image>();
+  out->handle = handle;
+  out->n = n;
+  out->h = h;
+  out->w = w;
+  out->c = c;
+  out->dtype = dtype;
+  return out;
 }
+
+}  // namespace tfmps_test
+
+namespace tfmps_test {
 
 void FailNextInit(const char* class_name, int count) { EmuFailNextInit(class_name, count); }
 void FailNextCommandBuffers(int count, const std::string& message) {

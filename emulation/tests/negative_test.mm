@@ -184,7 +184,7 @@ TEST_F(NegativeDeathTest, AMisalignedVectorOffsetFailsValidation) {
 }
 
 TEST_F(NegativeTest, ALeakedObjectShowsInTheLiveCount) {
-  static id<MTLBuffer> leaked;  // WRONG: a reference nobody clears
+  static id<MTLBuffer> leaked __attribute__((used));  // WRONG: a reference nobody clears
   const int64_t before = objc_emu_live_objects();
   @autoreleasepool {
     leaked = Floats(4, 0.0f);
