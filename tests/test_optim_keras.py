@@ -30,13 +30,17 @@ CASES = {
 }
 
 
-def _gradients(rng, shapes, dtype, sparse):
+def _gradients(rng, shapes, dtype, sparse, duplicate=True):
     grads = []
     for shape in shapes:
         if sparse and len(shape) == 2:
-            # Embedding-like: a few rows, with a repeated index (duplicates add up).
-            idx = rng.integers(0, shape[0], size=shape[0] // 2)
-            idx[-1] = idx[0]
+            # Embedding-like: a few rows, with a repeated index (duplicates add up)
+            # unless `duplicate` is off.
+            if duplicate:
+                idx = rng.integers(0, shape[0], size=shape[0] // 2)
+                idx[-1] = idx[0]
+            else:
+                idx = rng.permutation(shape[0])[: shape[0] // 2]
             values = rng.standard_normal((len(idx), shape[1])).astype(dtype)
             grads.append(tf.IndexedSlices(tf.constant(values), tf.constant(idx), tf.constant(shape)))
         else:
