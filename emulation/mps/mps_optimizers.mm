@@ -125,6 +125,7 @@ void CopyValues(MPSVector* values, MPSVector* result) {
                                     gradientClipMin:(float)gradientClipMin
                                  regularizationType:(MPSNNRegularizationType)regularizationType
                                 regularizationScale:(float)regularizationScale {
+  // The header: "A valid MPSNNOptimizerDescriptor object or nil, if failure."
   if (EmuInitShouldFail("MPSNNOptimizerDescriptor")) return nil;
   MPSNNOptimizerDescriptor* d = [[self alloc] init];
   d.learningRate = learningRate;
