@@ -93,6 +93,10 @@ TEST_F(Fakes, ConstantAndHeapStrings) {
   EXPECT_STREQ([u UTF8String], "gr\xc3\xbc\xc3\x9f" "e \xf0\x9f\x98\x80");
   EXPECT_EQ([u length], 8u);
   EXPECT_EQ([[NSString stringWithUTF8String:[u UTF8String]] length], 8u);
+  NSString* c = [[NSString alloc] initWithUTF8String:"abc"];  // the cluster's placeholder path
+  EXPECT_TRUE([c isEqualToString:@"abc"]);
+  EXPECT_EQ([c copy], c);  // immutable: a copy is the object itself
+  EXPECT_DEATH({ (void)[NSString stringWithUTF8String:nullptr]; }, "NULL cString");
 }
 
 TEST_F(Fakes, ObjectBasics) {
