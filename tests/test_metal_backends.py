@@ -333,3 +333,22 @@ def test_a_nil_copy_kernel_or_matrix_is_an_error(cls):
     emu.fail_next_init(cls, 1)
     code, message = emu.image_to_matrix(img, out, "matrix_hwc")
     assert code == 2 and "nil" in message, (code, message)
+
+
+# ------------------------------------------------------------------------ metal context
+@pytest.mark.parametrize("failures,expected", [(1, "True"), (2, "False")], ids=["fallback", "no-device"])
+def test_the_context_falls_back_to_mtl_copy_all_devices(failures, expected):
+    # MTLCreateSystemDefaultDevice gives nil on a Mac whose process links no CoreGraphics;
+    # the context then takes the first of MTLCopyAllDevices that MPS supports, and reports
+    # no device (every backend call: unsupported, the CPU runs) when there is none. The
+    # context is made once per process, hence a child process.
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.path.insert(0, {metal_emu.BUILD_DIR!r}); import _tfmps_metal_emu as e; "
+        f"e.fail_next_init('MTLDevice', {failures}); print(e.available())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
