@@ -188,6 +188,7 @@ TEST_F(NegativeTest, ALeakedObjectShowsInTheLiveCount) {
   const int64_t before = objc_emu_live_objects();
   @autoreleasepool {
     leaked = Floats(4, 0.0f);
+    EXPECT_NE(leaked, nil);
   }
   EXPECT_EQ(objc_emu_live_objects(), before + 1) << "the live count should show the leak";
   leaked = nil;  // undo, so the fixture's own leak check passes
