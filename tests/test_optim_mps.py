@@ -178,8 +178,17 @@ def test_graph_mode_and_tf_function(device):
     np.testing.assert_allclose(v.numpy(), (0.9 - 0.19) * np.ones((3, 2)), rtol=1e-6)
 
 
+# Small shapes, and 1-D ones around the CPU kernel's 32K-element work units (one short,
+# exact, one over, several units with a ragged end), so that examples cross unit and
+# thread-pool chunk boundaries (optim_cpu.cc kChunk, tf_glue.cc CpuParallelFor).
+_UNIT = 1 << 15
 shapes_strategy = st.lists(
-    st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple), min_size=1, max_size=6
+    st.one_of(
+        st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple),
+        st.sampled_from([_UNIT - 1, _UNIT, _UNIT + 1, 2 * _UNIT + 7, 5 * _UNIT - 3]).map(lambda n: (n,)),
+        st.tuples(st.integers(1, 3), st.sampled_from([_UNIT - 5, _UNIT + 3])),
+    ),
+    min_size=1, max_size=6,
 )
 
 
