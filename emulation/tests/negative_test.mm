@@ -23,12 +23,16 @@ class NegativeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     live_ = objc_emu_live_objects();
-    device_ = MTLCreateSystemDefaultDevice();
-    queue_ = [device_ newCommandQueue];
+    @autoreleasepool {
+      device_ = MTLCreateSystemDefaultDevice();
+      queue_ = [device_ newCommandQueue];
+    }
   }
   void TearDown() override {
-    device_ = nil;
-    queue_ = nil;
+    @autoreleasepool {
+      device_ = nil;
+      queue_ = nil;
+    }
     EmuResetHooks();
     EXPECT_EQ(objc_emu_live_objects(), live_) << "objects leaked";
   }
