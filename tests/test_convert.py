@@ -5,7 +5,7 @@ shapes, and the tf.data helpers."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
@@ -538,3 +538,145 @@ assert np.allclose(v.numpy(), 0.9, atol=1e-5), v.numpy()[:4]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ issue 8: validation holes
+@pytest.mark.parametrize("attr", ["height", "width", "channels"])
+@pytest.mark.parametrize("value", [-2, -5, -(2**31), -(2**63)])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_kernel_rejects_negative_geometry_other_than_unset(attr, value, graph):
+    """-1 means "take it from the input"; any other negative value is a mistake, named."""
+    lib = tf_mps._lib.load()
+
+    def call():
+        return lib.mps_convert(input=tf.zeros((1, 2, 2, 3)), scale=[], bias=[], Tout=tf.float32, src_layout="nhwc",
+                               dst_layout="image", **{attr: value})
+
+    with pytest.raises((INVALID, ValueError), match=rf"MpsConvert: attribute {attr} must be -1 \(unset\) or a size "
+                                                    rf">= 0, got {value}"):
+        tf.function(call)() if graph else call()
+    assert lib.mps_convert(input=tf.zeros((1, 2, 2, 3)), scale=[], bias=[], Tout=tf.float32, src_layout="nhwc",
+                           dst_layout="image", **{attr: -1}).shape == (1, 1, 2, 2, 4)
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, 10**30, -1, -5, 1.5, 2.0, "3", True, np.bool_(True), [2], float("nan")])
+@pytest.mark.parametrize("attr", ["height", "width", "channels"])
+def test_python_geometry_arguments_are_sizes(attr, value):
+    """One InvalidArgumentError naming the argument, never OverflowError/TypeError or a
+    silent int() (1.5 -> 1, True -> 1, "3" -> 3)."""
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    with pytest.raises(INVALID, match=rf"MpsConvert: {attr} must be None or an integer size in \[0, 2\*\*63 - 1\]"):
+        cv.convert(x, "nhwc", "image", **{attr: value})
+
+
+def test_python_geometry_accepts_numpy_integers_and_the_largest_size():
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    assert cv.convert(x, "nhwc", "image", height=np.int64(2), channels=np.uint8(3)).shape == (1, 1, 2, 2, 4)
+    with pytest.raises(INVALID, match=r"attribute height=9223372036854775807 does not match the input's 2"):
+        cv.convert(x, "nhwc", "image", height=2**63 - 1)
+
+
+@pytest.mark.parametrize("helper, args", [
+    (cv.from_image, (np.zeros((1, 1, 2, 2, 4), np.float32), 2**63)),
+    (cv.image_to_matrix, (np.zeros((1, 1, 2, 2, 4), np.float32), -3)),
+    (cv.matrix_to_image, (np.zeros((1, 12), np.float32), 2, 2.5, 3)),
+    (cv.matrix_to_nhwc, (np.zeros((1, 12), np.float32), "2", 2, 3)),
+])
+def test_helpers_name_the_geometry_argument(helper, args):
+    with pytest.raises(INVALID, match=r"MpsConvert: (height|width|channels) must be None or an integer size"):
+        helper(*args)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale="x"), r"scale must be a vector of float32 values \(one per channel\), got dtype string"),
+    (dict(bias=[["a", "b", "c"]]), r"bias must be a vector of float32 values"),
+    (dict(scale=[True, False, True]), r"scale must be a vector of float32 values \(one per channel\), got dtype bool"),
+    (dict(scale=object()), r"scale must be a vector of float32 values"),
+    (dict(dtype="x"), r"dtype must be uint8, float16 or float32, got 'x'"),
+    (dict(dtype=tf.bfloat16), r"dtype must be uint8, float16 or float32, got bfloat16"),
+    (dict(affine=None), r"affine must be 'forward' or 'inverse', got None"),
+])
+def test_python_arguments_of_the_wrong_type_are_named(kwargs, message):
+    with pytest.raises(INVALID, match=message):
+        cv.convert(np.zeros((1, 2, 2, 3), np.float32), "nhwc", "image", **kwargs)
+
+
+def test_input_that_is_no_tensor_is_named():
+    with pytest.raises(INVALID, match=r"MpsConvert: input must be a uint8, float16 or float32 tensor, got object"):
+        cv.to_image(object())
+
+
+def test_shape_function_names_input_rank_and_vector_lengths():
+    """In a graph (and a tf.data pipeline) mistakes show when it is built, with the
+    kernel's messages; scale/bias lengths are known as soon as the channel count is."""
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32)])
+    def f(x):
+        return cv.to_image(x, scale=[1.0, 2.0])
+
+    with pytest.raises((INVALID, ValueError), match=r"scale must be a vector of 3 values \(one per channel\), got "
+                                                    r"shape \[2\]"):
+        f.get_concrete_function()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 3], tf.float32)])
+    def g(x):
+        return cv.convert(x, "nhwc", "image")
+
+    with pytest.raises((INVALID, ValueError), match=r"input in layout 'nhwc' must have rank 4, got shape \[\?,4,3\]"):
+        g.get_concrete_function()
+
+
+def test_map_images_checks_layout_and_vectors_when_built():
+    ds = tf.data.Dataset.from_tensor_slices(np.zeros((0, 2, 2, 3), np.uint8)).batch(4)  # never yields a batch
+    with pytest.raises(ValueError, match=r"tf_mps.data.map_images: layout must be one of \('image', 'matrix_hwc', "
+                                         r"'matrix_chw', 'nhwc'\), got 'sequence'"):
+        tf_mps.data.map_images(ds, layout="sequence")
+    with pytest.raises((INVALID, ValueError), match=r"bias must be a vector of 3 values"):
+        tf_mps.data.map_images(ds, bias=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"pass key= one of \['label', 'x'\], got key='image'"):
+        tf_mps.data.map_images(tf.data.Dataset.from_tensor_slices({"x": np.zeros((2, 2, 2, 3), np.uint8),
+                                                                    "label": np.arange(2)}), key="image")
+
+
+# ------------------------------------------------------------------ issue 8: shapes across blocks and chunks
+# The work units of ConvertCpu (convert_kernels.inc): 256-pixel blocks when one side is an
+# image or CHW matrix (tiles of 32 pixels inside), max(16, 16384 / C)-pixel blocks when both
+# are channel-packed; CpuParallelFor (ops/common/tf_glue.cc) shares units out in up to 8
+# chunks per thread once the work reaches 100000 cycles, the last chunk ragged. These shapes
+# cross all of them with ragged ends.
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.sampled_from([1, 2, 3, 5, 9, 17]), pixels=st.integers(200, 40_000), c=st.sampled_from([1, 2, 3, 4, 5, 7, 8,
+                                                                                                 11, 13, 64, 130]),
+    src=st.sampled_from(IMAGE_LAYOUTS), dst=st.sampled_from(IMAGE_LAYOUTS),
+    dtypes=st.sampled_from([(np.float32, np.float32), (np.uint8, np.float16), (np.float16, np.uint8),
+                            (np.uint8, np.uint8), (np.float16, np.float32)]),
+    affine=st.booleans(), seed=st.integers(0, 2**31),
+)
+def test_property_shapes_across_blocks_tiles_and_chunks(n, pixels, c, src, dst, dtypes, affine, seed):
+    while n * pixels * c > 1_500_000 and pixels > 300:
+        pixels //= 2
+    h = next(d for d in (7, 5, 3, 2, 1) if pixels % d == 0)  # ragged in both directions where it can be
+    w = pixels // h
+    rng = np.random.default_rng(seed)
+    logical = _random((n, h, w, c), dtypes[0], rng)
+    scale = rng.uniform(0.5, 2.0, c).astype(np.float32) if affine else None
+    bias = rng.uniform(-1, 1, c).astype(np.float32) if affine else None
+    y = cv.convert(ref.to_layout(logical, src), src, dst, dtype=dtypes[1], scale=scale, bias=bias,
+                   **_geometry_kwargs(src, h, w, c)).numpy()
+    values = ref.unorm8_to_float(logical) if dtypes[0] == np.uint8 else logical.astype(np.float32)
+    if affine:
+        values = values * scale + bias
+    expected = ref.float_to_unorm8(values) if dtypes[1] == np.uint8 else values.astype(dtypes[1])
+    np.testing.assert_array_equal(y, ref.to_layout(expected, dst))  # padding channels included
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(100, 300), t=st.integers(100, 300), c=st.integers(1, 40), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31))
+def test_property_sequences_across_row_tiles_and_chunks(n, t, c, dtype, seed):
+    """Row tiles of 16-128 rows a side, dozens of them: shared out in chunks with a ragged
+    last one, tiles cut at both edges."""
+    x = _random((n, t, c), dtype, np.random.default_rng(seed))
+    tm = cv.sequence_to_time_major(x).numpy()
+    np.testing.assert_array_equal(tm, np.transpose(x, (1, 0, 2)))
+    np.testing.assert_array_equal(cv.time_major_to_sequence(tm).numpy(), x)

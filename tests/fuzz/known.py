@@ -29,8 +29,10 @@ KNOWN: list[Finding] = [
     # rules (and np.sign, tf.sign) as NaN, so slots stay finite where NaN is expected.
     Finding("F1", "optim/*:valid:*special*l1*", ("wrong_result",), r"expected np\.float64\(nan\)"),
     # float16/bfloat16 against the float64 rules: per-operation rounding in float16
-    # exceeds the oracle's tolerance in ill-conditioned elements. An oracle limitation
-    # (to do: compare these with Keras's own float16 math), not a claim of a bug.
+    # exceeds the oracle's tolerance in ill-conditioned elements, and Keras semantics
+    # rounds beta_1/beta_2 through the variable's dtype (bfloat16: 0.999 -> 1.0, so Adam
+    # never moves), which tests/reference.py does not model. An oracle limitation (to do:
+    # compare these with Keras's own float16 math), not a claim of a bug.
     Finding("O1", "optim/*:valid:*float16*", ("wrong_result",), r"^variable \d+ "),
     # RMSProp Keras class with NaN/Inf/huge values: results differ from keras.optimizers.RMSprop.
     Finding("F3", "optim/keras.RMSProp:valid:*special*", ("wrong_result",), r"^(variable w|optimizer variable)"),
@@ -40,6 +42,10 @@ KNOWN: list[Finding] = [
     # Raw ops in graph mode: the shape function names inputs by position ("the variable
     # at input 0 ... its gradient (input 4)"), not as grads[i] / ms[i].
     Finding("F5", "optim/raw.*:graph*", ("unnamed_rejection",), r"at input \d+|squared-gradient sum"),
+    # Keras RMSProp with tf-mps options, sparse duplicates, 2 steps in a tf.function:
+    # 10% of an update off the float64 rules in one case of 10,000 (to investigate:
+    # the class or the oracle's handling of summed duplicates).
+    Finding("F7", "optim/keras.RMSProp:valid:float32:sparse:graph*", ("wrong_result",), r"^variable \d+ w"),
     # Keras classes: a sparse gradient whose rows have the wrong shape fails inside Keras
     # with "Shapes (None, 5, 1) and (3, 5) are not compatible" (no argument named).
     Finding("F6", "optim/keras.*:sparse_row_shape:*", ("unnamed_rejection",), r"are not compatible"),
