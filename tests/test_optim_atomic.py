@@ -380,3 +380,31 @@ def test_resource_inputs_must_be_one_handle():
     with pytest.raises(tf.errors.NotFoundError, match=r"MpsApplySgd: var does not refer to a live resource variable"):
         lib.mps_apply_sgd(var=empty, **sgd)
     np.testing.assert_array_equal(v.numpy(), np.ones(3))
+
+
+def test_run_all_orders_every_group_after_every_check():
+    """tf_mps.ops.optim.run_all (several prepared calls, e.g. one per dtype): in a graph
+    each update op waits for the other groups' checked gradients too."""
+    from tf_mps.ops import optim
+
+    a, b = tf.Variable(tf.ones((4, 2))), tf.Variable(tf.ones((3,), tf.float64))
+    ga = tf.IndexedSlices(tf.ones((1, 2)), tf.constant([1]), tf.constant([4, 2]))
+    gb = tf.IndexedSlices(tf.ones((1,), tf.float64), tf.constant([7]), tf.constant([3]))
+
+    def step():
+        optim.run_all([optim.prepare_sgd([a], [ga], 0.1), optim.prepare_sgd([b], [gb], 0.1)])
+
+    graph = tf.function(step).get_concrete_function().graph
+    checks = {op.name for op in graph.get_operations() if op.type == "MpsCheckSparseGradient"}
+    for u in [op for op in graph.get_operations() if op.type == "MpsMultiApplySgd"]:
+        seen, todo = set(), [u]
+        while todo:
+            o = todo.pop()
+            for x in [t.op for t in o.inputs] + list(o.control_inputs):
+                if x.name not in seen:
+                    seen.add(x.name)
+                    todo.append(x)
+        assert checks <= seen, (u.name, checks - seen)
+    with pytest.raises(INVALID, match=r"MpsMultiApplySgd: grads\[0\]: indices\[0\] = 7 is not in \[0, 3\)"):
+        tf.function(step)()
+    _assert_unchanged([a, b], [np.ones((4, 2)), np.ones(3)])

@@ -260,12 +260,12 @@ def test_keras_class_options_match_ops_and_reference(rule, opts, dtype):
 def test_many_parallel_chunks_with_a_ragged_end(case):
     """The CPU kernel cuts the list into 32K-element units (optim_cpu.cc, kChunk) and the
     thread pool's ParallelFor hands out runs of units (tf_glue.cc CpuParallelFor: up to
-    8 runs per thread). 41 units (40 full + one of 1234 elements) split into runs of 2-3
-    units on 2-5 threads leave a short last run and a short last unit; every element of
-    the result must still equal Keras's."""
+    8 runs per thread). 41 units (39 full, one of 1234 elements, one for the 5-element
+    variable) split into runs of 2-3 units on 2-5 threads leave a short last run and a
+    short last unit; every element of the result must still equal Keras's."""
     ours_name, keras_name, kwargs = CASES[case]
     rng = np.random.default_rng(17)
-    shapes = [(40 * 32768 + 1234,), (5,)]
+    shapes = [(39 * 32768 + 1234,), (5,)]
     init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     ours_vars, ref_vars = [keras.Variable(x) for x in init], [keras.Variable(x) for x in init]
     ours = getattr(tf_mps.keras.optimizers, ours_name)(**kwargs)
