@@ -23,7 +23,15 @@ set(TFMPS_EMU_FAKE_SOURCES
   ${_tfmps_fakes_dir}/foundation/foundation.mm
   ${_tfmps_fakes_dir}/metal/metal.mm
   ${_tfmps_fakes_dir}/mps/mps.mm
-  ${_tfmps_fakes_dir}/mps/mps_optimizers.mm)
+  ${_tfmps_fakes_dir}/mps/mps_optimizers.mm
+  ${_tfmps_fakes_dir}/shaders/shaders.cc
+  ${_tfmps_fakes_dir}/shaders/kernels.cc)
+
+# tf-mps's Metal kernels as C++: <metal_stdlib> is the shim in shaders/include, MSL's
+# [[buffer(i)]] attributes are unknown to C++, and no contraction into fma, so that a
+# kernel rounds as the CPU backend does.
+set_source_files_properties(${_tfmps_fakes_dir}/shaders/kernels.cc PROPERTIES
+  COMPILE_OPTIONS "-isystem;${_tfmps_fakes_dir}/shaders/include;-Wno-unknown-attributes;-ffp-contract=off;-O2")
 
 set(_tfmps_fakes_objc -fobjc-runtime=macosx-14.0 -fblocks)
 # The root class implements reference counting itself, which ARC forbids.

@@ -40,7 +40,8 @@ SIZES = [(1,), (7,), (3, 5), (40_003,), (70_001,)]
 # Made once and kept on purpose: the metal context (device, queue) and the optimizer
 # cache (at most 64 MPS optimizers, optim_metal.mm). Everything else a call makes must be
 # gone when it returns.
-PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSEmuBlitEncoder", "TFMPSHeapString", "MPSVector", "MPSVectorDescriptor",
+PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSEmuBlitEncoder", "TFMPSEmuComputeEncoder",
+                    "TFMPSEmuFunction", "TFMPSHeapString", "MPSVector", "MPSVectorDescriptor",
                     "MPSMatrix", "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor",
                     "MPSImageCopyToMatrix", "MPSMatrixCopyToImage", "MPSNNOptimizerDescriptor",
                     "NSError"]
@@ -172,24 +173,124 @@ def test_adam_random_lists_equal_cpu_backend(sizes, step, lr, b1, b2, seed):
     _assert_same(mv, [x.numpy() for x in cv], "v")
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda w, g: emu.adam(dict(lr=0.1, beta1=0.9, beta2=0.999, epsilon=1e-7, step=1, semantics="keras"), w, [x * 0 for x in w], [x * 0 for x in w], [], g),
-        lambda w, g: emu.sgd(dict(lr=0.1, momentum=0.9, nesterov=False, semantics="keras"), w, [x * 0 for x in w], g),
-        lambda w, g: emu.rmsprop(dict(lr=0.1, rho=0.9, momentum=0.0, epsilon=1e-7, semantics="keras"), w, [x * 0 for x in w], [], [], g),
-        lambda w, g: emu.rmsprop(dict(lr=0.1, rho=0.9, momentum=0.0, epsilon=1e-7, semantics="mps"), w, [x * 0 for x in w], [x * 0 for x in w], [], g),
-        lambda w, g: emu.rmsprop(dict(lr=0.1, rho=0.9, momentum=0.5, epsilon=1e-7, semantics="mps"), w, [x * 0 for x in w], [], [x * 0 for x in w], g),
-        lambda w, g: emu.adam(dict(lr=0.1, beta1=0.9, beta2=0.999, epsilon=1e-7, step=1, semantics="mps"), w, [x * 0 for x in w], [x * 0 for x in w], [], g, offset=4),
-    ],
-    ids=["adam-keras", "sgd-momentum-keras", "rmsprop-keras", "rmsprop-centered", "rmsprop-momentum", "misaligned"],
-)
-def test_what_mps_cannot_express_is_unsupported_and_writes_nothing(call):
+def test_what_the_metal_backend_cannot_reach_is_unsupported_and_writes_nothing():
+    # An array 4 bytes into its buffer: Metal wants buffer offsets aligned for float4.
     w = [np.ones(10, np.float32)]
     g = [np.full(10, 0.5, np.float32)]
-    code, message = call(w, g)
-    assert code == 1, message  # kUnsupported: the caller runs the CPU backend instead
-    np.testing.assert_array_equal(w[0], np.ones(10, np.float32))
+    for semantics in ("mps", "keras"):
+        code, message = emu.adam(dict(lr=0.1, beta1=0.9, beta2=0.999, epsilon=1e-7, step=1, semantics=semantics),
+                                 w, [x * 0 for x in w], [x * 0 for x in w], [], g, offset=4)
+        assert code == 1, message  # kUnsupported: the caller runs the CPU backend instead
+        np.testing.assert_array_equal(w[0], np.ones(10, np.float32))
+
+
+# ------------------------------------------- tf-mps's own kernels (optim_kernels.metal)
+# Keras semantics, and RMSProp's centered/momentum variants, run on tf-mps's kernels,
+# here executed as C++ per thread position (emulation/shaders/): the same operations in
+# the same order as the CPU backend, so bit-identical.
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("opts", GRADIENT_OPTIONS.values(), ids=GRADIENT_OPTIONS.keys())
+def test_adam_keras_semantics_kernel_equals_cpu_backend(amsgrad, opts):
+    rng = np.random.default_rng(10)
+    w = _arrays(rng, SIZES)
+    mw, mm, mv = [x.copy() for x in w], [np.zeros_like(x) for x in w], [np.zeros_like(x) for x in w]
+    mh = [np.zeros_like(x) for x in w] if amsgrad else []
+    cw, cm, cv = ([tf.Variable(x) for x in a] for a in (w, mm, mv))
+    ch = [tf.Variable(np.zeros_like(x)) for x in w] if amsgrad else None
+    for step in range(1, 4):
+        g = _arrays(rng, SIZES)
+        params = dict(lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-7, step=step, semantics="keras", **_emu_opts(opts))
+        _check_ok(emu.adam(params, mw, mm, mv, mh, g))
+        tf_mps.ops.apply_adam(cw, cm, cv, [tf.constant(x) for x in g], 0.01, step, 0.9, 0.999, 1e-7, ch, **opts)
+    _assert_same(mw, [v.numpy() for v in cw], "var")
+    _assert_same(mm, [v.numpy() for v in cm], "m")
+    _assert_same(mv, [v.numpy() for v in cv], "v")
+    if amsgrad:
+        _assert_same(mh, [v.numpy() for v in ch], "vhat")
+
+
+def test_adam_kernel_reads_the_per_variable_squared_gradients():
+    # grad_sq (Keras's sum of squared sparse slices) for some variables of a call: with
+    # grad_sq = g*g the result must be the dense one exactly; a wrong binding would not be.
+    rng = np.random.default_rng(11)
+    w, g = _arrays(rng, SIZES), _arrays(rng, SIZES)
+    sq = [x * x if i % 2 == 0 else np.zeros(0, np.float32) for i, x in enumerate(g)]
+    a = [x.copy() for x in w]
+    b = [x.copy() for x in w]
+    params = dict(lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-7, step=3, semantics="keras")
+    zeros = lambda: [np.zeros_like(x) for x in w]  # noqa: E731
+    _check_ok(emu.adam(params, a, zeros(), zeros(), [], g))
+    _check_ok(emu.adam(params, b, zeros(), zeros(), [], g, grad_sqs=sq))
+    _assert_same(b, a, "var")
+    sq_wrong = [2 * x if x.size else x for x in sq]
+    c = [x.copy() for x in w]
+    _check_ok(emu.adam(params, c, zeros(), zeros(), [], g, grad_sqs=sq_wrong))
+    assert not np.array_equal(c[0], a[0])
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("opts", GRADIENT_OPTIONS.values(), ids=GRADIENT_OPTIONS.keys())
+def test_sgd_keras_momentum_kernel_equals_cpu_backend(nesterov, opts):
+    rng = np.random.default_rng(12)
+    w = _arrays(rng, SIZES)
+    mw, mm = [x.copy() for x in w], [np.zeros_like(x) for x in w]
+    cw, cm = [tf.Variable(x) for x in w], [tf.Variable(np.zeros_like(x)) for x in w]
+    for _ in range(3):
+        g = _arrays(rng, SIZES)
+        _check_ok(emu.sgd(dict(lr=0.1, momentum=0.9, nesterov=nesterov, semantics="keras", **_emu_opts(opts)), mw, mm, g))
+        tf_mps.ops.apply_sgd(cw, [tf.constant(x) for x in g], 0.1, momentum=0.9, momentums=cm, nesterov=nesterov, **opts)
+    _assert_same(mw, [v.numpy() for v in cw], "var")
+    _assert_same(mm, [v.numpy() for v in cm], "momentum")
+
+
+@pytest.mark.parametrize("semantics", ["keras", "mps"])
+@pytest.mark.parametrize("centered", [False, True], ids=["plain", "centered"])
+@pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["no-momentum", "momentum"])
+@pytest.mark.parametrize("opts", [{}, GRADIENT_OPTIONS["all"]], ids=["identity", "all"])
+def test_rmsprop_kernel_equals_cpu_backend(semantics, centered, momentum, opts):
+    if semantics == "mps" and not centered and momentum == 0.0:
+        pytest.skip("MPSNNOptimizerRMSProp's own case: test_rmsprop_mps_semantics_equals_cpu_backend")
+    rng = np.random.default_rng(13)
+    w = _arrays(rng, SIZES)
+    mw, ms = [x.copy() for x in w], [np.zeros_like(x) for x in w]
+    mg = [np.zeros_like(x) for x in w] if centered else []
+    mo = [np.zeros_like(x) for x in w] if momentum else []
+    cw, cs = [tf.Variable(x) for x in w], [tf.Variable(np.zeros_like(x)) for x in w]
+    cg = [tf.Variable(np.zeros_like(x)) for x in w] if centered else None
+    co = [tf.Variable(np.zeros_like(x)) for x in w] if momentum else None
+    for _ in range(3):
+        g = _arrays(rng, SIZES)
+        params = dict(lr=0.01, rho=0.9, momentum=momentum, epsilon=1e-7, semantics=semantics, **_emu_opts(opts))
+        _check_ok(emu.rmsprop(params, mw, ms, mg, mo, g))
+        tf_mps.ops.apply_rmsprop(cw, cs, [tf.constant(x) for x in g], 0.01, 0.9, momentum, 1e-7,
+                                 average_gradients=cg, momentums=co, semantics=semantics, **opts)
+    _assert_same(mw, [v.numpy() for v in cw], "var")
+    _assert_same(ms, [v.numpy() for v in cs], "ms")
+    if centered:
+        _assert_same(mg, [v.numpy() for v in cg], "mg")
+    if momentum:
+        _assert_same(mo, [v.numpy() for v in co], "mom")
+
+
+def test_a_kernel_compile_failure_is_an_error_not_success():
+    # The library is compiled once per process, so this runs in a child process.
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, numpy as np; sys.path.insert(0, {metal_emu.BUILD_DIR!r}); import _tfmps_metal_emu as e; "
+        "e.fail_next_init('MTLLibrary', 1); w=[np.ones(4, np.float32)]; "
+        "r = e.sgd(dict(lr=0.1, momentum=0.9, nesterov=False, semantics='keras'), w, [np.zeros(4, np.float32)], [np.ones(4, np.float32)]); "
+        "print(r[0], r[1]); print(w[0][0]); "
+        "r = e.sgd(dict(lr=0.1, momentum=0.9, nesterov=False, semantics='keras'), w, [np.zeros(4, np.float32)], [np.ones(4, np.float32)]); "
+        "print(r[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, value, second = out.stdout.strip().splitlines()
+    assert first.startswith("2 ") and "compiling optim_kernels.metal failed" in first, first
+    assert value == "1.0"  # nothing written
+    assert second == "0"   # nothing failed was cached: the next call compiles and runs
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "emulation/metal/metal_emu.h"
+#include "emulation/shaders/shaders.h"
 #include "emulation/runtime/objc_emu.h"
 
 extern "C" NSErrorDomain const MTLCommandBufferErrorDomain = @"MTLCommandBufferErrorDomain";
@@ -137,6 +138,23 @@ void EmuResetHooks() {
 - (instancetype)initWithDevice:(id<MTLDevice>)device;
 @end
 
+// Compute: libraries "compile" by finding each function among the kernels compiled into
+// the emulation as C++ (emulation/shaders/); the encoder runs a kernel once per thread
+// position when the command buffer runs.
+@interface TFMPSEmuLibrary : NSObject <MTLLibrary>
+- (instancetype)initWithDevice:(id<MTLDevice>)device source:(std::string)source;
+@end
+
+@interface TFMPSEmuFunction : NSObject <MTLFunction>
+- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel;
+- (const emu_shaders::Kernel*)kernel;
+@end
+
+@interface TFMPSEmuComputePipeline : NSObject <MTLComputePipelineState>
+- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel;
+- (const emu_shaders::Kernel*)kernel;
+@end
+
 @implementation TFMPSEmuDevice
 
 - (NSString*)name {
@@ -182,6 +200,44 @@ void EmuResetHooks() {
 - (id<MTLSharedEvent>)newSharedEvent {
   if (EmuInitShouldFail("MTLSharedEvent")) return nil;
   return [[TFMPSEmuSharedEvent alloc] initWithDevice:self];
+}
+
+// Nothing here compiles MSL: the "compilation" checks that the source is not empty and
+// remembers it; newFunctionWithName: then finds the kernel among those compiled into the
+// emulation and checks that the source declares it.
+- (id<MTLLibrary>)newLibraryWithSource:(NSString*)source
+                               options:(MTLCompileOptions*)options
+                                 error:(NSError* __autoreleasing*)error {
+  const char* method = "-[MTLDevice newLibraryWithSource:options:error:]";
+  if (source == nil) EmuValidationFailure(method, "source is nil");
+  std::string text = [source UTF8String];
+  if (EmuInitShouldFail("MTLLibrary") || text.find("kernel void") == std::string::npos) {
+    if (error != nullptr) {
+      *error = [NSError errorWithDomain:@"MTLLibraryErrorDomain"
+                                   code:3  // MTLLibraryErrorCompileFailure
+                               userInfo:@{NSLocalizedDescriptionKey : @"emulated compile failure: no kernel in the source"}];
+    }
+    return nil;
+  }
+  (void)options;
+  return [[TFMPSEmuLibrary alloc] initWithDevice:self source:std::move(text)];
+}
+
+- (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)function
+                                                             error:(NSError* __autoreleasing*)error {
+  const char* method = "-[MTLDevice newComputePipelineStateWithFunction:error:]";
+  if (![(id)function isKindOfClass:[TFMPSEmuFunction class]]) {
+    EmuValidationFailure(method, "computeFunction is not a function of the emulated device");
+  }
+  if (EmuInitShouldFail("MTLComputePipelineState")) {
+    if (error != nullptr) {
+      *error = [NSError errorWithDomain:@"MTLLibraryErrorDomain"
+                                   code:1
+                               userInfo:@{NSLocalizedDescriptionKey : @"emulated pipeline failure"}];
+    }
+    return nil;
+  }
+  return [[TFMPSEmuComputePipeline alloc] initWithKernel:[(TFMPSEmuFunction*)function kernel]];
 }
 
 @end
@@ -526,6 +582,10 @@ void RunCommandBuffer(const std::shared_ptr<CommandBufferState>& st) {
 - (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb;
 @end
 
+@interface TFMPSEmuComputeEncoder : NSObject <MTLComputeCommandEncoder>
+- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb;
+@end
+
 @implementation TFMPSEmuCommandQueue {
   id<MTLDevice> _device;
   std::shared_ptr<QueueState> _state;
@@ -717,6 +777,15 @@ void RunCommandBuffer(const std::shared_ptr<CommandBufferState>& st) {
   return [[TFMPSEmuBlitEncoder alloc] initWithCommandBuffer:self];
 }
 
+- (id<MTLComputeCommandEncoder>)computeCommandEncoder {
+  {
+    std::lock_guard<std::mutex> lock(_state->mu);
+    [self checkEncodable:"-[MTLCommandBuffer computeCommandEncoder]"];
+    _state->encoder_open = true;
+  }
+  return [[TFMPSEmuComputeEncoder alloc] initWithCommandBuffer:self];
+}
+
 - (void)appendItem:(WorkItem)item fromEncoder:(BOOL)fromEncoder method:(const char*)method {
   std::lock_guard<std::mutex> lock(_state->mu);
   if (fromEncoder) {
@@ -884,4 +953,242 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
            method:method];
 }
 
+@end
+
+// ------------------------------------------------------------------------ compute
+@implementation MTLCompileOptions
+@synthesize fastMathEnabled;
+@synthesize mathMode;
+
+- (instancetype)init {
+  self = [super init];
+  if (self == nil) return nil;
+  // Apple's defaults: fast math on.
+  fastMathEnabled = YES;
+  mathMode = MTLMathModeFast;
+  return self;
+}
+
+- (id)copyWithZone:(NSZone*)zone {
+  MTLCompileOptions* c = [[MTLCompileOptions alloc] init];
+  c.fastMathEnabled = fastMathEnabled;
+  c.mathMode = mathMode;
+  return c;
+}
+@end
+
+@implementation TFMPSEmuLibrary {
+  id<MTLDevice> _device;
+  std::string _source;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device source:(std::string)source {
+  self = [super init];
+  if (self == nil) return nil;
+  _device = device;
+  _source = std::move(source);
+  return self;
+}
+
+// nil, as Apple documents, when the library has no such function: here, when the source
+// does not declare `kernel void name(` or the emulation has no C++ build of it.
+- (id<MTLFunction>)newFunctionWithName:(NSString*)name {
+  const std::string n = [name UTF8String];
+  const emu_shaders::Kernel* kernel = emu_shaders::Find(n);
+  if (kernel == nullptr || _source.find("kernel void " + n + "(") == std::string::npos) return nil;
+  return [[TFMPSEmuFunction alloc] initWithKernel:kernel];
+}
+@end
+
+@implementation TFMPSEmuFunction {
+  const emu_shaders::Kernel* _kernel;
+}
+- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel {
+  self = [super init];
+  if (self == nil) return nil;
+  _kernel = kernel;
+  return self;
+}
+- (const emu_shaders::Kernel*)kernel {
+  return _kernel;
+}
+- (NSString*)name {
+  return [NSString stringWithUTF8String:_kernel->name];
+}
+@end
+
+@implementation TFMPSEmuComputePipeline {
+  const emu_shaders::Kernel* _kernel;
+}
+- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel {
+  self = [super init];
+  if (self == nil) return nil;
+  _kernel = kernel;
+  return self;
+}
+- (const emu_shaders::Kernel*)kernel {
+  return _kernel;
+}
+// What Apple-silicon GPUs report for simple kernels.
+- (NSUInteger)maxTotalThreadsPerThreadgroup {
+  return 1024;
+}
+- (NSUInteger)threadExecutionWidth {
+  return 32;
+}
+@end
+
+namespace {
+// Metal's limits: 31 buffer arguments; setBytes: up to 4 KB.
+constexpr NSUInteger kMaxBufferArguments = 31;
+constexpr NSUInteger kMaxSetBytes = 4096;
+
+struct ComputeBinding {
+  id<MTLBuffer> buffer = nil;
+  NSUInteger offset = 0;
+  std::vector<unsigned char> bytes;
+  bool set = false;
+};
+}  // namespace
+
+@implementation TFMPSEmuComputeEncoder {
+  TFMPSEmuCommandBuffer* _cb;
+  bool _ended;
+  TFMPSEmuComputePipeline* _pipeline;
+  ComputeBinding _bindings[kMaxBufferArguments];
+}
+@synthesize label;
+
+- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb {
+  self = [super init];
+  if (self == nil) return nil;
+  _cb = cb;
+  return self;
+}
+
+- (void)dealloc {
+  if (!_ended) {
+    EmuValidationFailure("-[MTLComputeCommandEncoder dealloc]", "Command encoder released without endEncoding");
+  }
+}
+
+- (id<MTLDevice>)device {
+  return [_cb device];
+}
+
+- (void)checkOpen:(const char*)method {
+  if (_ended) EmuValidationFailure(method, "encoder has already ended (endEncoding was called)");
+}
+
+- (void)endEncoding {
+  [self checkOpen:"-[MTLComputeCommandEncoder endEncoding]"];
+  _ended = true;
+  [_cb endEncoderFrom:"-[MTLComputeCommandEncoder endEncoding]"];
+}
+
+- (void)setComputePipelineState:(id<MTLComputePipelineState>)state {
+  const char* method = "-[MTLComputeCommandEncoder setComputePipelineState:]";
+  [self checkOpen:method];
+  if (![(id)state isKindOfClass:[TFMPSEmuComputePipeline class]]) {
+    EmuValidationFailure(method, "state is not a pipeline of the emulated device");
+  }
+  _pipeline = (TFMPSEmuComputePipeline*)state;
+}
+
+- (void)setBytes:(const void*)bytes length:(NSUInteger)length atIndex:(NSUInteger)index {
+  const char* method = "-[MTLComputeCommandEncoder setBytes:length:atIndex:]";
+  [self checkOpen:method];
+  if (index >= kMaxBufferArguments) EmuValidationFailure(method, "index " + std::to_string(index) + " >= 31");
+  if (length == 0 || length > kMaxSetBytes) {
+    EmuValidationFailure(method, "length " + std::to_string(length) + " must be in 1..4096 (use a buffer above 4 KB)");
+  }
+  ComputeBinding& b = _bindings[index];
+  b.buffer = nil;
+  b.offset = 0;
+  b.bytes.assign(static_cast<const unsigned char*>(bytes), static_cast<const unsigned char*>(bytes) + length);
+  b.set = true;
+}
+
+// Apple: the offset must be a multiple of 4 for device buffers (and of the bound type's
+// alignment); a nil buffer unbinds.
+- (void)setBuffer:(id<MTLBuffer>)buffer offset:(NSUInteger)offset atIndex:(NSUInteger)index {
+  const char* method = "-[MTLComputeCommandEncoder setBuffer:offset:atIndex:]";
+  [self checkOpen:method];
+  if (index >= kMaxBufferArguments) EmuValidationFailure(method, "index " + std::to_string(index) + " >= 31");
+  ComputeBinding& b = _bindings[index];
+  b.bytes.clear();
+  if (buffer == nil) {
+    b = ComputeBinding();
+    return;
+  }
+  if (offset % 4 != 0) EmuValidationFailure(method, "offset " + std::to_string(offset) + " is not a multiple of 4");
+  EmuCheckBufferRange(buffer, offset, 0, method);
+  b.buffer = buffer;
+  b.offset = offset;
+  b.set = true;
+}
+
+- (void)dispatchThreads:(MTLSize)grid threadsPerThreadgroup:(MTLSize)group {
+  [self dispatch:grid group:group method:"-[MTLComputeCommandEncoder dispatchThreads:threadsPerThreadgroup:]"];
+}
+
+- (void)dispatchThreadgroups:(MTLSize)groups threadsPerThreadgroup:(MTLSize)group {
+  const MTLSize grid = MTLSizeMake(groups.width * group.width, groups.height * group.height,
+                                   groups.depth * group.depth);
+  [self dispatch:grid group:group method:"-[MTLComputeCommandEncoder dispatchThreadgroups:threadsPerThreadgroup:]"];
+}
+
+- (void)dispatch:(MTLSize)grid group:(MTLSize)group method:(const char*)method {
+  [self checkOpen:method];
+  if (_pipeline == nil) EmuValidationFailure(method, "no compute pipeline state is set");
+  const NSUInteger per_group = group.width * group.height * group.depth;
+  if (per_group == 0 || per_group > [_pipeline maxTotalThreadsPerThreadgroup]) {
+    EmuValidationFailure(method, "threadsPerThreadgroup (" + std::to_string(per_group) +
+                                     " threads) must be in 1..maxTotalThreadsPerThreadgroup (1024)");
+  }
+  if (grid.height != 1 || grid.depth != 1) {
+    EmuValidationFailure(method, "the emulation runs one-dimensional grids only (tf-mps's kernels use one)");
+  }
+  const emu_shaders::Kernel* kernel = [_pipeline kernel];
+  // Every buffer argument bound and large enough for what the kernel reads through it.
+  struct Snapshot {
+    id<MTLBuffer> buffer;
+    NSUInteger offset;
+    std::vector<unsigned char> bytes;
+  };
+  std::vector<Snapshot> snap;
+  for (size_t i = 0; i < kernel->min_bytes.size(); ++i) {
+    const ComputeBinding& b = _bindings[i];
+    if (!b.set) {
+      EmuValidationFailure(method, std::string(kernel->name) + ": buffer argument " + std::to_string(i) + " is not bound");
+    }
+    const size_t have = b.buffer != nil ? [b.buffer length] - b.offset : b.bytes.size();
+    if (have < kernel->min_bytes[i]) {
+      EmuValidationFailure(method, std::string(kernel->name) + ": buffer argument " + std::to_string(i) + " holds " +
+                                       std::to_string(have) + " bytes, the kernel reads at least " +
+                                       std::to_string(kernel->min_bytes[i]));
+    }
+    snap.push_back(Snapshot{b.buffer, b.offset, b.bytes});
+  }
+  const uint64_t threads = grid.width;
+  if (threads > UINT32_MAX) EmuValidationFailure(method, "more than 2^32 threads");
+  [_cb appendItem:WorkItem{kernel->name,
+                           [kernel, snap, threads]() mutable {
+                             std::vector<emu_shaders::Binding> bind(snap.size());
+                             for (size_t i = 0; i < snap.size(); ++i) {
+                               if (snap[i].buffer != nil) {
+                                 bind[i].data = static_cast<char*>(EmuBufferBytes(snap[i].buffer)) + snap[i].offset;
+                                 bind[i].length = [snap[i].buffer length] - snap[i].offset;
+                               } else {
+                                 bind[i].data = snap[i].bytes.data();
+                                 bind[i].length = snap[i].bytes.size();
+                               }
+                             }
+                             for (uint64_t t = 0; t < threads; ++t) kernel->run(bind.data(), static_cast<uint32_t>(t));
+                             return std::string();
+                           },
+                           MTLCommandBufferErrorInternal, nullptr}
+      fromEncoder:YES
+           method:method];
+}
 @end

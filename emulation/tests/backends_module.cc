@@ -124,7 +124,7 @@ BackendStatus NoGil(Body body) {
 }
 
 py::tuple Adam(py::dict p, std::vector<F32> vars, std::vector<F32> ms, std::vector<F32> vs,
-               std::vector<F32> vhats, std::vector<F32> grads, size_t offset) {
+               std::vector<F32> vhats, std::vector<F32> grads, size_t offset, std::vector<F32> grad_sqs) {
   CheckSizes(vars, ms, "ms");
   CheckSizes(vars, vs, "vs");
   CheckSizes(vars, grads, "grads");
@@ -136,14 +136,17 @@ py::tuple Adam(py::dict p, std::vector<F32> vars, std::vector<F32> ms, std::vect
   a.step = p["step"].cast<int64_t>();
   a.amsgrad = !vhats.empty();
   a.grad_sq = false;
+  for (const F32& x : grad_sqs) a.grad_sq = a.grad_sq || x.size() != 0;
   a.semantics = SemanticsOf(p["semantics"].cast<std::string>());
   a.gradient = Transform(p);
   if (a.amsgrad) CheckSizes(vars, vhats, "vhats");
+  if (!grad_sqs.empty()) CheckSizes(vars, grad_sqs, "grad_sqs");
   Stage stage{offset, {}};
   std::vector<tfmps::optim::AdamSlots<float>> slots;
   for (size_t i = 0; i < vars.size(); ++i) {
     slots.push_back({stage.Add(vars[i]), stage.Add(ms[i]), stage.Add(vs[i]),
-                     a.amsgrad ? stage.Add(vhats[i]) : nullptr, stage.Add(grads[i]), nullptr,
+                     a.amsgrad ? stage.Add(vhats[i]) : nullptr, stage.Add(grads[i]),
+                     grad_sqs.empty() ? nullptr : stage.Add(grad_sqs[i], /*optional=*/true),
                      static_cast<int64_t>(vars[i].size())});
   }
   BackendStatus s = NoGil([&] { return tfmps::optim::AdamMetal(a, slots); });
@@ -297,7 +300,8 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
   m.def("reset_hooks", &tfmps_test::ResetHooks);
   m.def("debug_level", &tfmps_test::DebugLevel, "TFMPS_METAL_EMU_DEBUG as the emulation read it");
   m.def("adam", &Adam, py::arg("params"), py::arg("vars"), py::arg("ms"), py::arg("vs"),
-        py::arg("vhats"), py::arg("grads"), py::arg("offset") = 0);
+        py::arg("vhats"), py::arg("grads"), py::arg("offset") = 0,
+        py::arg("grad_sqs") = std::vector<F32>());
   m.def("sgd", &Sgd, py::arg("params"), py::arg("vars"), py::arg("momentums"), py::arg("grads"),
         py::arg("offset") = 0);
   m.def("rmsprop", &RmsProp, py::arg("params"), py::arg("vars"), py::arg("mss"), py::arg("mgs"),

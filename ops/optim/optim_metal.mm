@@ -36,6 +36,8 @@
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstdint>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -47,6 +49,7 @@
 
 #include "ops/common/metal_context.h"
 #include "ops/optim/optim.h"
+#include "ops/optim/optim_kernels.h"
 
 namespace tfmps {
 namespace optim {
@@ -192,11 +195,227 @@ BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool 
 
 enum Kind { kAdam, kSgd, kRmsProp };
 
+// ------------------------------------------------------------- tf-mps's own kernels
+// Compiled once, kept for the process (compiling MSL takes milliseconds to a second).
+// MTLMathModeSafe, or fastMathEnabled = NO before macOS 15: the kernels must round as
+// the CPU backend does, so the compiler may not contract a*b + c into an fma nor
+// reassociate (Apple: Safe "prevents the compiler from making any transformations that
+// could affect the results"; fast math is the default). nil and *error on failure.
+id<MTLComputePipelineState> KernelPipeline(const char* name, std::string* error) {
+  static std::mutex mu;
+  static id<MTLLibrary> library = nil;
+  static auto* pipelines = new std::map<std::string, id<MTLComputePipelineState>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = pipelines->find(name);
+  if (it != pipelines->end()) return it->second;
+  NSError* e = nil;
+  if (library == nil) {
+    MTLCompileOptions* options = [[MTLCompileOptions alloc] init];
+    if (@available(macOS 15, *)) {
+      options.mathMode = MTLMathModeSafe;
+    } else {
+      options.fastMathEnabled = NO;
+    }
+    library = [metal::Device() newLibraryWithSource:[NSString stringWithUTF8String:kOptimKernelsSource]
+                                            options:options
+                                              error:&e];
+    if (library == nil) {
+      *error = std::string("compiling optim_kernels.metal failed: ") +
+               (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
+      return nil;
+    }
+  }
+  id<MTLFunction> function = [library newFunctionWithName:[NSString stringWithUTF8String:name]];
+  if (function == nil) {
+    *error = std::string("optim_kernels.metal has no kernel ") + name;
+    return nil;
+  }
+  id<MTLComputePipelineState> pipeline = [metal::Device() newComputePipelineStateWithFunction:function error:&e];
+  if (pipeline == nil) {
+    *error = std::string("no pipeline for ") + name + ": " +
+             (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
+    return nil;
+  }
+  (*pipelines)[name] = pipeline;
+  return pipeline;
+}
+
+TfmpsGradientArgs GradientArgs(const GradientTransform& g) {
+  TfmpsGradientArgs a{};
+  a.rescale = g.rescale;
+  a.clip_lo = g.clip_min;
+  a.clip_hi = g.clip_max;
+  a.scale = g.regularization_scale;
+  a.transform = g.is_identity() ? 0 : 1;
+  a.clip = g.clip ? 1 : 0;
+  a.regularization = g.regularization == Regularization::kL1 ? 1 : g.regularization == Regularization::kL2 ? 2 : 0;
+  return a;
+}
+
+// The buffers of one variable's arrays, found before anything is encoded, so that an
+// array outside the registered buffers makes the whole call unsupported (the caller
+// then runs the CPU backend), never half encoded.
+struct Bound {
+  id<MTLBuffer> buffer;
+  NSUInteger offset;
+};
+
+bool Find(const void* p, int64_t n, Bound* out) {
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(n) * sizeof(float));
+  if (!ref.found()) return false;
+  *out = Bound{metal::BufferOf(ref), static_cast<NSUInteger>(ref.offset)};
+  return true;
+}
+
+// One dispatch per variable, all in one command buffer: bufs in the kernel's parameter
+// order, then the arguments struct by setBytes:.
+template <typename Args>
+void EncodeKernel(id<MTLComputeCommandEncoder> enc, id<MTLComputePipelineState> pipeline,
+                  const std::vector<Bound>& bufs, const Args& args, int64_t n) {
+  [enc setComputePipelineState:pipeline];
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    [enc setBuffer:bufs[i].buffer offset:bufs[i].offset atIndex:i];
+  }
+  [enc setBytes:&args length:sizeof(Args) atIndex:bufs.size()];
+  const NSUInteger group = std::min<NSUInteger>([pipeline maxTotalThreadsPerThreadgroup], 256);
+  [enc dispatchThreads:MTLSizeMake(static_cast<NSUInteger>(n), 1, 1)
+      threadsPerThreadgroup:MTLSizeMake(group, 1, 1)];
+}
+
+// Runs `kernel` over every variable: `bind(i, &bufs)` finds variable i's buffers
+// (false: unsupported), `args(i)` gives its arguments struct.
+template <typename Args, typename BindFn, typename ArgsFn>
+BackendStatus RunKernel(const char* op, const char* kernel, size_t count, const std::vector<int64_t>& sizes,
+                        const BindFn& bind, const ArgsFn& args) {
+  if (!metal::Available()) return BackendStatus::Unsupported(std::string(op) + ": no Metal device");
+  @autoreleasepool {
+    std::vector<std::vector<Bound>> all(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (sizes[i] == 0) continue;
+      if (sizes[i] > static_cast<int64_t>(UINT32_MAX)) {
+        return BackendStatus::Unsupported(std::string(op) + ": variable " + std::to_string(i) +
+                                          " has more than 2^32 - 1 elements (one thread each)");
+      }
+      if (!bind(i, &all[i])) return NotInBuffer(op, i);
+    }
+    std::string error;
+    id<MTLComputePipelineState> pipeline = KernelPipeline(kernel, &error);
+    if (pipeline == nil) return BackendStatus::Internal(std::string(op) + ": " + error);
+    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+      id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
+      for (size_t i = 0; i < count; ++i) {
+        if (sizes[i] != 0) EncodeKernel(enc, pipeline, all[i], args(i), sizes[i]);
+      }
+      [enc endEncoding];
+    });
+  }
+}
+
+template <typename Slots>
+std::vector<int64_t> Sizes(const std::vector<Slots>& vars) {
+  std::vector<int64_t> sizes;
+  for (const Slots& x : vars) sizes.push_back(x.size);
+  return sizes;
+}
+
+// Keras's Adam: the constants in float exactly as optim_cpu.cc's AdamAll computes them.
+BackendStatus AdamKernel(const AdamParams& p, const std::vector<AdamSlots<float>>& vars) {
+  TfmpsAdamArgs base{};
+  base.gradient = GradientArgs(p.gradient);
+  const float t = static_cast<float>(static_cast<double>(p.step));
+  const float b1p = std::pow(static_cast<float>(p.beta1), t);
+  const float b2p = std::pow(static_cast<float>(p.beta2), t);
+  base.alpha = static_cast<float>(p.lr) * std::sqrt(1.0f - b2p) / (1.0f - b1p);
+  base.omb1 = static_cast<float>(1.0 - p.beta1);
+  base.omb2 = static_cast<float>(1.0 - p.beta2);
+  base.eps = static_cast<float>(p.epsilon);
+  base.amsgrad = p.amsgrad ? 1 : 0;
+  return RunKernel<TfmpsAdamArgs>(
+      "tf-mps Adam kernel", "tfmps_adam_f32", vars.size(), Sizes(vars),
+      [&](size_t i, std::vector<Bound>* b) {
+        const AdamSlots<float>& x = vars[i];
+        Bound w, m, v, vh, g, g2;
+        if (!Find(x.var, x.size, &w) || !Find(x.m, x.size, &m) || !Find(x.v, x.size, &v) ||
+            !Find(x.grad, x.size, &g)) {
+          return false;
+        }
+        vh = w;  // bound to var when unused (never read)
+        g2 = w;
+        if (p.amsgrad && !Find(x.vhat, x.size, &vh)) return false;
+        if (x.grad_sq != nullptr && !Find(x.grad_sq, x.size, &g2)) return false;
+        *b = {w, m, v, vh, g, g2};
+        return true;
+      },
+      [&](size_t i) {
+        TfmpsAdamArgs a = base;
+        a.n = static_cast<tfmps_u32>(vars[i].size);
+        a.grad_sq = vars[i].grad_sq != nullptr ? 1 : 0;
+        return a;
+      });
+}
+
+// Keras's SGD with momentum or Nesterov.
+BackendStatus SgdKernel(const SgdParams& p, const std::vector<SgdSlots<float>>& vars) {
+  TfmpsSgdArgs base{};
+  base.gradient = GradientArgs(p.gradient);
+  base.lr = static_cast<float>(p.lr);
+  base.mu = static_cast<float>(p.momentum);
+  base.mode = p.nesterov ? 2 : 1;
+  return RunKernel<TfmpsSgdArgs>(
+      "tf-mps SGD kernel", "tfmps_sgd_f32", vars.size(), Sizes(vars),
+      [&](size_t i, std::vector<Bound>* b) {
+        const SgdSlots<float>& x = vars[i];
+        Bound w, m, g;
+        if (!Find(x.var, x.size, &w) || !Find(x.momentum, x.size, &m) || !Find(x.grad, x.size, &g)) return false;
+        *b = {w, m, g};
+        return true;
+      },
+      [&](size_t i) {
+        TfmpsSgdArgs a = base;
+        a.n = static_cast<tfmps_u32>(vars[i].size);
+        return a;
+      });
+}
+
+// RMSProp in either rule set, centered and momentum included.
+BackendStatus RmsPropKernel(const RmsPropParams& p, const std::vector<RmsPropSlots<float>>& vars) {
+  TfmpsRmsPropArgs base{};
+  base.gradient = GradientArgs(p.gradient);
+  base.lr = static_cast<float>(p.lr);
+  base.rho = static_cast<float>(p.rho);
+  base.omr = static_cast<float>(1.0 - p.rho);
+  base.mu = static_cast<float>(p.momentum);
+  base.eps = static_cast<float>(p.epsilon);
+  base.keras = p.semantics == Semantics::kKeras ? 1 : 0;
+  base.centered = p.centered ? 1 : 0;
+  base.momentum = p.use_momentum ? 1 : 0;
+  return RunKernel<TfmpsRmsPropArgs>(
+      "tf-mps RMSProp kernel", "tfmps_rmsprop_f32", vars.size(), Sizes(vars),
+      [&](size_t i, std::vector<Bound>* b) {
+        const RmsPropSlots<float>& x = vars[i];
+        Bound w, ms, mg, mom, g, g2;
+        if (!Find(x.var, x.size, &w) || !Find(x.ms, x.size, &ms) || !Find(x.grad, x.size, &g)) return false;
+        mg = mom = g2 = w;
+        if (p.centered && !Find(x.mg, x.size, &mg)) return false;
+        if (p.use_momentum && !Find(x.mom, x.size, &mom)) return false;
+        if (x.grad_sq != nullptr && !Find(x.grad_sq, x.size, &g2)) return false;
+        *b = {w, ms, mg, mom, g, g2};
+        return true;
+      },
+      [&](size_t i) {
+        TfmpsRmsPropArgs a = base;
+        a.n = static_cast<tfmps_u32>(vars[i].size);
+        a.grad_sq = vars[i].grad_sq != nullptr ? 1 : 0;
+        return a;
+      });
+}
+
 }  // namespace
 
 // -------------------------------------------------------------------------- Adam
 BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerAdam";
+  if (p.semantics == Semantics::kKeras) return AdamKernel(p, vars);
   BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq);
   if (!s.ok()) return s;
   @autoreleasepool {
@@ -263,6 +482,7 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
 // --------------------------------------------------------------------------- SGD
 BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerStochasticGradientDescent";
+  if (p.semantics == Semantics::kKeras && p.use_momentum) return SgdKernel(p, vars);
   BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/!p.use_momentum, false);
   if (!s.ok()) return s;
   @autoreleasepool {
@@ -317,11 +537,11 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
 // ----------------------------------------------------------------------- RMSProp
 BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlots<float>>& vars) {
   const char* op = "MPSNNOptimizerRMSProp";
+  if (p.semantics == Semantics::kKeras || p.centered || p.use_momentum || p.grad_sq) {
+    return RmsPropKernel(p, vars);
+  }
   BackendStatus s = Precheck(op, p.semantics, /*keras_ok=*/false, p.grad_sq);
   if (!s.ok()) return s;
-  if (p.centered || p.use_momentum) {
-    return BackendStatus::Unsupported(std::string(op) + ": centered or momentum RMSProp");
-  }
   @autoreleasepool {
     struct Vectors {
       MPSVector *var, *ms, *grad;

@@ -90,10 +90,52 @@ typedef NS_ENUM(NSUInteger, MTLCommandBufferError) {
 };
 extern "C" NSErrorDomain const MTLCommandBufferErrorDomain;
 
+// MTLTypes.h: a 3-D extent of threads or threadgroups.
+typedef struct {
+  NSUInteger width, height, depth;
+} MTLSize;
+inline MTLSize MTLSizeMake(NSUInteger width, NSUInteger height, NSUInteger depth) {
+  MTLSize size = {width, height, depth};
+  return size;
+}
+
+// MTLLibrary.h (macOS 15+): whether the compiler may transform floating-point math in
+// ways that change results (Safe: none, so no a*b+c contracted into an fma).
+typedef NS_ENUM(NSInteger, MTLMathMode) {
+  MTLMathModeSafe = 0,
+  MTLMathModeRelaxed = 1,
+  MTLMathModeFast = 2,
+};
+
 @protocol MTLBuffer;
 @protocol MTLCommandBuffer;
+@protocol MTLComputePipelineState;
+@protocol MTLFunction;
+@protocol MTLLibrary;
 @protocol MTLCommandQueue;
 @protocol MTLSharedEvent;
+
+// MTLLibrary.h.
+@interface MTLCompileOptions : NSObject <NSCopying>
+// Deprecated in macOS 15 in favour of mathMode; the only switch before it.
+@property(readwrite, nonatomic) BOOL fastMathEnabled;
+// macOS 15+.
+@property(readwrite, nonatomic) MTLMathMode mathMode;
+@end
+
+@protocol MTLFunction <NSObject>
+@property(readonly) NSString* name;
+@end
+
+@protocol MTLLibrary <NSObject>
+- (id<MTLFunction>)newFunctionWithName:(NSString*)functionName;
+@end
+
+// MTLComputePipeline.h.
+@protocol MTLComputePipelineState <NSObject>
+@property(readonly) NSUInteger maxTotalThreadsPerThreadgroup;
+@property(readonly) NSUInteger threadExecutionWidth;
+@end
 
 @protocol MTLDevice <NSObject>
 @property(readonly) NSString* name;
@@ -109,6 +151,13 @@ extern "C" NSErrorDomain const MTLCommandBufferErrorDomain;
                             options:(MTLResourceOptions)options;
 // macOS 10.14+.
 - (id<MTLSharedEvent>)newSharedEvent;
+// MTLDevice.h: compiles Metal Shading Language source at run time (nil and *error on
+// failure).
+- (id<MTLLibrary>)newLibraryWithSource:(NSString*)source
+                               options:(MTLCompileOptions*)options
+                                 error:(NSError* __autoreleasing*)error;
+- (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
+                                                             error:(NSError* __autoreleasing*)error;
 @end
 
 @protocol MTLResource <NSObject>
@@ -155,6 +204,17 @@ extern "C" NSErrorDomain const MTLCommandBufferErrorDomain;
 - (void)fillBuffer:(id<MTLBuffer>)buffer range:(NSRange)range value:(uint8_t)value;
 @end
 
+// MTLComputeCommandEncoder.h.
+@protocol MTLComputeCommandEncoder <MTLCommandEncoder>
+- (void)setComputePipelineState:(id<MTLComputePipelineState>)state;
+// At most 4 KB, copied at once.
+- (void)setBytes:(const void*)bytes length:(NSUInteger)length atIndex:(NSUInteger)index;
+- (void)setBuffer:(id<MTLBuffer>)buffer offset:(NSUInteger)offset atIndex:(NSUInteger)index;
+// Non-uniform threadgroups (Apple GPU families 4+, Mac family 2).
+- (void)dispatchThreads:(MTLSize)threadsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
+- (void)dispatchThreadgroups:(MTLSize)threadgroupsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
+@end
+
 @protocol MTLCommandQueue <NSObject>
 @property(readonly) id<MTLDevice> device;
 @property(copy, atomic) NSString* label;
@@ -177,6 +237,7 @@ typedef void (^MTLCommandBufferHandler)(id<MTLCommandBuffer>);
 @property(readonly) MTLCommandBufferStatus status;
 @property(readonly) NSError* error;
 - (id<MTLBlitCommandEncoder>)blitCommandEncoder;
+- (id<MTLComputeCommandEncoder>)computeCommandEncoder;
 // macOS 10.14+.
 - (void)encodeSignalEvent:(id<MTLEvent>)event value:(uint64_t)value;
 - (void)encodeWaitForEvent:(id<MTLEvent>)event value:(uint64_t)value;

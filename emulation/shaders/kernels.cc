@@ -1,0 +1,12 @@
+// Every Metal kernel of tf-mps, compiled as C++ against include/metal_stdlib and
+// registered for the fake compute pipelines. A new .metal file is included here and
+// each of its kernels gets one TFMPS_EMU_KERNEL line.
+#include <metal_stdlib>
+
+#include "ops/optim/optim_kernels.metal"  // NOLINT(build/include)
+
+#include "emulation/shaders/shaders.h"
+
+TFMPS_EMU_KERNEL(tfmps_adam_f32);
+TFMPS_EMU_KERNEL(tfmps_sgd_f32);
+TFMPS_EMU_KERNEL(tfmps_rmsprop_f32);
