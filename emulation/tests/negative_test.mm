@@ -187,6 +187,43 @@ TEST_F(NegativeDeathTest, AMisalignedVectorOffsetFailsValidation) {
       "failed assertion");
 }
 
+// A compute dispatch whose arguments do not cover what the kernel reads.
+void DispatchSgd(id<MTLDevice> device, id<MTLCommandQueue> queue, bool bind_all, size_t args_bytes) {
+  @autoreleasepool {
+    NSError* error = nil;
+    id<MTLLibrary> lib = [device newLibraryWithSource:@"kernel void tfmps_sgd_f32(...)" options:nil error:&error];
+    id<MTLFunction> f = [lib newFunctionWithName:@"tfmps_sgd_f32"];
+    id<MTLComputePipelineState> pipeline = [device newComputePipelineStateWithFunction:f error:&error];
+    id<MTLBuffer> b = [device newBufferWithLength:64 options:MTLResourceStorageModeShared];
+    id<MTLCommandBuffer> cb = [queue commandBuffer];
+    id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
+    [enc setComputePipelineState:pipeline];
+    [enc setBuffer:b offset:0 atIndex:0];
+    if (bind_all) [enc setBuffer:b offset:0 atIndex:1];  // WRONG when false: index 1 unbound
+    [enc setBuffer:b offset:0 atIndex:2];
+    char args[64] = {};
+    [enc setBytes:args length:args_bytes atIndex:3];  // WRONG when shorter than the struct
+    [enc dispatchThreads:MTLSizeMake(4, 1, 1) threadsPerThreadgroup:MTLSizeMake(4, 1, 1)];
+    [enc endEncoding];
+    [cb commit];
+    [cb waitUntilCompleted];
+  }
+}
+
+TEST_F(NegativeDeathTest, AKernelArgumentLeftUnboundFailsValidation) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(DispatchSgd(device_, queue_, /*bind_all=*/false, 40), "buffer argument 1 is not bound");
+}
+
+TEST_F(NegativeDeathTest, ATooShortArgumentStructFailsValidation) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(DispatchSgd(device_, queue_, /*bind_all=*/true, 8), "the kernel reads at least");
+}
+
+TEST_F(NegativeTest, AComputeDispatchWithEveryArgumentRuns) {
+  DispatchSgd(device_, queue_, /*bind_all=*/true, 48);  // zero args: n = 0, nothing written
+}
+
 TEST_F(NegativeTest, ALeakedObjectShowsInTheLiveCount) {
   static id<MTLBuffer> leaked __attribute__((used));  // WRONG: a reference nobody clears
   const int64_t before = objc_emu_live_objects();

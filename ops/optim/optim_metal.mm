@@ -1,38 +1,41 @@
-// Metal backend of the optim family: MPSNNOptimizer{Adam,StochasticGradientDescent,
-// RMSProp} on MPSVectors that alias the variables' unified-memory MTLBuffers. Built with
-// ARC. Nothing here has run on a Mac yet: it is type-checked against the project's
-// declarations of Apple's API and executed on Linux against the Metal emulation
-// (emulation/, docs/metal-emulation.md), whose MPS fakes compute what Apple documents.
+// Metal backend of the optim family, float32: MPSNNOptimizer{Adam,StochasticGradient
+// Descent,RMSProp} on MPSVectors that alias the variables' unified-memory MTLBuffers
+// where MPS's formula is the one asked for, and tf-mps's own kernels
+// (optim_kernels.metal) for everything else. Built with ARC. Nothing here has run on a
+// Mac yet: it is type-checked against the project's declarations of Apple's API and
+// executed on Linux against the Metal emulation (emulation/, docs/metal-emulation.md),
+// whose MPS fakes compute what Apple documents and which runs the kernels as C++.
 //
-// What MPS runs exactly, and why the rest returns kUnsupported (formulas: optim.h, and
-// Apple's MPSNNOptimizers.h, which MPS_REFERENCE.md summarizes):
-//  * Semantics::kMps is MPS's own rule set: Adam (and AMSGrad), SGD (plain, momentum,
-//    Nesterov) and plain RMSProp run here. Centered or momentum RMSProp have no MPS
-//    class.
-//  * Semantics::kKeras promises Keras's rounding, operation for operation.
-//    - Plain SGD: w - g*lr is the same product and difference in both rule sets: runs.
-//    - SGD momentum/Nesterov: Keras keeps the momentum slot with the opposite sign
-//      (m = mu*m - lr*g, w += m; MPS: m = mu*m + lr*g, w -= m) and Keras Nesterov uses
-//      a different update; the slot contents themselves would differ.
-//    - RMSProp: Keras divides by sqrt(s + eps), MPS by sqrt(s) + eps.
-//    - Adam: algebraically MPS's formula, but not Keras's rounding: Keras raises
-//      float32(beta) to the power t in float32, MPS takes beta as double (its beta1 and
-//      beta2 properties are double). float32(0.999) alone moves 1 - beta2^t by 1.3e-5
-//      and the step size by 6.7e-6 relative (t = 1..10), a hundred times float
-//      rounding; the moment updates are also rounded in another order
+// Which path runs what (formulas: optim.h, and Apple's MPSNNOptimizers.h):
+//  * MPS (Semantics::kMps, MPS's own rule set): Adam and AMSGrad, SGD plain, momentum
+//    and Nesterov, plain RMSProp; and plain SGD in Keras semantics (w - g*lr is the same
+//    product and difference in both rule sets).
+//  * tf-mps's kernels, because MPS's classes cannot reproduce them:
+//    - Keras's Adam: algebraically MPS's formula, but not Keras's rounding: Keras raises
+//      float32(beta) to the power t in float32, MPS takes beta as double; float32(0.999)
+//      alone moves 1 - beta2^t by 1.3e-5 relative (t = 1..10), a hundred times float
+//      rounding; the moments are also rounded in another order
 //      (m + (g - m)*(1 - b1) against b1*m + (1 - b1)*g).
-//  * grad_sq (the sum of squares Keras uses for sparse gradients): MPS squares g itself.
+//    - Keras's SGD momentum/Nesterov: Keras keeps the momentum slot with the opposite
+//      sign (m = mu*m - lr*g, w += m; MPS: m = mu*m + lr*g, w -= m).
+//    - RMSProp in Keras semantics (Keras divides by sqrt(s + eps), MPS by sqrt(s) + eps),
+//      and centered or momentum RMSProp in either (no MPS class has them).
+//    - grad_sq (the sum of squares Keras uses for sparse gradients): MPS squares g itself.
+//    The kernels repeat the CPU backend's operations in its order; compiled with
+//    MTLMathModeSafe so that nothing is contracted into an fma or reordered.
 //  * Gradient options map one to one onto MPSNNOptimizerDescriptor (clip, then rescale,
-//    then regularize: the order Apple documents and optim.h follows).
-//  * Pointers outside registered MTLBuffers, or not 16-byte aligned inside them: Metal
-//    wants buffer offsets aligned to the widest type the kernel reads (up to 16 bytes),
-//    and a vectorized MPS kernel may read float4.
+//    then regularize: the order Apple documents and optim.h follows), and into the
+//    kernels' TfmpsGradientArgs.
+//  * kUnsupported (the caller runs the CPU backend on the same memory): pointers outside
+//    registered MTLBuffers or not 16-byte aligned inside them (Metal wants buffer offsets
+//    aligned to the widest type a kernel reads, and MPS's kernels may read float4);
+//    MPS-semantics Adam with grad_sq; variables over 2^32 - 1 elements on the kernels.
 // Updates are in place (resultValuesVector is inputValuesVector). Apple calls these
 // out-of-place updates, yet overwrites the momentum and velocity vectors in place, which
 // an elementwise kernel can only do if each element is read and written by one thread.
-// For a Mac run to settle: in-place values; and whether the Metal compiler contracts
-// a*b + c into one fma (one rounding, not two), which would make even plain SGD differ
-// from Keras in the last bit.
+// For a Mac run to settle: in-place values; whether MPS's own kernels contract a*b + c
+// (then MPS-path results differ from the CPU backend in the last bit); that Apple's
+// compiler accepts optim_kernels.metal and MTLMathModeSafe gives the CPU's rounding.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstdint>
