@@ -170,6 +170,12 @@ void EmuResetHooks() {
   return kMaxBufferLength;
 }
 
+// A fixed 4 GiB, as a small Apple-silicon Mac might report: the device's memory limit in
+// tests is then the same on every machine.
+- (uint64_t)recommendedMaxWorkingSetSize {
+  return uint64_t{4} << 30;
+}
+
 - (id<MTLCommandQueue>)newCommandQueue {
   if (EmuInitShouldFail("MTLCommandQueue")) return nil;
   return [[TFMPSEmuCommandQueue alloc] initWithDevice:self];

@@ -143,6 +143,8 @@ typedef NS_ENUM(NSInteger, MTLMathMode) {
 @property(readonly) BOOL hasUnifiedMemory;
 // macOS 10.14+.
 @property(readonly) NSUInteger maxBufferLength;
+// macOS 10.12+: how much memory the device can use without hurting performance.
+@property(readonly) uint64_t recommendedMaxWorkingSetSize;
 - (id<MTLCommandQueue>)newCommandQueue;
 // "Creates a buffer the method clears with zero values."
 - (id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
