@@ -584,12 +584,25 @@ void RunCommandBuffer(const std::shared_ptr<CommandBufferState>& st) {
 - (std::shared_ptr<CommandBufferState>)state;
 @end
 
-@interface TFMPSEmuBlitEncoder : NSObject <MTLBlitCommandEncoder>
+// What every encoder shares: its command buffer, endEncoding, and the validation
+// layer's checks (no use after endEncoding, no release before it).
+@interface TFMPSEmuEncoder : NSObject {
+ @protected
+  TFMPSEmuCommandBuffer* _cb;
+  bool _ended;
+}
+@property(copy, atomic) NSString* label;
 - (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb;
+- (const char*)kind;  // the protocol's name, for messages
+- (void)checkOpen:(const char*)method;
+- (id<MTLDevice>)device;
+- (void)endEncoding;
 @end
 
-@interface TFMPSEmuComputeEncoder : NSObject <MTLComputeCommandEncoder>
-- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb;
+@interface TFMPSEmuBlitEncoder : TFMPSEmuEncoder <MTLBlitCommandEncoder>
+@end
+
+@interface TFMPSEmuComputeEncoder : TFMPSEmuEncoder <MTLComputeCommandEncoder>
 @end
 
 @implementation TFMPSEmuCommandQueue {
@@ -869,11 +882,8 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
       MTLCommandBufferErrorInternal, std::move(finally));
 }
 
-// ------------------------------------------------------------------- blit encoder
-@implementation TFMPSEmuBlitEncoder {
-  TFMPSEmuCommandBuffer* _cb;
-  bool _ended;
-}
+// ------------------------------------------------------------------- encoders
+@implementation TFMPSEmuEncoder
 @synthesize label;
 
 - (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb {
@@ -883,10 +893,15 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
   return self;
 }
 
+- (const char*)kind {
+  return "MTLCommandEncoder";
+}
+
 // The validation layer's check: every encoder must be ended before it goes away.
 - (void)dealloc {
   if (!_ended) {
-    EmuValidationFailure("-[MTLBlitCommandEncoder dealloc]", "Command encoder released without endEncoding");
+    EmuValidationFailure((std::string("-[") + [self kind] + " dealloc]").c_str(),
+                         "Command encoder released without endEncoding");
   }
 }
 
@@ -899,9 +914,18 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
 }
 
 - (void)endEncoding {
-  [self checkOpen:"-[MTLBlitCommandEncoder endEncoding]"];
+  const std::string method = std::string("-[") + [self kind] + " endEncoding]";
+  [self checkOpen:method.c_str()];
   _ended = true;
-  [_cb endEncoderFrom:"-[MTLBlitCommandEncoder endEncoding]"];
+  [_cb endEncoderFrom:method.c_str()];
+}
+@end
+
+// ------------------------------------------------------------------- blit encoder
+@implementation TFMPSEmuBlitEncoder
+
+- (const char*)kind {
+  return "MTLBlitCommandEncoder";
 }
 
 // Apple: "In macOS, sourceOffset [destinationOffset, size] needs to be a multiple of 4";
@@ -1058,38 +1082,12 @@ struct ComputeBinding {
 }  // namespace
 
 @implementation TFMPSEmuComputeEncoder {
-  TFMPSEmuCommandBuffer* _cb;
-  bool _ended;
   TFMPSEmuComputePipeline* _pipeline;
   ComputeBinding _bindings[kMaxBufferArguments];
 }
-@synthesize label;
 
-- (instancetype)initWithCommandBuffer:(TFMPSEmuCommandBuffer*)cb {
-  self = [super init];
-  if (self == nil) return nil;
-  _cb = cb;
-  return self;
-}
-
-- (void)dealloc {
-  if (!_ended) {
-    EmuValidationFailure("-[MTLComputeCommandEncoder dealloc]", "Command encoder released without endEncoding");
-  }
-}
-
-- (id<MTLDevice>)device {
-  return [_cb device];
-}
-
-- (void)checkOpen:(const char*)method {
-  if (_ended) EmuValidationFailure(method, "encoder has already ended (endEncoding was called)");
-}
-
-- (void)endEncoding {
-  [self checkOpen:"-[MTLComputeCommandEncoder endEncoding]"];
-  _ended = true;
-  [_cb endEncoderFrom:"-[MTLComputeCommandEncoder endEncoding]"];
+- (const char*)kind {
+  return "MTLComputeCommandEncoder";
 }
 
 - (void)setComputePipelineState:(id<MTLComputePipelineState>)state {

@@ -47,7 +47,7 @@ class NegativeTest : public ::testing::Test {
     return [[MPSVector alloc] initWithBuffer:b offset:offset descriptor:d];
   }
   // w -= 1 * g on the GPU: an SGD step of learning rate 1.
-  id<MTLCommandBuffer> EncodeSgd(id<MTLCommandQueue> queue, id<MTLBuffer> w, id<MTLBuffer> g, size_t n) {
+  MPSNNOptimizerStochasticGradientDescent* MakeSgd() {
     MPSNNOptimizerDescriptor* desc =
         [MPSNNOptimizerDescriptor optimizerDescriptorWithLearningRate:1.0f
                                                       gradientRescale:1.0f
@@ -61,6 +61,10 @@ class NegativeTest : public ::testing::Test {
                                                           momentumScale:0
                                                     useNesterovMomentum:NO
                                                     optimizerDescriptor:desc];
+    return sgd;
+  }
+  id<MTLCommandBuffer> EncodeSgd(id<MTLCommandQueue> queue, id<MTLBuffer> w, id<MTLBuffer> g, size_t n) {
+    MPSNNOptimizerStochasticGradientDescent* sgd = MakeSgd();
     id<MTLCommandBuffer> cb = [queue commandBuffer];
     MPSVector* wv = Vector(w, 0, n);
     [sgd encodeToCommandBuffer:cb
@@ -148,19 +152,7 @@ TEST_F(NegativeDeathTest, AVectorPastTheEndOfItsBufferFailsValidation) {
           id<MTLBuffer> w = Floats(16, 1.0f);
           MPSVector* v = Vector(w, 16, 16);  // WRONG: offset 16 bytes + 64 bytes > 64
           id<MTLBuffer> g = Floats(16, 1.0f);
-          MPSNNOptimizerDescriptor* desc =
-              [MPSNNOptimizerDescriptor optimizerDescriptorWithLearningRate:1.0f
-                                                            gradientRescale:1.0f
-                                                      applyGradientClipping:NO
-                                                            gradientClipMax:0
-                                                            gradientClipMin:0
-                                                         regularizationType:MPSNNRegularizationTypeNone
-                                                        regularizationScale:0];
-          MPSNNOptimizerStochasticGradientDescent* sgd =
-              [[MPSNNOptimizerStochasticGradientDescent alloc] initWithDevice:device_
-                                                                momentumScale:0
-                                                          useNesterovMomentum:NO
-                                                          optimizerDescriptor:desc];
+          MPSNNOptimizerStochasticGradientDescent* sgd = MakeSgd();
           id<MTLCommandBuffer> cb = [queue_ commandBuffer];
           [sgd encodeToCommandBuffer:cb
                  inputGradientVector:Vector(g, 0, 16)
