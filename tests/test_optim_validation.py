@@ -163,8 +163,38 @@ def test_shape_function_catches_mismatch_in_graph():
         return _raw_adam([v], [m], [vv], [g])
 
     v, m, vv = _v(), _v(value=0), _v(value=0)
-    with pytest.raises(ValueError, match=r"has shape \[3,2\] but its gradient .* has shape \[4\]"):
+    # Named as the kernel names them, not by input position.
+    with pytest.raises(ValueError, match=r"MpsMultiApplyAdam: vars\[0\] and grads\[0\] do not have the same "
+                                         r"shape: \[3,2\] vs \[4\]"):
         f(v, m, vv, tf.ones((4,)))
+
+
+def test_shape_function_names_slots_and_squares():
+    """A slot or a squared-gradient sum of the wrong shape, at graph construction."""
+    v, m, vv = _v(), _v(value=0), _v((3, 3), value=0)
+
+    @tf.function
+    def slot():
+        return _raw_adam([v], [m], [vv], [tf.ones((3, 2))])
+
+    with pytest.raises(ValueError, match=r"vars\[0\] and vs\[0\] do not have the same shape: \[3,2\] vs \[3,3\]"):
+        slot()
+    vv2 = _v(value=0)
+
+    @tf.function
+    def square():
+        return _raw_adam_sq([v], [m], [vv2], [tf.ones((3, 2))], [tf.ones((2, 3))])
+
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads_sq\[0\] do not have the same shape"):
+        square()
+
+
+def test_l1_of_nan_weight_is_nan():
+    """sign(NaN) is NaN (tf.sign, np.sign): L1 regularization passes a NaN weight on."""
+    v, m = tf.Variable([np.nan, 2.0]), tf.Variable([0.0, 0.0])
+    tf_mps.ops.apply_sgd(v, tf.constant([1.0, 1.0]), 0.1, momentum=0.9, momentums=m,
+                         regularization="l1", regularization_scale=0.0)
+    assert np.isnan(m.numpy()[0]) and np.isfinite(m.numpy()[1])
 
 
 def test_wrapper_catches_mismatch_while_tracing():

@@ -173,18 +173,26 @@ absl::Status CheckSameShape(const OpKernelContext* ctx, const ArgGroup& a, const
 }
 
 absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c, const std::string& op,
-                               const std::vector<int>& handles, int dense) {
+                               const std::vector<std::pair<int, std::string>>& handles, int dense,
+                               const std::string& dense_label) {
   tensorflow::shape_inference::ShapeHandle s = c->input(dense);
-  for (int h : handles) {
+  // What `s` is named by in a message: the first handle with shape data (the variable),
+  // the dense input until then.
+  const std::string* ref = nullptr;
+  for (const auto& [h, label] : handles) {
     auto* data = c->input_handle_shapes_and_types(h);
     if (data == nullptr || data->empty()) continue;
     tensorflow::shape_inference::ShapeHandle merged;
     absl::Status st = c->Merge(s, (*data)[0].shape, &merged);
     if (!st.ok()) {
+      // In the kernel's order: the variable first, then the slot or the gradient.
+      const bool first = ref == nullptr;
       return absl::InvalidArgumentError(absl::StrCat(
-          op, ": the variable at input ", h, " has shape ", c->DebugString((*data)[0].shape),
-          " but its gradient (input ", dense, ") has shape ", c->DebugString(c->input(dense))));
+          op, ": ", first ? label : *ref, " and ", first ? dense_label : label,
+          " do not have the same shape: ", c->DebugString(first ? (*data)[0].shape : s), " vs ",
+          c->DebugString(first ? c->input(dense) : (*data)[0].shape)));
     }
+    if (ref == nullptr) ref = &label;
     s = merged;
   }
   return absl::OkStatus();

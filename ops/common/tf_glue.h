@@ -5,6 +5,7 @@
 #define TFMPS_COMMON_TF_GLUE_H_
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/common/backend.h"
@@ -78,11 +79,14 @@ absl::Status CheckSameShape(const tensorflow::OpKernelContext* ctx, const ArgGro
                             int i, const tensorflow::TensorShape& shape,
                             const tensorflow::TensorShape& other);
 
-// Shape-function helper: merges the shapes of the variables behind resource handles at
-// inputs `handles` with the dense shape at input `dense` (when the handles carry shape
-// data), so graph construction catches mismatches before anything runs.
+// Shape-function helper: merges the shapes of the variables behind resource handles
+// (`handles`: flat input index and label, "vars[0]", "ms[0]", ...) with the dense shape
+// at input `dense` (labelled `dense_label`, "grads[0]"), when the handles carry shape
+// data, so graph construction catches mismatches before anything runs. The message is
+// the kernel's: "<op>: vars[0] and grads[0] do not have the same shape: [3] vs [4]".
 absl::Status MergeHandleShapes(tensorflow::shape_inference::InferenceContext* c, const std::string& op,
-                               const std::vector<int>& handles, int dense);
+                               const std::vector<std::pair<int, std::string>>& handles, int dense,
+                               const std::string& dense_label);
 
 }  // namespace tfglue
 }  // namespace tfmps

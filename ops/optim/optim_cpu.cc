@@ -202,7 +202,8 @@ struct GradOptions {
   inline T operator()(T g, T w) const {
     if (clip) g = g < lo ? lo : (g > hi ? hi : g);
     g = g * rescale;
-    if (l1) g = g + scale * Arith<S>::FromDouble((w > zero) - (w < zero));
+    // sign(w) as tf.sign and np.sign: NaN for a NaN weight (IEEE: NaN in, NaN out).
+    if (l1) g = g + scale * (w != w ? w : Arith<S>::FromDouble((w > zero) - (w < zero)));
     if (l2) g = g + scale * w;
     return g;
   }

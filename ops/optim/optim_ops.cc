@@ -149,22 +149,27 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
     const int sq = static_cast<int>(owners.size());
     int first_grad = 0;
     for (int len : lens) first_grad += len;
+    // Named as the kernel names them: "vars[0]", "ms[0]", "grads[0]" (multi), "var", "m"...
+    auto label = [multi](const char* single, const char* list, int i) {
+      return multi ? absl::StrCat(list, "[", i, "]") : std::string(single);
+    };
     for (int i = 0; i < n; ++i) {
-      std::vector<int> handles;
+      std::vector<std::pair<int, std::string>> handles;
       int base = 0;
-      for (int len : lens) {
-        if (len > 0) handles.push_back(base + i);
-        base += len;
+      for (size_t g = 0; g < lens.size(); ++g) {
+        if (lens[g] > 0) handles.emplace_back(base + i, label((*slots)[g].single, (*slots)[g].list, i));
+        base += lens[g];
       }
-      TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, op, handles, first_grad + i));
+      TF_RETURN_IF_ERROR(tfglue::MergeHandleShapes(c, op, handles, first_grad + i, label("grad", "grads", i)));
     }
     for (int j = 0; j < sq; ++j) {
       ShapeHandle merged;
       const int i = owners[j];
       if (!c->Merge(c->input(first_grad + i), c->input(first_grad + n + j), &merged).ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(op, ": gradient ", i, " has shape ",
-                                                       c->DebugString(c->input(first_grad + i)),
-                                                       " but its squared-gradient sum has shape ",
+        return absl::InvalidArgumentError(absl::StrCat(op, ": ", label("grad", "grads", i), " and ",
+                                                       label("grad_sq", "grads_sq", j),
+                                                       " do not have the same shape: ",
+                                                       c->DebugString(c->input(first_grad + i)), " vs ",
                                                        c->DebugString(c->input(first_grad + n + j))));
       }
     }

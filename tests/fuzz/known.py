@@ -25,9 +25,6 @@ class Finding:
 
 
 KNOWN: list[Finding] = [
-    # L1 regularization of a NaN weight: the kernels take sign(NaN) as 0, the float64
-    # rules (and np.sign, tf.sign) as NaN, so slots stay finite where NaN is expected.
-    Finding("F1", "optim/*:valid:*special*l1*", ("wrong_result",), r"expected np\.float64\(nan\)"),
     # float16/bfloat16 against the float64 rules: per-operation rounding in float16
     # exceeds the oracle's tolerance in ill-conditioned elements, and Keras semantics
     # rounds beta_1/beta_2 through the variable's dtype (bfloat16: 0.999 -> 1.0, so Adam
@@ -36,12 +33,6 @@ KNOWN: list[Finding] = [
     Finding("O1", "optim/*:valid:*float16*", ("wrong_result",), r"^variable \d+ "),
     # RMSProp Keras class with NaN/Inf/huge values: results differ from keras.optimizers.RMSprop.
     Finding("F3", "optim/keras.RMSProp:valid:*special*", ("wrong_result",), r"^(variable w|optimizer variable)"),
-    # Raw ops: a gradient of another dtype than lr/the variables gets TF's generic
-    # "cannot compute ... as input #5 was expected to be a float tensor" (no argument name).
-    Finding("F4", "optim/raw.*:grad_dtype:*", ("unnamed_rejection",), r"cannot compute"),
-    # Raw ops in graph mode: the shape function names inputs by position ("the variable
-    # at input 0 ... its gradient (input 4)"), not as grads[i] / ms[i].
-    Finding("F5", "optim/raw.*:graph*", ("unnamed_rejection",), r"at input \d+|squared-gradient sum"),
     # Keras RMSProp with tf-mps options, sparse duplicates, 2 steps in a tf.function:
     # 10% of an update off the float64 rules in one case of 10,000 (to investigate:
     # the class or the oracle's handling of summed duplicates).

@@ -565,7 +565,21 @@ def _run_ops(p: dict) -> dict:
         allowed = (tf.errors.NotFoundError, tf.errors.FailedPreconditionError)
     if p["form"] == "raw" and fault in ("grad_dtype", "bad_hyper", "mixed_var_dtype"):
         allowed = (TypeError,)  # TF's generated op binding checks the attr T itself, naming the input
-    return oracle.judge(call, fault=fault, names=p["names"], state=state, check=check, allowed=allowed)
+    boundary = None
+    if p["form"] == "raw" and fault == "grad_dtype":
+        # TF's eager runtime checks that every input of the type attribute T (the
+        # gradients, the squared sums, lr) has one dtype before any kernel runs, and names
+        # the first one that differs by position. Accepted only as exactly that message,
+        # pointing at one of those inputs (docs/fuzzing.md, "The oracles").
+        n = len(vars_)
+        first = n * (1 + len(groups))
+        squares = 0  # the raw call passes no grads_sq for this fault
+        indices = "|".join(str(k) for k in range(first, first + n + squares + 1))
+        name = ("MpsMulti" if p["multi"] else "Mps") + rule.op
+        boundary = (rf"^cannot compute {name} as input #({indices})\(zero-based\) was expected to be a "
+                    rf"\w+ tensor but is a \w+ tensor")
+    return oracle.judge(call, fault=fault, names=p["names"], state=state, check=check, allowed=allowed,
+                        boundary=boundary)
 
 
 def _in_function(call):
