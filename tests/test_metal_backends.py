@@ -272,6 +272,22 @@ def test_rmsprop_kernel_equals_cpu_backend(semantics, centered, momentum, opts):
         _assert_same(mo, [v.numpy() for v in co], "mom")
 
 
+@pytest.mark.parametrize("semantics", ["keras", "mps"])
+def test_l1_of_a_nan_weight_is_nan_on_both_paths(semantics):
+    # sign(NaN) = NaN, as tf.sign (the CPU backend's rule). Whether MPS's own L1 agrees
+    # is for a Mac run to settle: the fake follows the CPU backend.
+    w = [np.array([np.nan, 1.0, -1.0, 0.0], np.float32)]
+    g = [np.full(4, 0.5, np.float32)]
+    mw, mm, mv = [w[0].copy()], [np.zeros(4, np.float32)], [np.zeros(4, np.float32)]
+    opts = dict(regularization="l1", regularization_scale=0.1)
+    params = dict(lr=0.1, beta1=0.9, beta2=0.999, epsilon=1e-7, step=1, semantics=semantics, **_emu_opts(opts))
+    _check_ok(emu.adam(params, mw, mm, mv, [], g))
+    cw, cm, cv = tf.Variable(w[0]), tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.zeros(4, np.float32))
+    tf_mps.ops.apply_adam(cw, cm, cv, tf.constant(g[0]), 0.1, 1, 0.9, 0.999, 1e-7, semantics=semantics, **opts)
+    np.testing.assert_array_equal(mm[0], cm.numpy())
+    assert np.isnan(mm[0][0])
+
+
 def test_a_kernel_compile_failure_is_an_error_not_success():
     # The library is compiled once per process, so this runs in a child process.
     import subprocess

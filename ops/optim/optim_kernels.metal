@@ -19,7 +19,8 @@ inline float tfmps_gradient(float g, float w, constant TfmpsGradientArgs& o) {
   if (o.transform == 0) return g;
   if (o.clip != 0) g = g < o.clip_lo ? o.clip_lo : (g > o.clip_hi ? o.clip_hi : g);
   g = g * o.rescale;
-  if (o.regularization == 1) g = g + o.scale * float((w > 0.0f) - (w < 0.0f));
+  // sign(w) as tf.sign: NaN for a NaN weight.
+  if (o.regularization == 1) g = g + o.scale * (w != w ? w : float((w > 0.0f) - (w < 0.0f)));
   if (o.regularization == 2) g = g + o.scale * w;
   return g;
 }
