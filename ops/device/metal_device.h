@@ -43,6 +43,8 @@ void DeleteStream(Stream* s);
 // Commits the open command buffer and waits for everything the stream has queued.
 // "" on success, else the failed command buffer's error.
 std::string Synchronize(Stream* s);
+// The first error of the stream's completed work, "" if none (nothing is waited for).
+std::string StreamError(Stream* s);
 // The dependent stream's later work runs after the other's work queued so far.
 std::string AddDependency(Stream* dependent, Stream* other);
 // fn(error) after everything queued before it (error: "" or the failure).

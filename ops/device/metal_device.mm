@@ -203,6 +203,8 @@ std::string Synchronize(Stream* s) {
   }
 }
 
+std::string StreamError(Stream* s) { return s->errors->Get(); }
+
 std::string AddDependency(Stream* dependent, Stream* other) {
   if (dependent == other) return "";
   @autoreleasepool {

@@ -151,8 +151,7 @@ void StreamDependency(const SP_Device*, SP_Stream dependent, SP_Stream other, TF
 }
 void StreamStatus(const SP_Device*, SP_Stream stream, TF_Status* status) {
   // The sticky error of completed work; queued work is not waited for.
-  Fail(status, "");
-  (void)stream;
+  Fail(status, tfmps::device::StreamError(stream->stream));
 }
 
 void CreateEvent(const SP_Device*, SP_Event* event, TF_Status* status) {
