@@ -1,5 +1,9 @@
 """Float64 NumPy references of the optimizer rules, written from the equations in
-ops/optim/optim.h and ../shared/MPS_REFERENCE.md (not from the kernels)."""
+ops/optim/optim.h and ../shared/MPS_REFERENCE.md (not from the kernels).
+
+The rules also run on float16/bfloat16 arrays (NumPy, ml_dtypes: every operation in
+float32, rounded to 16 bits), with Python-float scalars so nothing widens: that is the
+16-bit arithmetic Keras and the kernels do, in the formulas' order."""
 
 import numpy as np
 
@@ -8,7 +12,7 @@ def transform_gradient(g, w, rescale=1.0, clip=None, regularization=None, scale=
     """MPSNNOptimizerDescriptor: clip ("before gradient is rescaled", Apple's
     documentation), then rescale, then regularize."""
     if clip is not None:
-        g = np.clip(g, clip[0], clip[1])
+        g = np.clip(g, clip[0], clip[1]).astype(np.asarray(g).dtype)  # np.clip widens bfloat16
     g = g * rescale
     if regularization == "l1":
         g = g + scale * np.sign(w)
@@ -17,24 +21,37 @@ def transform_gradient(g, w, rescale=1.0, clip=None, regularization=None, scale=
     return g
 
 
-def adam(w, m, v, vhat, g, lr, t, beta1, beta2, eps, semantics):
+def _exact(x):
+    return x
+
+
+def adam(w, m, v, vhat, g, lr, t, beta1, beta2, eps, semantics, const=_exact, cast=None):
     """One Adam step; returns new (w, m, v, vhat). vhat is None without AMSGrad.
 
-    Keras computes beta**t from ops.cast(beta, dtype), which rounds the Python float
-    through float32 even for float64 variables; its semantics keeps that rounding."""
+    Keras semantics is written in Keras's form (m += (g - m)*(1 - beta1), ...). Keras
+    computes beta**t from ops.cast(beta, dtype), which rounds the Python float through
+    float32 even for float64 variables (and then to a 16-bit dtype): `cast`, float32
+    rounding by default. `const` rounds the Python floats Keras combines with tensors
+    (1 - beta1, epsilon; the kernels do the same in both semantics) to the variables'
+    dtype: the identity but for 16-bit dtypes."""
     if semantics == "keras":
-        beta1_pow, beta2_pow = float(np.float32(beta1)) ** t, float(np.float32(beta2)) ** t
+        cast = cast or (lambda x: float(np.float32(x)))
+        beta1_pow, beta2_pow = cast(beta1) ** t, cast(beta2) ** t
+        alpha = float(lr * np.sqrt(1 - beta2_pow) / (1 - beta1_pow))  # a Python float: keeps 16-bit arrays
+        m = m + (g - m) * const(1 - beta1)
+        v = v + (g * g - v) * const(1 - beta2)
     else:
         beta1_pow, beta2_pow = beta1**t, beta2**t
-    alpha = lr * np.sqrt(1 - beta2_pow) / (1 - beta1_pow)
-    m = beta1 * m + (1 - beta1) * g
-    v = beta2 * v + (1 - beta2) * g * g
+        alpha = float(lr * np.sqrt(1 - beta2_pow) / (1 - beta1_pow))
+        m = const(beta1) * m + const(1 - beta1) * g
+        v = const(beta2) * v + const(1 - beta2) * (g * g)
     denom_v = v
     if vhat is not None:
         vhat = np.maximum(vhat, v)
         denom_v = vhat
-    w = w - alpha * m / (np.sqrt(denom_v) + eps)
-    return w, m, v, vhat
+    if semantics == "keras":
+        return w - m * alpha / (np.sqrt(denom_v) + const(eps)), m, v, vhat
+    return w - alpha * m / (np.sqrt(denom_v) + const(eps)), m, v, vhat
 
 
 def sgd(w, mom, g, lr, mu, nesterov, semantics):
@@ -53,19 +70,21 @@ def sgd(w, mom, g, lr, mu, nesterov, semantics):
     return w, mom
 
 
-def rmsprop(w, s, a, mom, g, lr, rho, mu, eps, semantics):
-    """One RMSProp step; returns new (w, s, a, mom); a/mom None when off."""
-    s = rho * s + (1 - rho) * g * g
+def rmsprop(w, s, a, mom, g, lr, rho, mu, eps, semantics, const=_exact):
+    """One RMSProp step; returns new (w, s, a, mom); a/mom None when off. `const`: as for
+    adam."""
+    c = const
+    s = c(rho) * s + c(1 - rho) * (g * g)
     var = s
     if a is not None:
-        a = rho * a + (1 - rho) * g
+        a = c(rho) * a + c(1 - rho) * g
         var = s - a * a
     if semantics == "keras":
-        inc = lr * g / np.sqrt(var + eps)
+        inc = lr * g / np.sqrt(var + c(eps))
     else:
-        inc = lr * g / (np.sqrt(var) + eps)
+        inc = lr * g / (np.sqrt(var) + c(eps))
     if mom is not None:
-        mom = mu * mom + inc
+        mom = c(mu) * mom + inc
         w = w - mom
     else:
         w = w - inc

@@ -25,21 +25,8 @@ class Finding:
 
 
 KNOWN: list[Finding] = [
-    # float16/bfloat16 against the float64 rules: per-operation rounding in float16
-    # exceeds the oracle's tolerance in ill-conditioned elements, and Keras semantics
-    # rounds beta_1/beta_2 through the variable's dtype (bfloat16: 0.999 -> 1.0, so Adam
-    # never moves), which tests/reference.py does not model. An oracle limitation (to do:
-    # compare these with Keras's own float16 math), not a claim of a bug.
-    Finding("O1", "optim/*:valid:*float16*", ("wrong_result",), r"^variable \d+ "),
-    # RMSProp Keras class with NaN/Inf/huge values: results differ from keras.optimizers.RMSprop.
-    Finding("F3", "optim/keras.RMSProp:valid:*special*", ("wrong_result",), r"^(variable w|optimizer variable)"),
-    # Keras RMSProp with tf-mps options, sparse duplicates, 2 steps in a tf.function:
-    # 10% of an update off the float64 rules in one case of 10,000 (to investigate:
-    # the class or the oracle's handling of summed duplicates).
-    Finding("F7", "optim/keras.RMSProp:valid:float32:sparse:graph*", ("wrong_result",), r"^variable \d+ w"),
-    # Keras classes: a sparse gradient whose rows have the wrong shape fails inside Keras
-    # with "Shapes (None, 5, 1) and (3, 5) are not compatible" (no argument named).
-    Finding("F6", "optim/keras.*:sparse_row_shape:*", ("unnamed_rejection",), r"are not compatible"),
+    # Nothing known fails today (tests/fuzz/FINDINGS.md): add entries here when a new finding
+    # is written up, and remove them with the fix.
 ]
 
 

@@ -385,10 +385,14 @@ def _f32(x):
     return float(np.float32(x))
 
 
-def _reference(p: dict, items, flush: bool, perturb=None):
+def _reference(p: dict, items, flush: bool, perturb=None, native_sum=False, native=False):
     """Expected values after p["steps"] steps (float64 rules of tests/reference.py).
     flush: denormal inputs read as zero (TF runs kernels with denormals flushed);
-    perturb: (rng, r): every input array multiplied by 1 + r*U(-1, 1)."""
+    perturb: (rng, r): every input array multiplied by 1 + r*U(-1, 1);
+    native_sum: sparse duplicates summed in the variables' dtype, in index order of the
+    slices (as tf.math.unsorted_segment_sum on the CPU adds them), not in float64;
+    native: the rules computed in the variables' 16-bit dtype (every operation rounded),
+    where float16 underflows (g*g of 1e-4 is 0) and rounds as the kernels and Keras do."""
     import reference as ref
 
     dtype, h, go = p["dtype"], p["hyper"], p["grad_opts"]
@@ -400,6 +404,15 @@ def _reference(p: dict, items, flush: bool, perturb=None):
     # Keras's SGD takes ops.cast(momentum, dtype): the Python float goes through float32
     # (floatx) first, also for float64 variables; Keras semantics repeats that.
     sgd_mu = _f32(h.get("momentum", 0.0)) if go["semantics"] == "keras" else h.get("momentum", 0.0)
+    # Keras on 16-bit variables: every Python float it combines with a tensor (1 - beta_1,
+    # epsilon, rho, ...) and every ops.cast(hyper-parameter) becomes a 16-bit value
+    # (through float32, as in eager mode); bfloat16 turns beta_2 = 0.999 into 1.0.
+    # The kernels round the same constants in MPS semantics too.
+    const, cast = (lambda x: x), None
+    if dtype in ("float16", "bfloat16"):
+        const = lambda x: float(np.float32(x).astype(npd))  # noqa: E731
+        cast = const
+        sgd_mu = const(sgd_mu)
     clip = go["gradient_clip"]
     clip = None if clip is None else (_f32(clip[0]), _f32(clip[1]))
     tiny = np.finfo(np.float32).tiny if dtype in ("float32", "bfloat16") else np.finfo(np.float64).tiny
@@ -407,17 +420,34 @@ def _reference(p: dict, items, flush: bool, perturb=None):
     if perturb is not None:
         rng, r = perturb
         fl = lambda a: np.asarray(a) * (1 + r * rng.uniform(-1, 1, np.shape(a)))  # noqa: E731
+    if native:
+        fl = lambda a: np.asarray(a).astype(npd)  # noqa: E731
     out = []
     for it in items:
         w = fl(it["w"])
         s = {k: fl(v) for k, v in it["slots"].items()}
         for t, step in enumerate(it["steps"]):
-            g = ref.transform_gradient(fl(step["dense"]), w, _f32(go["gradient_rescale"]), clip, go["regularization"],
+            dense = fl(step["dense"])
+            if native_sum and "values" in step:
+                acc = np.zeros(np.shape(step["dense"]), npd)
+                with np.errstate(all="ignore"):
+                    np.add.at(acc, step["indices"], step["values"].astype(npd))
+                dense = fl(acc.astype(np.float64))
+            elif perturb is not None and "values" in step:
+                # Summing duplicate rows rounds too (in the variables' dtype, in an order of
+                # the implementation's): perturb the slices, then sum. With cancelling huge
+                # slices (1e15 - 1e15 + 0.5) the float32 sum is anything from 0 to 0.5; the
+                # spread of the perturbed references covers that (finding F7, an oracle bug).
+                dense = np.zeros(np.shape(step["dense"]))
+                with np.errstate(all="ignore"):
+                    np.add.at(dense, step["indices"], fl(step["values"]))
+            g = ref.transform_gradient(dense, w, _f32(go["gradient_rescale"]), clip, go["regularization"],
                                        _f32(go["regularization_scale"]))
             with np.errstate(all="ignore"):
                 if p["rule"] == "adam":
                     w, s["m"], s["v"], vh = ref.adam(w, s["m"], s["v"], s.get("vhat"), g, lr, h["step"] + t,
-                                                    h["beta_1"], h["beta_2"], h["epsilon"], go["semantics"])
+                                                    h["beta_1"], h["beta_2"], h["epsilon"], go["semantics"],
+                                                    const=const, cast=cast)
                     if vh is not None:
                         s["vhat"] = vh
                 elif p["rule"] == "sgd":
@@ -427,12 +457,12 @@ def _reference(p: dict, items, flush: bool, perturb=None):
                         s["momentum_slot"] = mom
                 else:
                     w, s["ms"], a, mom = ref.rmsprop(w, s["ms"], s.get("mg"), s.get("mom"), g, lr, h["rho"],
-                                                     h["momentum"], h["epsilon"], go["semantics"])
+                                                     h["momentum"], h["epsilon"], go["semantics"], const=const)
                     if a is not None:
                         s["mg"] = a
                     if mom is not None:
                         s["mom"] = mom
-        out.append({"w": w, "slots": s})
+        out.append({"w": np.asarray(w, np.float64), "slots": {k: np.asarray(v, np.float64) for k, v in s.items()}})
     return out
 
 
@@ -449,6 +479,10 @@ def _check_against(p, items, actual, tol):
     rng = np.random.default_rng(p["seed"] + 1)
     exact = _reference(p, items, False)
     refs = [exact, _reference(p, items, True)]
+    if any(g["kind"] == "sparse" and g.get("duplicates") for g in p["grads"]):
+        refs.append(_reference(p, items, False, native_sum=True))
+    if p["dtype"] in ("float16", "bfloat16"):  # the rules in 16-bit arithmetic (finding O1, an oracle limit)
+        refs.append(_reference(p, items, False, native_sum=True, native=True))
     perturbed = [_reference(p, items, False, (rng, rtol)) for _ in range(2)]
     refs += perturbed
     for i, (it, got) in enumerate(zip(items, actual, strict=True)):
@@ -755,7 +789,18 @@ def _run_keras(p: dict) -> dict:
         opt.apply(gs, ours_vars)
 
     if p["graph"]:
-        apply = tf.function(apply)
+        # The gradients enter the function as their components and become IndexedSlices
+        # inside, as a model's gradients do: tf.function's argument tracing itself rejects
+        # an IndexedSlices whose values do not fit its dense_shape ("Shapes (None, 5, 1)
+        # and (3, 5) are not compatible") before any optimizer code runs.
+        def parts_of(gs):
+            return [(g.values, g.indices, g.dense_shape) if isinstance(g, tf.IndexedSlices) else g for g in gs]
+
+        @tf.function
+        def apply_parts(parts):
+            opt.apply([tf.IndexedSlices(*x) if isinstance(x, tuple) else x for x in parts], ours_vars)
+
+        apply = lambda gs: apply_parts(parts_of(gs))  # noqa: E731
 
     def call():
         for gs in steps[:1] if fault else steps:
@@ -770,7 +815,7 @@ def _run_keras(p: dict) -> dict:
             theirs = getattr(keras.optimizers, {"RMSProp": "RMSprop"}.get(rule.keras, rule.keras))(**kwargs)
             try:
                 for gs in steps:
-                    theirs.apply(gs, theirs_vars)
+                    theirs.apply([_sorted_slices(g) for g in gs], theirs_vars)
             except Exception:  # noqa: BLE001 - Keras's own cannot run this case: the float64 rules judge it
                 theirs = None
         if theirs is not None:
@@ -792,6 +837,23 @@ def _run_keras(p: dict) -> dict:
         return _check_against({**p, "hyper": {**h, "step": 1}}, items, actual, TOL_REF)
 
     return oracle.judge(call, fault=fault, names=p["names"], state=state, check=check)
+
+
+def _sorted_slices(g):
+    """The same gradient with its IndexedSlices rows in index order, for Keras's own
+    optimizer as the oracle. Keras 3's sparse division (RMSprop's `lr*g / sqrt(d)`,
+    keras/src/backend/tensorflow/sparse.py, `indexed_slices_union_indices_and_values`)
+    pairs the union of the dividend's indices and the divisor's zero/NaN positions, which
+    is sorted (tf.where), with the dividend's values in their own order when the union
+    adds no index: with unsorted indices and a NaN or zero in the divisor, values land on
+    the wrong rows (finding F3 of tests/fuzz/FINDINGS.md, a Keras bug; tf-mps computes the
+    dense equivalent, which is what Keras computes for sorted indices)."""
+    import tensorflow as tf
+
+    if not isinstance(g, tf.IndexedSlices):
+        return g
+    order = tf.argsort(g.indices, stable=True)
+    return tf.IndexedSlices(tf.gather(g.values, order), tf.gather(g.indices, order), g.dense_shape)
 
 
 @st.composite
