@@ -299,3 +299,23 @@ def test_amsgrad_keeps_the_maximum():
     vhat = ours.variables[-1].numpy()
     assert np.all(vhat > 2 * ours.variables[-2].numpy())  # the max is what the update used
     assert_close(ours_v.numpy() - w0, rw - w0, rtol=1e-12)
+
+
+def test_rmsprop_unsorted_sparse_rows_with_nan_match_the_dense_gradient():
+    """Keras 3's own RMSprop misplaces rows here (its sparse division pairs the sorted
+    union of indices with the values in their given order when the divisor has a NaN or
+    zero: fuzz finding F3); tf-mps computes what the dense equivalent computes, which is
+    also Keras's result for the same rows sorted."""
+    w0 = np.ones((3, 2), np.float32)
+    g = tf.IndexedSlices(tf.constant([[np.nan, 1.0], [2.0, 1.0]]), tf.constant([1, 0]), tf.constant([3, 2]))
+    dense = tf.convert_to_tensor(g)
+    results = []
+    for cls, grad in [(tf_mps.keras.optimizers.RMSProp, g), (keras.optimizers.RMSprop, dense),
+                      (keras.optimizers.RMSprop, tf.IndexedSlices(tf.gather(g.values, [1, 0]), tf.constant([0, 1]),
+                                                                  g.dense_shape))]:
+        v = keras.Variable(w0)
+        cls(learning_rate=0.1).apply([grad], [v])
+        results.append(v.numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+    assert np.isnan(results[0][1, 0]) and np.isfinite(results[0][0]).all()

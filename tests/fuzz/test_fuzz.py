@@ -105,6 +105,13 @@ def test_judge_classifies_outcomes():
     assert j(lambda: None, fault=None, check=lambda r: None) == "ok"
     assert j(lambda: None, fault=None, check=lambda r: "differs") == "wrong_result"
     assert j(reject("x"), fault=None) == "valid_rejected"
+    # TF's own eager type check (raw ops only): accepted as the `boundary` message alone.
+    tf_msg = "cannot compute MpsApplySgd as input #2(zero-based) was expected to be a float tensor but is a double"
+    boundary = r"^cannot compute MpsApplySgd as input #(1|2)\(zero-based\)"
+    assert j(reject(tf_msg), fault="grad_dtype", names=["grad"]) == "unnamed_rejection"
+    assert j(reject(tf_msg), fault="grad_dtype", names=["grad"], boundary=boundary) == "rejected"
+    assert j(reject(tf_msg.replace("#2", "#0")), fault="grad_dtype", names=["grad"],
+             boundary=boundary) == "unnamed_rejection"
 
 
 def test_compare_tolerances():
