@@ -738,6 +738,18 @@ def _run_keras(p: dict) -> dict:
             it["steps"] = [{key: (v.astype(npd).astype(np.float64) if key != "indices" else v)
                             for key, v in s.items()} for s in it["steps"]]
 
+    if p.get("grad_dtype"):  # gradients of another dtype: the references see the values they hold
+        gd = _np_dtype(p["grad_dtype"])
+        for it, shape in zip(items, p["shapes"], strict=True):
+            for step in it["steps"]:
+                with np.errstate(all="ignore"):
+                    if "values" in step:
+                        step["values"] = step["values"].astype(gd).astype(np.float64)
+                        step["dense"] = np.zeros(shape)
+                        np.add.at(step["dense"], step["indices"], step["values"])
+                    else:
+                        step["dense"] = step["dense"].astype(gd).astype(np.float64)
+
     def make_vars():
         return [keras.Variable(np.zeros(shape, np.float32) if int(np.prod(shape, dtype=np.int64)) == 0 else it["w"],
                                dtype=dtypes[k], name=f"w{k}")
