@@ -59,3 +59,12 @@ def test_loading_the_plugin_twice_is_harmless():
     seen, _ = _probe({"TFMPS_METAL_EMULATION": "1"}, mode="load-twice")
     assert [t for _, t in seen["devices"]].count("MPS") == 1
     assert seen["copies_ok"]
+
+
+def test_an_allocation_over_the_limit_is_an_error_not_an_abort():
+    # TF's host-to-device copy reports the failed allocation as InternalError ("Dst
+    # tensor is not initialized"); a kernel's own output allocation gives
+    # ResourceExhausted once ops have device kernels.
+    seen, _ = _probe({"TFMPS_METAL_EMULATION": "1"}, mode="over-limit")
+    assert seen["over_limit"] in ("ResourceExhaustedError", "InternalError"), seen
+    assert seen["after"] == [1.0] * 4

@@ -23,6 +23,19 @@ def main(mode):
         print(json.dumps(out))
         return
     name = f"/{dev_type}:0"
+    if mode == "over-limit":
+        # 5 GiB on a device whose limit is 4 GiB: an error, never an abort, and the
+        # device keeps working.
+        try:
+            with tf.device(name):
+                tf.identity(tf.zeros([5 << 28]))
+            out["over_limit"] = "allocated"
+        except tf.errors.OpError as e:
+            out["over_limit"] = type(e).__name__
+        with tf.device(name):
+            out["after"] = tf.identity(tf.ones([4])).numpy().tolist()
+        print(json.dumps(out))
+        return
     rng = np.random.default_rng(0)
     copies = []
     for dtype in (np.float32, np.float16, np.int32, np.uint8, np.float64):
