@@ -8,6 +8,7 @@ finding (known.py) apart from new ones, and every failure is written to a JSONL 
 from __future__ import annotations
 
 import argparse
+import os
 import collections
 import json
 import sys
@@ -84,13 +85,16 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=10_000, help="cases per family (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a case counts as a hang")
-    parser.add_argument("--out", default="fuzz-failures.jsonl", help="JSONL file of every failed case ('' for none)")
+    parser.add_argument("--out", default=os.path.join("build", "fuzz", "fuzz-failures.jsonl"),
+                        help="JSONL file of every failed case ('' for none; default under build/, which git ignores)")
     parser.add_argument("--show", type=int, default=20, help="new failure classes to print per family")
     parser.add_argument("--replay", help="rerun the cases of a JSONL file written by --out, print their outcomes")
     args = parser.parse_args(argv)
     if args.replay:
         return replay(args.replay, args.timeout)
     families = args.family or registry.available_families()
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out = open(args.out, "w") if args.out else None
     failed = False
     try:
