@@ -145,14 +145,16 @@ void EmuResetHooks() {
 - (instancetype)initWithDevice:(id<MTLDevice>)device source:(std::string)source;
 @end
 
-@interface TFMPSEmuFunction : NSObject <MTLFunction>
+// A function and a pipeline both stand for one emulated kernel.
+@interface TFMPSEmuKernelObject : NSObject
 - (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel;
 - (const emu_shaders::Kernel*)kernel;
 @end
 
-@interface TFMPSEmuComputePipeline : NSObject <MTLComputePipelineState>
-- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel;
-- (const emu_shaders::Kernel*)kernel;
+@interface TFMPSEmuFunction : TFMPSEmuKernelObject <MTLFunction>
+@end
+
+@interface TFMPSEmuComputePipeline : TFMPSEmuKernelObject <MTLComputePipelineState>
 @end
 
 @implementation TFMPSEmuDevice
@@ -1030,7 +1032,7 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
 }
 @end
 
-@implementation TFMPSEmuFunction {
+@implementation TFMPSEmuKernelObject {
   const emu_shaders::Kernel* _kernel;
 }
 - (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel {
@@ -1041,24 +1043,16 @@ void EmuEncode(id<MTLCommandBuffer> cb, const char* what, std::function<void()> 
 }
 - (const emu_shaders::Kernel*)kernel {
   return _kernel;
-}
-- (NSString*)name {
-  return [NSString stringWithUTF8String:_kernel->name];
 }
 @end
 
-@implementation TFMPSEmuComputePipeline {
-  const emu_shaders::Kernel* _kernel;
+@implementation TFMPSEmuFunction
+- (NSString*)name {
+  return [NSString stringWithUTF8String:[self kernel]->name];
 }
-- (instancetype)initWithKernel:(const emu_shaders::Kernel*)kernel {
-  self = [super init];
-  if (self == nil) return nil;
-  _kernel = kernel;
-  return self;
-}
-- (const emu_shaders::Kernel*)kernel {
-  return _kernel;
-}
+@end
+
+@implementation TFMPSEmuComputePipeline
 // What Apple-silicon GPUs report for simple kernels.
 - (NSUInteger)maxTotalThreadsPerThreadgroup {
   return 1024;
