@@ -1,6 +1,7 @@
 // CPU fakes of the MetalPerformanceShaders classes the project uses, beyond the
-// optimizers (mps_optimizers.mm): MPSKernel, vectors, matrices, images and the two
-// image <-> matrix converters. Linux emulation only; built with ARC.
+// optimizers (mps_optimizers.mm): MPSKernel, vectors, matrices, images, the two
+// image <-> matrix converters and MPSMatrixMultiplication. Linux emulation only; built
+// with ARC.
 //
 // Each class computes what Apple documents (MPSImage.h, MPSMatrixTypes.h,
 // MPSImageCopy.h, developer.apple.com) and checks the preconditions Apple states,
@@ -21,14 +22,20 @@
 // slice, since MPS wants finite values there.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "emulation/metal/metal_emu.h"
 #include "emulation/mps/mps_emu.h"
 #include "emulation/runtime/objc_emu.h"
+#include "ops/common/blas.h"
 
 const char* EmuDataTypeName(MPSDataType t) {
   switch (t) {
@@ -202,6 +209,8 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device) {
 
 @implementation MPSMatrixDescriptor {
   NSUInteger _rows, _columns, _rowBytes;
+  NSUInteger _matrices;
+  NSUInteger _matrixBytes;  // 0: one matrix, whose stride follows rows * rowBytes
   MPSDataType _dataType;
 }
 
@@ -224,7 +233,29 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device) {
   d->_rows = rows;
   d->_columns = columns;
   d->_rowBytes = rowBytes;
+  d->_matrices = 1;
+  d->_matrixBytes = 0;
   d->_dataType = dataType;
+  return d;
+}
+
+// MPSMatrix.h: "matrixBytes ... Must be a multiple of rowBytes", "at least equal to rows *
+// rowBytes" (so the matrices of a batch do not overlap).
++ (instancetype)matrixDescriptorWithRows:(NSUInteger)rows
+                                 columns:(NSUInteger)columns
+                                matrices:(NSUInteger)matrices
+                                rowBytes:(NSUInteger)rowBytes
+                             matrixBytes:(NSUInteger)matrixBytes
+                                dataType:(MPSDataType)dataType {
+  const char* method = "+[MPSMatrixDescriptor matrixDescriptorWithRows:columns:matrices:rowBytes:matrixBytes:dataType:]";
+  MPSMatrixDescriptor* d = [self matrixDescriptorWithRows:rows columns:columns rowBytes:rowBytes dataType:dataType];
+  if (matrices == 0) EmuValidationFailure(method, "matrices is 0");
+  if (rowBytes == 0 || matrixBytes % rowBytes != 0 || matrixBytes / rowBytes < rows) {
+    EmuValidationFailure(method, "matrixBytes " + S(matrixBytes) + " must be a multiple of rowBytes " + S(rowBytes) +
+                                     " and at least rows * rowBytes = " + S(rows * rowBytes));
+  }
+  d->_matrices = matrices;
+  d->_matrixBytes = matrixBytes;
   return d;
 }
 
@@ -237,12 +268,12 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device) {
 - (void)setRows:(NSUInteger)rows { _rows = rows; }
 - (NSUInteger)columns { return _columns; }
 - (void)setColumns:(NSUInteger)columns { _columns = columns; }
-- (NSUInteger)matrices { return 1; }
+- (NSUInteger)matrices { return _matrices; }
 - (MPSDataType)dataType { return _dataType; }
 - (void)setDataType:(MPSDataType)dataType { _dataType = dataType; }
 - (NSUInteger)rowBytes { return _rowBytes; }
 - (void)setRowBytes:(NSUInteger)rowBytes { _rowBytes = rowBytes; }
-- (NSUInteger)matrixBytes { return _rows * _rowBytes; }
+- (NSUInteger)matrixBytes { return _matrixBytes != 0 ? _matrixBytes : _rows * _rowBytes; }
 
 @end
 
@@ -277,7 +308,17 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device) {
   if (offset % elem != 0) {
     EmuValidationFailure(method, "offset " + S(offset) + " is not a multiple of the element size " + S(elem));
   }
-  const size_t bytes = ([descriptor matrices] - 1) * [descriptor matrixBytes] + (rows - 1) * rowBytes + columns * elem;
+  // The descriptor's rows and rowBytes may have changed since it was made.
+  const NSUInteger matrices = [descriptor matrices], matrixBytes = [descriptor matrixBytes];
+  if (matrices == 0) EmuValidationFailure(method, "descriptor.matrices is 0");
+  if (matrices > 1 && (matrixBytes % rowBytes != 0 || matrixBytes / rowBytes < rows)) {
+    EmuValidationFailure(method, "matrixBytes " + S(matrixBytes) + " must be a multiple of rowBytes " + S(rowBytes) +
+                                     " and at least rows * rowBytes = " + S(rows * rowBytes));
+  }
+  if (matrices > 1 && matrixBytes > (SIZE_MAX - rowBytes * rows) / (matrices - 1)) {
+    EmuValidationFailure(method, "the matrices do not fit in the address space");
+  }
+  const size_t bytes = (matrices - 1) * matrixBytes + (rows - 1) * rowBytes + columns * elem;
   EmuCheckBufferRange(buffer, offset, bytes, method);
   if (EmuInitShouldFail("MPSMatrix")) return nil;
   self = [super init];
@@ -703,6 +744,301 @@ inline size_t RowIndex(MPSDataLayout layout, size_t h, size_t w, size_t c, size_
         }
       },
       [image] { [image endGpuWrite]; });
+}
+
+@end
+
+// ------------------------------------------------------------ matrix multiplication
+// MPSMatrixMultiplication.h: C = alpha * op(A) * op(B) + beta * C, on a window of each
+// matrix that starts at the kernel's origin for it, for each matrix index of the batch.
+// The CPU BLAS (ops/common/blas.h, row-major, rowBytes / element size as the leading
+// dimension) computes it. Where Apple is silent the fake chooses, and says so:
+//  * origin.x is the row and origin.y the column of a window's first element, in the
+//    matrix as stored (before op()). MPSMatrixMultiplication.h does not say which is
+//    which; the same header puts MPSMatrixVectorMultiplication's vectors (columns) at
+//    origin.x with y = 0, and code that runs on Macs sets these origins as (row, column, 0).
+//  * float32 and float16 only, all three matrices of one type; anything else is refused
+//    (Apple documents no mixed-type product). float16 is widened to float32, multiplied
+//    with sgemm and rounded once to float16 (Apple does not document its accumulator).
+//  * alpha and beta ("scalar values of the same data type as the values of C", "converted
+//    to the appropriate precision ... subject to rounding and/or clamping") are rounded to
+//    the matrices' type; for float16 a finite value is first clamped to +-65504.
+//  * beta == 0 does not read C, which may hold anything (NaN), as BLAS defines it.
+//  * Emulation checks: a window of the result that overlaps a window of an input in the
+//    same buffer is refused (a GPU kernel that writes what it reads gives undefined
+//    results), and so are an empty product (a size of 0), an explicit batchSize of 0 and
+//    sizes beyond the BLAS's int.
+namespace {
+
+// A window of a matrix as stored: rows x cols elements from (row, col).
+struct GemmWindow {
+  size_t row, col, rows, cols;
+};
+
+// Everything the work needs, fixed at encode time as a GPU kernel's arguments are.
+struct GemmArgs {
+  MPSDataType type;
+  bool trans_a, trans_b;
+  size_t m, n, k;
+  float alpha, beta;
+  GemmWindow a, b, c;
+  size_t first, count;  // the batch
+};
+
+constexpr double kFloat16Max = 65504.0;
+
+float RoundScalar(double v, MPSDataType type) {
+  if (type == MPSDataTypeFloat16) {
+    if (std::isfinite(v)) v = std::min(kFloat16Max, std::max(-kFloat16Max, v));
+    return static_cast<float>(static_cast<_Float16>(v));
+  }
+  return static_cast<float>(v);
+}
+
+// The from-origin window a matrix must hold, checked as MPSMatrixMultiplication.h states it.
+GemmWindow CheckWindow(const char* method, const char* name, MPSMatrix* m, MTLOrigin origin, size_t rows,
+                       size_t cols, const std::string& what) {
+  const std::string origin_name = std::string(name) + "MatrixOrigin";
+  if (origin.z != 0) EmuValidationFailure(method, origin_name + ".z is " + S(origin.z) + "; it must be 0");
+  if (origin.x > [m rows] || rows > [m rows] - origin.x || origin.y > [m columns] || cols > [m columns] - origin.y) {
+    EmuValidationFailure(method, std::string(name) + "Matrix (" + S([m rows]) + " x " + S([m columns]) +
+                                     ") does not hold " + what + ", " + S(rows) + " x " + S(cols) +
+                                     " elements as stored, from " + origin_name + " (row x = " + S(origin.x) +
+                                     ", column y = " + S(origin.y) + ")");
+  }
+  return GemmWindow{static_cast<size_t>(origin.x), static_cast<size_t>(origin.y), rows, cols};
+}
+
+// The byte ranges [begin, end) of a window's rows in each matrix of the batch.
+std::vector<std::pair<size_t, size_t>> WindowRanges(MPSMatrix* m, const GemmWindow& w, size_t first, size_t count) {
+  const size_t elem = EmuElementSize([m dataType]);
+  std::vector<std::pair<size_t, size_t>> ranges;
+  ranges.reserve(count * w.rows);
+  for (size_t i = first; i < first + count; ++i) {
+    for (size_t r = 0; r < w.rows; ++r) {
+      const size_t begin = [m offset] + i * [m matrixBytes] + (w.row + r) * [m rowBytes] + w.col * elem;
+      ranges.emplace_back(begin, begin + w.cols * elem);
+    }
+  }
+  return ranges;
+}
+
+// Whether any byte of the result's windows is a byte of the input's windows. The
+// result's ranges are disjoint (rowBytes and matrixBytes keep rows and matrices apart),
+// so after sorting, only the last one starting before an input range ends can meet it.
+bool WindowsOverlap(MPSMatrix* result, const GemmWindow& wc, MPSMatrix* input, const GemmWindow& wi, size_t first,
+                    size_t count) {
+  if ([result data] != [input data]) return false;
+  std::vector<std::pair<size_t, size_t>> c = WindowRanges(result, wc, first, count);
+  std::sort(c.begin(), c.end());
+  for (const auto& in : WindowRanges(input, wi, first, count)) {
+    auto it = std::lower_bound(c.begin(), c.end(), std::make_pair(in.second, size_t{0}));
+    if (it != c.begin() && std::prev(it)->second > in.first) return true;
+  }
+  return false;
+}
+
+uint8_t* WindowBase(MPSMatrix* m, const GemmWindow& w, size_t index) {
+  return static_cast<uint8_t*>(EmuBufferBytes([m data])) + [m offset] + index * [m matrixBytes] +
+         w.row * [m rowBytes] + w.col * EmuElementSize([m dataType]);
+}
+
+// A float16 window widened to a dense float32 one (leading dimension w.cols).
+std::vector<float> Widen(MPSMatrix* m, const GemmWindow& w, size_t index) {
+  std::vector<float> out(w.rows * w.cols);
+  const uint8_t* base = WindowBase(m, w, index);
+  for (size_t r = 0; r < w.rows; ++r) {
+    const auto* row = reinterpret_cast<const _Float16*>(base + r * [m rowBytes]);
+    for (size_t c = 0; c < w.cols; ++c) out[r * w.cols + c] = static_cast<float>(row[c]);
+  }
+  return out;
+}
+
+void RunGemm(const GemmArgs& g, MPSMatrix* left, MPSMatrix* right, MPSMatrix* result) {
+  const int m = static_cast<int>(g.m), n = static_cast<int>(g.n), k = static_cast<int>(g.k);
+  for (size_t i = g.first; i < g.first + g.count; ++i) {
+    if (g.type == MPSDataTypeFloat32) {
+      auto* c = reinterpret_cast<float*>(WindowBase(result, g.c, i));
+      const size_t ldc = [result rowBytes] / sizeof(float);
+      if (g.beta == 0.0f) {
+        for (size_t r = 0; r < g.m; ++r) std::memset(c + r * ldc, 0, g.n * sizeof(float));  // C is not read
+      }
+      tfmps::blas::Sgemm(g.trans_a, g.trans_b, m, n, k, g.alpha,
+                         reinterpret_cast<const float*>(WindowBase(left, g.a, i)),
+                         static_cast<int>([left rowBytes] / sizeof(float)),
+                         reinterpret_cast<const float*>(WindowBase(right, g.b, i)),
+                         static_cast<int>([right rowBytes] / sizeof(float)), g.beta, c, static_cast<int>(ldc));
+    } else {  // float16
+      const std::vector<float> a = Widen(left, g.a, i), b = Widen(right, g.b, i);
+      std::vector<float> c = g.beta == 0.0f ? std::vector<float>(g.m * g.n, 0.0f) : Widen(result, g.c, i);
+      tfmps::blas::Sgemm(g.trans_a, g.trans_b, m, n, k, g.alpha, a.data(), static_cast<int>(g.a.cols), b.data(),
+                         static_cast<int>(g.b.cols), g.beta, c.data(), n);
+      uint8_t* base = WindowBase(result, g.c, i);
+      for (size_t r = 0; r < g.m; ++r) {
+        auto* row = reinterpret_cast<_Float16*>(base + r * [result rowBytes]);
+        for (size_t col = 0; col < g.n; ++col) row[col] = static_cast<_Float16>(c[r * g.n + col]);
+      }
+    }
+  }
+}
+
+void CheckGemmInit(const char* method, id<MTLDevice> device, NSUInteger rows, NSUInteger columns,
+                   NSUInteger interior) {
+  if (device == nil) EmuValidationFailure(method, "device is nil");
+  if (rows == 0 || columns == 0 || interior == 0) {
+    EmuValidationFailure(method, "emulation check: resultRows (" + S(rows) + "), resultColumns (" + S(columns) +
+                                     ") and interiorColumns (" + S(interior) +
+                                     ") must all be at least 1 (Apple documents no empty product)");
+  }
+}
+
+}  // namespace
+
+@implementation MPSMatrixMultiplication {
+  BOOL _transposeLeft, _transposeRight;
+  NSUInteger _resultRows, _resultColumns, _interiorColumns;
+  double _alpha, _beta;
+  NSUInteger _batchSize;
+  BOOL _batchSizeSet;  // until set, the batch is every matrix from batchStart on
+}
+@synthesize resultMatrixOrigin, leftMatrixOrigin, rightMatrixOrigin, batchStart;
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                 transposeLeft:(BOOL)transposeLeft
+                transposeRight:(BOOL)transposeRight
+                    resultRows:(NSUInteger)resultRows
+                 resultColumns:(NSUInteger)resultColumns
+               interiorColumns:(NSUInteger)interiorColumns
+                         alpha:(double)alpha
+                          beta:(double)beta {
+  CheckGemmInit("-[MPSMatrixMultiplication initWithDevice:transposeLeft:transposeRight:resultRows:resultColumns:"
+                "interiorColumns:alpha:beta:]",
+                device, resultRows, resultColumns, interiorColumns);
+  self = [super initEmuWithDevice:device];  // (nil when the test hook says so)
+  if (self == nil) return nil;
+  _transposeLeft = transposeLeft;
+  _transposeRight = transposeRight;
+  _resultRows = resultRows;
+  _resultColumns = resultColumns;
+  _interiorColumns = interiorColumns;
+  _alpha = alpha;
+  _beta = beta;
+  return self;
+}
+
+// "no transpositions, unit scaling of the product, and no accumulation of the result".
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                    resultRows:(NSUInteger)resultRows
+                 resultColumns:(NSUInteger)resultColumns
+               interiorColumns:(NSUInteger)interiorColumns {
+  CheckGemmInit("-[MPSMatrixMultiplication initWithDevice:resultRows:resultColumns:interiorColumns:]", device,
+                resultRows, resultColumns, interiorColumns);
+  return [self initWithDevice:device
+                transposeLeft:NO
+               transposeRight:NO
+                   resultRows:resultRows
+                resultColumns:resultColumns
+              interiorColumns:interiorColumns
+                        alpha:1.0
+                         beta:0.0];
+}
+
+// Apple documents the default's meaning (all matrices at encoding time), not its value:
+// here 0 until set.
+- (NSUInteger)batchSize {
+  return _batchSize;
+}
+
+- (void)setBatchSize:(NSUInteger)batchSize {
+  _batchSize = batchSize;
+  _batchSizeSet = YES;
+}
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                   leftMatrix:(MPSMatrix*)leftMatrix
+                  rightMatrix:(MPSMatrix*)rightMatrix
+                 resultMatrix:(MPSMatrix*)resultMatrix {
+  const char* method = "-[MPSMatrixMultiplication encodeToCommandBuffer:leftMatrix:rightMatrix:resultMatrix:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if (leftMatrix == nil) EmuValidationFailure(method, "leftMatrix is nil");
+  if (rightMatrix == nil) EmuValidationFailure(method, "rightMatrix is nil");
+  if (resultMatrix == nil) EmuValidationFailure(method, "resultMatrix is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  if ([leftMatrix device] != [self device] || [rightMatrix device] != [self device] ||
+      [resultMatrix device] != [self device]) {
+    EmuValidationFailure(method, "the kernel and its three matrices must share one device");
+  }
+  const MPSDataType type = [resultMatrix dataType];
+  if ([leftMatrix dataType] != type || [rightMatrix dataType] != type) {
+    EmuValidationFailure(method, std::string("emulation check: the matrices' data types differ (left ") +
+                                     EmuDataTypeName([leftMatrix dataType]) + ", right " +
+                                     EmuDataTypeName([rightMatrix dataType]) + ", result " + EmuDataTypeName(type) +
+                                     "); Apple documents no mixed-type product");
+  }
+  if (type != MPSDataTypeFloat32 && type != MPSDataTypeFloat16) {
+    EmuValidationFailure(method, std::string("emulation check: the fake multiplies MPSDataTypeFloat32 and "
+                                             "MPSDataTypeFloat16 matrices only, not ") +
+                                     EmuDataTypeName(type));
+  }
+
+  GemmArgs g;
+  g.type = type;
+  g.trans_a = _transposeLeft;
+  g.trans_b = _transposeRight;
+  g.m = _resultRows;
+  g.n = _resultColumns;
+  g.k = _interiorColumns;
+  g.alpha = RoundScalar(_alpha, type);
+  g.beta = RoundScalar(_beta, type);
+  // Stored shapes: op(A) is M x K, so A is K x M when transposed; op(B) is K x N.
+  g.a = CheckWindow(method, "left", leftMatrix, self.leftMatrixOrigin, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k,
+                    g.trans_a ? "op(A) = A**T (resultRows x interiorColumns)" : "op(A) = A (resultRows x interiorColumns)");
+  g.b = CheckWindow(method, "right", rightMatrix, self.rightMatrixOrigin, g.trans_b ? g.n : g.k,
+                    g.trans_b ? g.k : g.n,
+                    g.trans_b ? "op(B) = B**T (interiorColumns x resultColumns)"
+                              : "op(B) = B (interiorColumns x resultColumns)");
+  g.c = CheckWindow(method, "result", resultMatrix, self.resultMatrixOrigin, g.m, g.n, "C (resultRows x resultColumns)");
+
+  // "Each matrix within the range specified by batchStart and batchSize, which also
+  // specifies a valid set of matrices within leftMatrix, rightMatrix, and resultMatrix".
+  g.first = self.batchStart;
+  if (!_batchSizeSet) {
+    if (g.first >= [resultMatrix matrices]) {
+      EmuValidationFailure(method, "batchStart " + S(g.first) + " is not less than resultMatrix.matrices " +
+                                       S([resultMatrix matrices]));
+    }
+    g.count = [resultMatrix matrices] - g.first;
+  } else {
+    if (_batchSize == 0) {
+      EmuValidationFailure(method, "emulation check: batchSize is 0 (Apple documents no meaning for an empty batch)");
+    }
+    g.count = _batchSize;
+  }
+  const std::pair<const char*, MPSMatrix*> all[] = {{"leftMatrix", leftMatrix}, {"rightMatrix", rightMatrix},
+                                                    {"resultMatrix", resultMatrix}};
+  for (const auto& [name, m] : all) {
+    if (g.first > [m matrices] || g.count > [m matrices] - g.first) {
+      EmuValidationFailure(method, "the batch [" + S(g.first) + ", " + S(g.first + g.count) + ") is not within the " +
+                                       S([m matrices]) + " matrices of " + name);
+    }
+  }
+
+  if (WindowsOverlap(resultMatrix, g.c, leftMatrix, g.a, g.first, g.count) ||
+      WindowsOverlap(resultMatrix, g.c, rightMatrix, g.b, g.first, g.count)) {
+    EmuValidationFailure(method, "emulation check: the result's window overlaps an input's window in the same "
+                                 "buffer (a kernel that overwrites what it reads gives undefined results)");
+  }
+  for (size_t v : {g.m, g.n, g.k, size_t{[leftMatrix rowBytes]}, size_t{[rightMatrix rowBytes]},
+                   size_t{[resultMatrix rowBytes]}}) {
+    if (v > static_cast<size_t>(INT_MAX)) {
+      EmuValidationFailure(method, "emulation limit: a size or rowBytes of " + S(v) + " exceeds the CPU BLAS's int");
+    }
+  }
+
+  MPSMatrix* left = leftMatrix;
+  MPSMatrix* right = rightMatrix;
+  MPSMatrix* result = resultMatrix;
+  EmuEncode(commandBuffer, method, [g, left, right, result] { RunGemm(g, left, right, result); });
 }
 
 @end

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "emulation/metal/metal_emu.h"
@@ -680,6 +681,450 @@ TEST_F(Fakes, ImageConverterMisuseAborts) {
                 destinationMatrix:matrix];
       },
       "2 images need one row each");
+}
+
+// ------------------------------------------------------------- matrix multiplication
+// MPSMatrixMultiplication against a naive loop in double. The inputs are multiples of
+// 1/4 below 3 and the scales 1.5 and -0.5, so every float32 product and sum is exact
+// whatever order the BLAS adds in: the float32 results must equal the double ones, and
+// the float16 ones must equal them rounded once to float16.
+struct TestMatrix {
+  id<MTLBuffer> buffer;
+  MPSMatrix* matrix;
+  MPSDataType type;
+  size_t offset, row_bytes, matrix_bytes, rows, cols, matrices;
+  size_t Elem() const { return type == MPSDataTypeFloat16 ? 2 : type == MPSDataTypeUnorm8 ? 1 : 4; }
+  uint8_t* At(size_t k, size_t r, size_t c) const {
+    return static_cast<uint8_t*>([buffer contents]) + offset + k * matrix_bytes + r * row_bytes + c * Elem();
+  }
+  double Get(size_t k, size_t r, size_t c) const {
+    if (type == MPSDataTypeFloat16) return static_cast<double>(*reinterpret_cast<const _Float16*>(At(k, r, c)));
+    return *reinterpret_cast<const float*>(At(k, r, c));
+  }
+  void Set(size_t k, size_t r, size_t c, double v) const {
+    if (type == MPSDataTypeFloat16) {
+      *reinterpret_cast<_Float16*>(At(k, r, c)) = static_cast<_Float16>(v);
+    } else {
+      *reinterpret_cast<float*>(At(k, r, c)) = static_cast<float>(v);
+    }
+  }
+  std::vector<uint8_t> Bytes() const {
+    const auto* p = static_cast<const uint8_t*>([buffer contents]);
+    return std::vector<uint8_t>(p, p + [buffer length]);
+  }
+};
+
+// rows x cols matrices with padding after each row (pad_cols) and matrix (one row), from
+// byte offset 2 elements into their buffer; every element, padding included, set to a
+// pattern (seed) or NaN (seed < 0).
+TestMatrix MakeMatrix(id<MTLDevice> device, size_t rows, size_t cols, int seed, MPSDataType type = MPSDataTypeFloat32,
+                      size_t matrices = 1, size_t pad_cols = 3) {
+  TestMatrix t;
+  t.type = type;
+  t.rows = rows;
+  t.cols = cols;
+  t.matrices = matrices;
+  t.row_bytes = (cols + pad_cols) * t.Elem();
+  t.matrix_bytes = (rows + 1) * t.row_bytes;
+  t.offset = 2 * t.Elem();
+  t.buffer = [device newBufferWithLength:t.offset + matrices * t.matrix_bytes options:MTLResourceStorageModeShared];
+  MPSMatrixDescriptor* d = matrices == 1 ? [MPSMatrixDescriptor matrixDescriptorWithRows:rows
+                                                                                 columns:cols
+                                                                                rowBytes:t.row_bytes
+                                                                                dataType:type]
+                                         : [MPSMatrixDescriptor matrixDescriptorWithRows:rows
+                                                                                 columns:cols
+                                                                                matrices:matrices
+                                                                                rowBytes:t.row_bytes
+                                                                             matrixBytes:t.matrix_bytes
+                                                                                dataType:type];
+  t.matrix = [[MPSMatrix alloc] initWithBuffer:t.buffer offset:t.offset descriptor:d];
+  if (type == MPSDataTypeUnorm8) return t;
+  for (size_t k = 0; k < matrices; ++k)
+    for (size_t r = 0; r < rows + 1; ++r)
+      for (size_t c = 0; c < cols + pad_cols; ++c) {
+        const long i = static_cast<long>((k * 131 + r * 17 + c * 7) * 13 + seed * 29);
+        t.Set(k, r, c, seed < 0 ? std::nan("") : static_cast<double>(i % 23 - 11) / 4.0);
+      }
+  return t;
+}
+
+struct GemmCase {
+  bool ta = false, tb = false;
+  size_t M = 3, N = 4, K = 5;
+  double alpha = 1.5, beta = -0.5;
+  MTLOrigin oa = MTLOriginMake(1, 2, 0), ob = MTLOriginMake(2, 1, 0), oc = MTLOriginMake(3, 1, 0);
+  size_t matrices = 1;
+  NSUInteger batch_start = 0;
+  long batch_size = -1;  // -1: leave the default
+  bool short_init = false;
+};
+
+std::string Describe(const GemmCase& g, MPSDataType type) {
+  return std::string(type == MPSDataTypeFloat16 ? "float16" : "float32") + " ta=" + std::to_string(g.ta) +
+         " tb=" + std::to_string(g.tb) + " alpha=" + std::to_string(g.alpha) + " beta=" + std::to_string(g.beta) +
+         " batch=" + std::to_string(g.batch_start) + "+" + std::to_string(g.batch_size);
+}
+
+// Runs one multiplication and compares every element of C's buffer: the windows of the
+// batch with the naive loop, everything else with its bytes before.
+void CheckGemm(const GemmCase& g, MPSDataType type = MPSDataTypeFloat32) {
+  SCOPED_TRACE(Describe(g, type));
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  const size_t ar = g.ta ? g.K : g.M, ac = g.ta ? g.M : g.K, br = g.tb ? g.N : g.K, bc = g.tb ? g.K : g.N;
+  const TestMatrix A = MakeMatrix(device, g.oa.x + ar + 1, g.oa.y + ac + 2, 1, type, g.matrices);
+  const TestMatrix B = MakeMatrix(device, g.ob.x + br + 2, g.ob.y + bc + 1, 2, type, g.matrices);
+  // beta 0: C starts as NaN, which the kernel must not read.
+  const TestMatrix C = MakeMatrix(device, g.oc.x + g.M + 1, g.oc.y + g.N + 1, g.beta == 0 ? -1 : 3, type, g.matrices);
+  const std::vector<uint8_t> before = C.Bytes();
+  MPSMatrixMultiplication* kernel =
+      g.short_init ? [[MPSMatrixMultiplication alloc] initWithDevice:device
+                                                          resultRows:g.M
+                                                       resultColumns:g.N
+                                                     interiorColumns:g.K]
+                   : [[MPSMatrixMultiplication alloc] initWithDevice:device
+                                                       transposeLeft:g.ta
+                                                      transposeRight:g.tb
+                                                          resultRows:g.M
+                                                       resultColumns:g.N
+                                                     interiorColumns:g.K
+                                                               alpha:g.alpha
+                                                                beta:g.beta];
+  ASSERT_NE(kernel, nil);
+  EXPECT_EQ([kernel device], device);
+  EXPECT_EQ([kernel leftMatrixOrigin].x, 0u);  // Apple's defaults
+  EXPECT_EQ([kernel batchStart], 0u);
+  kernel.leftMatrixOrigin = g.oa;
+  kernel.rightMatrixOrigin = g.ob;
+  kernel.resultMatrixOrigin = g.oc;
+  kernel.batchStart = g.batch_start;
+  if (g.batch_size >= 0) kernel.batchSize = static_cast<NSUInteger>(g.batch_size);
+  EXPECT_EQ([kernel resultMatrixOrigin].x, g.oc.x);
+  EXPECT_EQ([kernel resultMatrixOrigin].y, g.oc.y);
+  id<MTLCommandBuffer> cb = [[device newCommandQueue] commandBuffer];
+  [kernel encodeToCommandBuffer:cb leftMatrix:A.matrix rightMatrix:B.matrix resultMatrix:C.matrix];
+  EXPECT_EQ(C.Bytes(), before);  // nothing runs at encode time
+  CommitAndWait(cb);
+
+  const size_t first = g.batch_start;
+  const size_t count = g.batch_size >= 0 ? static_cast<size_t>(g.batch_size) : g.matrices - first;
+  const std::vector<uint8_t> after = C.Bytes();
+  const uint8_t* base = static_cast<const uint8_t*>([C.buffer contents]);
+  std::vector<bool> in_window(after.size(), false);
+  size_t checked = 0;
+  for (size_t k = first; k < first + count; ++k) {
+    for (size_t i = 0; i < g.M; ++i) {
+      for (size_t j = 0; j < g.N; ++j) {
+        double sum = 0;
+        for (size_t p = 0; p < g.K; ++p) {
+          const double a = g.ta ? A.Get(k, g.oa.x + p, g.oa.y + i) : A.Get(k, g.oa.x + i, g.oa.y + p);
+          const double b = g.tb ? B.Get(k, g.ob.x + j, g.ob.y + p) : B.Get(k, g.ob.x + p, g.ob.y + j);
+          sum += a * b;
+        }
+        const size_t r = g.oc.x + i, c = g.oc.y + j;
+        // The old value, read from the bytes before (C itself now holds the result).
+        double old;
+        const size_t at = static_cast<size_t>(C.At(k, r, c) - base);
+        if (type == MPSDataTypeFloat16) {
+          _Float16 h;
+          std::memcpy(&h, &before[at], sizeof(h));
+          old = static_cast<double>(h);
+        } else {
+          float f;
+          std::memcpy(&f, &before[at], sizeof(f));
+          old = f;
+        }
+        double want = g.alpha * sum + (g.beta == 0 ? 0.0 : g.beta * old);
+        if (type == MPSDataTypeFloat16) want = static_cast<double>(static_cast<_Float16>(want));
+        ASSERT_EQ(C.Get(k, r, c), want) << "matrix " << k << " C[" << r << "][" << c << "]";
+        for (size_t e = 0; e < C.Elem(); ++e) in_window[at + e] = true;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, count * g.M * g.N);
+  for (size_t i = 0; i < after.size(); ++i) {
+    if (!in_window[i]) ASSERT_EQ(after[i], before[i]) << "byte " << i << " outside the windows changed";
+  }
+}
+
+TEST_F(Fakes, MatrixMultiplicationMatchesANaiveLoop) {
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      for (const auto& [alpha, beta] : {std::pair<double, double>{1.5, -0.5}, {1.0, 0.0}, {-0.5, 1.0}}) {
+        GemmCase g;
+        g.ta = ta;
+        g.tb = tb;
+        g.alpha = alpha;
+        g.beta = beta;
+        CheckGemm(g);
+      }
+    }
+  }
+  // Origins at 0, and a product with one interior column.
+  GemmCase zero;
+  zero.oa = zero.ob = zero.oc = MTLOriginMake(0, 0, 0);
+  CheckGemm(zero);
+  GemmCase outer;
+  outer.K = 1;
+  outer.tb = true;
+  CheckGemm(outer);
+  // The short initializer: no transposes, alpha 1, beta 0 (C starts as NaN).
+  GemmCase plain;
+  plain.alpha = 1.0;
+  plain.beta = 0.0;
+  plain.short_init = true;
+  CheckGemm(plain);
+}
+
+TEST_F(Fakes, MatrixMultiplicationBatches) {
+  GemmCase g;
+  g.matrices = 4;
+  g.ta = true;
+  g.batch_start = 1;
+  g.batch_size = 2;  // matrices 1 and 2 only
+  CheckGemm(g);
+  g.batch_size = -1;  // the default: every matrix from batchStart on
+  CheckGemm(g);
+  g.batch_start = 0;
+  g.batch_size = 4;
+  g.beta = 0.0;
+  CheckGemm(g);
+}
+
+TEST_F(Fakes, MatrixMultiplicationFloat16) {
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      GemmCase g;
+      g.ta = ta;
+      g.tb = tb;
+      CheckGemm(g, MPSDataTypeFloat16);
+      g.beta = 0.0;
+      CheckGemm(g, MPSDataTypeFloat16);
+    }
+  }
+  GemmCase batch;
+  batch.matrices = 3;
+  batch.batch_start = 1;
+  CheckGemm(batch, MPSDataTypeFloat16);
+}
+
+// The result may live in an input's buffer, even in the same MPSMatrix, as long as the
+// windows do not share an element: here C = A[:, 0:K] * B is written to A[:, K:K+N].
+TEST_F(Fakes, MatrixMultiplicationDisjointWindowsOfOneMatrix) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  const size_t M = 3, N = 2, K = 4;
+  const TestMatrix A = MakeMatrix(device, M, K + N, 1);
+  const TestMatrix B = MakeMatrix(device, K, N, 2);
+  std::vector<double> want(M * N);
+  for (size_t i = 0; i < M; ++i)
+    for (size_t j = 0; j < N; ++j) {
+      double sum = 0;
+      for (size_t p = 0; p < K; ++p) sum += A.Get(0, i, p) * B.Get(0, p, j);
+      want[i * N + j] = 2.0 * sum + 0.5 * A.Get(0, i, K + j);
+    }
+  MPSMatrixMultiplication* kernel = [[MPSMatrixMultiplication alloc] initWithDevice:device
+                                                                      transposeLeft:NO
+                                                                     transposeRight:NO
+                                                                         resultRows:M
+                                                                      resultColumns:N
+                                                                    interiorColumns:K
+                                                                              alpha:2.0
+                                                                               beta:0.5];
+  kernel.resultMatrixOrigin = MTLOriginMake(0, K, 0);
+  id<MTLCommandBuffer> cb = [[device newCommandQueue] commandBuffer];
+  [kernel encodeToCommandBuffer:cb leftMatrix:A.matrix rightMatrix:B.matrix resultMatrix:A.matrix];
+  CommitAndWait(cb);
+  for (size_t i = 0; i < M; ++i)
+    for (size_t j = 0; j < N; ++j) ASSERT_EQ(A.Get(0, i, K + j), want[i * N + j]) << i << "," << j;
+}
+
+TEST_F(Fakes, MatrixMultiplicationMisuseAbortsAndInitCanFail) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  EmuFailNextInit("MPSMatrixMultiplication", 1);
+  EXPECT_EQ([[MPSMatrixMultiplication alloc] initWithDevice:device resultRows:1 resultColumns:1 interiorColumns:1],
+            nil);
+  EXPECT_NE([[MPSMatrixMultiplication alloc] initWithDevice:device resultRows:1 resultColumns:1 interiorColumns:1],
+            nil);
+
+  // A 3 x 4 = (3 x 5)(5 x 4) product; each case breaks one thing.
+  auto gemm = [](BOOL ta, BOOL tb) {
+    return [[MPSMatrixMultiplication alloc] initWithDevice:MTLCreateSystemDefaultDevice()
+                                             transposeLeft:ta
+                                            transposeRight:tb
+                                                resultRows:3
+                                             resultColumns:4
+                                           interiorColumns:5
+                                                     alpha:1.0
+                                                      beta:0.0];
+  };
+  auto mat = [](size_t rows, size_t cols, MPSDataType type = MPSDataTypeFloat32, size_t matrices = 1) {
+    return MakeMatrix(MTLCreateSystemDefaultDevice(), rows, cols, 1, type, matrices).matrix;
+  };
+  auto cb = [] { return [[MTLCreateSystemDefaultDevice() newCommandQueue] commandBuffer]; };
+
+  EXPECT_DEATH({ [gemm(NO, NO) encodeToCommandBuffer:nil leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)]; },
+               "commandBuffer is nil");
+  EXPECT_DEATH({ [gemm(NO, NO) encodeToCommandBuffer:cb() leftMatrix:nil rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)]; },
+               "leftMatrix is nil");
+  EXPECT_DEATH({ [gemm(NO, NO) encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:nil resultMatrix:mat(3, 4)]; },
+               "rightMatrix is nil");
+  EXPECT_DEATH({ [gemm(NO, NO) encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:nil]; },
+               "resultMatrix is nil");
+  EXPECT_DEATH(
+      {
+        (void)[[MPSMatrixMultiplication alloc] initWithDevice:nil resultRows:1 resultColumns:1 interiorColumns:1];
+      },
+      "initWithDevice:resultRows:resultColumns:interiorColumns:\\]: failed assertion `device is nil");
+  EXPECT_DEATH(
+      {
+        (void)[[MPSMatrixMultiplication alloc] initWithDevice:MTLCreateSystemDefaultDevice()
+                                                   resultRows:2
+                                                resultColumns:2
+                                              interiorColumns:0];
+      },
+      "emulation check: .*interiorColumns \\(0\\) must all be at least 1");
+  // Sizes, from the origins, as stored: A is 3 x 5 (5 x 3 transposed), B 5 x 4 (4 x 5), C 3 x 4.
+  EXPECT_DEATH({ [gemm(NO, NO) encodeToCommandBuffer:cb() leftMatrix:mat(3, 4) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)]; },
+               "leftMatrix \\(3 x 4\\) does not hold op\\(A\\) = A \\(resultRows x interiorColumns\\), 3 x 5");
+  EXPECT_DEATH({ [gemm(YES, NO) encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)]; },
+               "leftMatrix \\(3 x 5\\) does not hold op\\(A\\) = A\\*\\*T .*, 5 x 3");
+  EXPECT_DEATH({ [gemm(NO, YES) encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)]; },
+               "rightMatrix \\(5 x 4\\) does not hold op\\(B\\) = B\\*\\*T .*, 4 x 5");
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.resultMatrixOrigin = MTLOriginMake(0, 1, 0);  // column 1: one column short
+        [k encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)];
+      },
+      "resultMatrix \\(3 x 4\\) does not hold C .*from resultMatrixOrigin \\(row x = 0, column y = 1\\)");
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.rightMatrixOrigin = MTLOriginMake(1, 0, 0);  // row 1: one row short
+        [k encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)];
+      },
+      "rightMatrix \\(5 x 4\\) does not hold op\\(B\\) = B");
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.leftMatrixOrigin = MTLOriginMake(0, 0, 1);
+        [k encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)];
+      },
+      "leftMatrixOrigin.z is 1; it must be 0");
+  // Types.
+  EXPECT_DEATH(
+      {
+        [gemm(NO, NO) encodeToCommandBuffer:cb()
+                                 leftMatrix:mat(3, 5, MPSDataTypeFloat16)
+                                rightMatrix:mat(5, 4)
+                               resultMatrix:mat(3, 4)];
+      },
+      "emulation check: the matrices' data types differ \\(left MPSDataTypeFloat16, right MPSDataTypeFloat32");
+  EXPECT_DEATH(
+      {
+        [gemm(NO, NO) encodeToCommandBuffer:cb()
+                                 leftMatrix:mat(3, 5, MPSDataTypeUnorm8)
+                                rightMatrix:mat(5, 4, MPSDataTypeUnorm8)
+                               resultMatrix:mat(3, 4, MPSDataTypeUnorm8)];
+      },
+      "MPSDataTypeFloat16 matrices only, not MPSDataTypeUnorm8");
+  // The result overlapping an input: the same matrix, or another view of its buffer.
+  EXPECT_DEATH(
+      {
+        MPSMatrix* square = mat(4, 4);
+        [[[MPSMatrixMultiplication alloc] initWithDevice:MTLCreateSystemDefaultDevice()
+                                              resultRows:4
+                                           resultColumns:4
+                                         interiorColumns:4] encodeToCommandBuffer:cb()
+                                                                       leftMatrix:square
+                                                                      rightMatrix:mat(4, 4)
+                                                                     resultMatrix:square];
+      },
+      "emulation check: the result's window overlaps an input's window in the same buffer");
+  EXPECT_DEATH(
+      {
+        const TestMatrix b = MakeMatrix(MTLCreateSystemDefaultDevice(), 5, 4, 1);
+        // A 3 x 4 view of B's buffer, from its row 2 on.
+        MPSMatrix* c = [[MPSMatrix alloc]
+            initWithBuffer:b.buffer
+                    offset:b.offset + 2 * b.row_bytes
+                descriptor:[MPSMatrixDescriptor matrixDescriptorWithRows:3
+                                                                 columns:4
+                                                                rowBytes:b.row_bytes
+                                                                dataType:MPSDataTypeFloat32]];
+        [gemm(NO, NO) encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:b.matrix resultMatrix:c];
+      },
+      "overlaps an input's window");
+  // Batches.
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.batchStart = 1;
+        [k encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)];
+      },
+      "batchStart 1 is not less than resultMatrix.matrices 1");
+  EXPECT_DEATH(
+      {
+        // The default batch is the result's 3 matrices; the left matrix has 2.
+        [gemm(NO, NO) encodeToCommandBuffer:cb()
+                                 leftMatrix:mat(3, 5, MPSDataTypeFloat32, 2)
+                                rightMatrix:mat(5, 4, MPSDataTypeFloat32, 3)
+                               resultMatrix:mat(3, 4, MPSDataTypeFloat32, 3)];
+      },
+      "the batch \\[0, 3\\) is not within the 2 matrices of leftMatrix");
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.batchStart = 1;
+        k.batchSize = 2;
+        [k encodeToCommandBuffer:cb()
+                      leftMatrix:mat(3, 5, MPSDataTypeFloat32, 3)
+                     rightMatrix:mat(5, 4, MPSDataTypeFloat32, 3)
+                    resultMatrix:mat(3, 4, MPSDataTypeFloat32, 2)];
+      },
+      "the batch \\[1, 3\\) is not within the 2 matrices of resultMatrix");
+  EXPECT_DEATH(
+      {
+        MPSMatrixMultiplication* k = gemm(NO, NO);
+        k.batchSize = 0;
+        [k encodeToCommandBuffer:cb() leftMatrix:mat(3, 5) rightMatrix:mat(5, 4) resultMatrix:mat(3, 4)];
+      },
+      "emulation check: batchSize is 0");
+  // Batched descriptors: matrixBytes a multiple of rowBytes, at least rows * rowBytes.
+  EXPECT_DEATH(
+      {
+        (void)[MPSMatrixDescriptor matrixDescriptorWithRows:2
+                                                    columns:3
+                                                   matrices:2
+                                                   rowBytes:16
+                                                matrixBytes:40
+                                                   dataType:MPSDataTypeFloat32];
+      },
+      "matrixBytes 40 must be a multiple of rowBytes 16 and at least rows \\* rowBytes = 32");
+  EXPECT_DEATH(
+      {
+        (void)[MPSMatrixDescriptor matrixDescriptorWithRows:2
+                                                    columns:3
+                                                   matrices:2
+                                                   rowBytes:16
+                                                matrixBytes:16
+                                                   dataType:MPSDataTypeFloat32];
+      },
+      "matrixBytes 16 must be a multiple of rowBytes 16 and at least rows \\* rowBytes = 32");
+  EXPECT_DEATH(
+      {
+        // Two 2 x 3 matrices 32 bytes apart need 32 + 16 + 12 = 60 bytes.
+        id<MTLBuffer> b = [MTLCreateSystemDefaultDevice() newBufferWithLength:56 options:MTLResourceStorageModeShared];
+        (void)[[MPSMatrix alloc] initWithBuffer:b
+                                     descriptor:[MPSMatrixDescriptor matrixDescriptorWithRows:2
+                                                                                      columns:3
+                                                                                     matrices:2
+                                                                                     rowBytes:16
+                                                                                  matrixBytes:32
+                                                                                     dataType:MPSDataTypeFloat32]];
+      },
+      "outside the buffer of length 56");
 }
 
 // --------------------------------------------------------------------- optimizers

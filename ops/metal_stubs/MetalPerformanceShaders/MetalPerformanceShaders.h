@@ -1,5 +1,6 @@
 // Declaration subset of Apple's MetalPerformanceShaders headers (MPSCore: MPSCoreTypes.h,
-// MPSKernel.h, MPSImage.h; MPSMatrix: MPSMatrixTypes.h; MPSImage: MPSImageCopy.h;
+// MPSKernel.h, MPSImage.h; MPSMatrix: MPSMatrixTypes.h, MPSMatrixMultiplication.h;
+// MPSImage: MPSImageCopy.h;
 // MPSNeuralNetwork/MPSNNOptimizers.h), for the type-check and the Linux emulation (see
 // ../Foundation/Foundation.h). Selectors and argument types checked against
 // developer.apple.com and Apple's headers; enum values checked against PyObjC's
@@ -88,6 +89,14 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device);
                                  columns:(NSUInteger)columns
                                 rowBytes:(NSUInteger)rowBytes
                                 dataType:(MPSDataType)dataType;
+// macOS 10.13+: `matrices` matrices, matrixBytes apart; matrixBytes must be a multiple of
+// rowBytes (and at least rows * rowBytes, MPSMatrix.h).
++ (instancetype)matrixDescriptorWithRows:(NSUInteger)rows
+                                 columns:(NSUInteger)columns
+                                matrices:(NSUInteger)matrices
+                                rowBytes:(NSUInteger)rowBytes
+                             matrixBytes:(NSUInteger)matrixBytes
+                                dataType:(MPSDataType)dataType;
 // The recommended (not required) rowBytes for performance.
 + (size_t)rowBytesForColumns:(NSUInteger)columns dataType:(MPSDataType)dataType;
 @end
@@ -109,6 +118,41 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device);
 - (instancetype)initWithBuffer:(id<MTLBuffer>)buffer
                         offset:(NSUInteger)offset
                     descriptor:(MPSMatrixDescriptor*)descriptor;
+@end
+
+// MPSMatrixMultiplication.h (macOS 10.13+): C = alpha * op(A) * op(B) + beta * C, where A,
+// B, C are the left, right and result matrices and op(X) is X or X**T. From its origin
+// (z must be 0), the left matrix must hold resultRows x interiorColumns elements of op(A),
+// the right one interiorColumns x resultColumns of op(B), the result resultRows x
+// resultColumns. Each matrix index in [batchStart, batchStart + batchSize) is processed.
+@interface MPSMatrixMultiplication : MPSKernel
+// Where the kernel starts writing (and reading, for beta != 0); default 0, 0, 0.
+@property(readwrite, nonatomic) MTLOrigin resultMatrixOrigin;
+@property(readwrite, nonatomic) MTLOrigin leftMatrixOrigin;
+@property(readwrite, nonatomic) MTLOrigin rightMatrixOrigin;
+// The first matrix of the batch (default 0).
+@property(readwrite, nonatomic) NSUInteger batchStart;
+// By default, all matrices available at encoding time.
+@property(readwrite, nonatomic) NSUInteger batchSize;
+// alpha and beta are converted to the matrices' precision.
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                 transposeLeft:(BOOL)transposeLeft
+                transposeRight:(BOOL)transposeRight
+                    resultRows:(NSUInteger)resultRows
+                 resultColumns:(NSUInteger)resultColumns
+               interiorColumns:(NSUInteger)interiorColumns
+                         alpha:(double)alpha
+                          beta:(double)beta;
+// No transposes, alpha 1, beta 0.
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                    resultRows:(NSUInteger)resultRows
+                 resultColumns:(NSUInteger)resultColumns
+               interiorColumns:(NSUInteger)interiorColumns;
+- (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                   leftMatrix:(MPSMatrix*)leftMatrix
+                  rightMatrix:(MPSMatrix*)rightMatrix
+                 resultMatrix:(MPSMatrix*)resultMatrix;
 @end
 
 // MPSImage.h (macOS 10.13+): what an MPSImage is made from.
