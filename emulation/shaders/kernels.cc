@@ -4,9 +4,17 @@
 #include <metal_stdlib>
 
 #include "ops/optim/optim_kernels.metal"  // NOLINT(build/include)
+#include "ops/device/device_kernels.metal"  // NOLINT(build/include)
 
 #include "emulation/shaders/shaders.h"
 
 TFMPS_EMU_KERNEL(tfmps_adam_f32);
 TFMPS_EMU_KERNEL(tfmps_sgd_f32);
 TFMPS_EMU_KERNEL(tfmps_rmsprop_f32);
+TFMPS_EMU_KERNEL(tfmps_unary_f32);
+TFMPS_EMU_KERNEL(tfmps_binary_f32);
+TFMPS_EMU_KERNEL(tfmps_fill_f32);
+TFMPS_EMU_KERNEL(tfmps_reduce_sum_f32);
+TFMPS_EMU_KERNEL(tfmps_softmax_f32);
+TFMPS_EMU_KERNEL(tfmps_sparse_xent_i32_f32);
+TFMPS_EMU_KERNEL(tfmps_sparse_xent_i64_f32);

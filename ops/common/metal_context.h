@@ -63,7 +63,24 @@ void* AllocateSharedBuffer(size_t length);
 // Unregisters (and so releases) a buffer from AllocateSharedBuffer.
 void FreeSharedBuffer(void* base);
 
+// Where the calling thread's Metal work goes. The device kernels (ops/device/) set the
+// stream they run on, so that the backends encode into the stream's open command buffer
+// and return without waiting; everywhere else each call gets a command buffer of its
+// own that is committed and waited for. Defined for Objective-C++ below.
+class EncodeTarget;
+EncodeTarget* ThreadTarget();
+void SetThreadTarget(EncodeTarget* target);  // nullptr: back to one command buffer per call
+
 #ifdef __OBJC__
+class EncodeTarget {
+ public:
+  virtual ~EncodeTarget() = default;
+  // Encodes into the target's open command buffer; "" on success, else why not.
+  virtual std::string Encode(const std::function<void(id<MTLCommandBuffer>)>& encode) = 0;
+  // Commits what was encoded and waits for all of it; "" or the failure.
+  virtual std::string Wait() = 0;
+};
+
 // nil when !Available(). Every tf-mps GPU command goes through this one queue, so that
 // work submitted by different kernels runs in submission order.
 id<MTLDevice> Device();
@@ -75,7 +92,24 @@ inline id<MTLBuffer> BufferOf(const BufferRef& ref) {
 // Encodes work into one new command buffer of Queue(), commits it and waits: when it
 // returns, the CPU (and any later kernel) sees the results in unified memory. A failed
 // command buffer becomes kInternal with the NSError's description, prefixed by `op`.
+//
+// With a ThreadTarget, the work goes into the target's command buffer and the target is
+// waited for: callers that read results on the CPU right after use this.
 BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode);
+
+// A compute pipeline for `kernel` of tf-mps's own Metal source `source` (embedded text,
+// named `library` in messages), compiled once per library and kept for the process.
+// MTLMathModeSafe (fastMathEnabled = NO before macOS 15): the kernels must round as the
+// CPU backend does, so the compiler may not contract a*b + c into an fma nor reassociate
+// (Apple: Safe "prevents the compiler from making any transformations that could affect
+// the results"; fast math is the default). nil and *error on failure.
+id<MTLComputePipelineState> KernelPipeline(const char* library, const char* source, const char* kernel,
+                                           std::string* error);
+
+// GPU work whose results only later GPU work (or a sync point) reads: with a ThreadTarget
+// it is encoded into the target and not waited for (a failure then surfaces as the
+// stream's error at its next sync point); without one, SubmitAndWait.
+BackendStatus Submit(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode);
 #endif
 
 }  // namespace metal

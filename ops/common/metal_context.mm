@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "ops/common/metal_context.h"
 
@@ -125,7 +126,33 @@ void FreeSharedBuffer(void* base) {
   }
 }
 
+namespace {
+thread_local EncodeTarget* thread_target = nullptr;
+
+BackendStatus FromTarget(const std::string& op, const std::string& error) {
+  return error.empty() ? BackendStatus::Ok() : BackendStatus::Internal(op + ": " + error);
+}
+}  // namespace
+
+EncodeTarget* ThreadTarget() { return thread_target; }
+void SetThreadTarget(EncodeTarget* target) { thread_target = target; }
+
+BackendStatus Submit(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
+  if (thread_target == nullptr) return SubmitAndWait(op, encode);
+  if (!Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  @autoreleasepool {
+    return FromTarget(op, thread_target->Encode(encode));
+  }
+}
+
 BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<MTLCommandBuffer>)>& encode) {
+  if (thread_target != nullptr && Available()) {
+    @autoreleasepool {
+      std::string e = thread_target->Encode(encode);
+      if (e.empty()) e = thread_target->Wait();
+      return FromTarget(op, e);
+    }
+  }
   if (!Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   @autoreleasepool {
     id<MTLCommandBuffer> cb = [Queue() commandBuffer];
@@ -138,6 +165,53 @@ BackendStatus SubmitAndWait(const std::string& op, const std::function<void(id<M
     const char* what = error != nil ? [[error localizedDescription] UTF8String] : nullptr;
     return BackendStatus::Internal(op + ": Metal command buffer failed: " +
                                    (what != nullptr ? what : "no error reported"));
+  }
+}
+
+id<MTLComputePipelineState> KernelPipeline(const char* library_name, const char* source, const char* kernel,
+                                           std::string* error) {
+  static std::mutex mu;
+  static auto* libraries = new std::map<std::string, id<MTLLibrary>>();
+  static auto* pipelines = new std::map<std::string, id<MTLComputePipelineState>>();
+  if (!Available()) {
+    *error = "no Metal device";
+    return nil;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  const std::string key = std::string(library_name) + ":" + kernel;
+  auto it = pipelines->find(key);
+  if (it != pipelines->end()) return it->second;
+  @autoreleasepool {
+    NSError* e = nil;
+    id<MTLLibrary> library = (*libraries)[library_name];
+    if (library == nil) {
+      MTLCompileOptions* options = [[MTLCompileOptions alloc] init];
+      if (@available(macOS 15, *)) {
+        options.mathMode = MTLMathModeSafe;
+      } else {
+        options.fastMathEnabled = NO;
+      }
+      library = [Device() newLibraryWithSource:[NSString stringWithUTF8String:source] options:options error:&e];
+      if (library == nil) {
+        *error = std::string("compiling ") + library_name + " failed: " +
+                 (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
+        return nil;
+      }
+      (*libraries)[library_name] = library;
+    }
+    id<MTLFunction> function = [library newFunctionWithName:[NSString stringWithUTF8String:kernel]];
+    if (function == nil) {
+      *error = std::string(library_name) + " has no kernel " + kernel;
+      return nil;
+    }
+    id<MTLComputePipelineState> pipeline = [Device() newComputePipelineStateWithFunction:function error:&e];
+    if (pipeline == nil) {
+      *error = std::string("no pipeline for ") + kernel + ": " +
+               (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
+      return nil;
+    }
+    (*pipelines)[key] = pipeline;
+    return pipeline;
   }
 }
 

@@ -1,4 +1,7 @@
 #include "ops/common/tf_glue.h"
+#ifdef TFMPS_DEVICE_KERNELS
+#include "ops/device/device_kernels_glue.h"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -153,9 +156,14 @@ absl::Status LockedVariables::Acquire(OpKernelContext* ctx, const std::vector<Ar
         attr.set_gpu_compatible(true);
         attr.set_nic_compatible(true);
         TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
+#ifdef TFMPS_DEVICE_KERNELS
+        // On the tf-mps device: in stream order, after the queued kernels that write t.
+        TF_RETURN_IF_ERROR(device_glue::CopyInStream(ctx, t->data(), copy.data(), t->TotalBytes()));
+#else
         if (t->TotalBytes() > 0) {
           std::memcpy(copy.data(), t->data(), t->TotalBytes());
         }
+#endif
         *t = copy;
       }
     }

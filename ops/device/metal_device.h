@@ -8,9 +8,11 @@
 // host waits only where it must. Memory is shared-storage MTLBuffers registered in the
 // metal context's table (metal_context.h), so kernels find the buffer of a tensor.
 //
-// First slice of the device (issue 10): copies, fills and host callbacks run on the
-// host after the stream's queued work completed (correct, one wait per such call);
-// kernels encoding into the open command buffer come with the op kernels.
+// Kernels (device_kernels.cc, the tf_mps ops' device kernels) encode into the open
+// command buffer through a ScopedStream; it is committed after kMaxEncodesPerCommit
+// encodes too, so that the GPU starts on a long run of kernels before the next sync
+// point. Copies, fills and host callbacks run on the host after the stream's queued work
+// completed (unified memory: one wait per such call).
 #ifndef TFMPS_DEVICE_METAL_DEVICE_H_
 #define TFMPS_DEVICE_METAL_DEVICE_H_
 
@@ -21,6 +23,11 @@
 
 namespace tfmps {
 namespace device {
+
+// The device type TensorFlow gets: "GPU" on macOS; on Linux (the emulation) "MPS" for
+// TFMPS_METAL_EMULATION=1 or mps, "GPU" for gpu, nullptr when unset, 0 or unknown, with
+// *why_not saying which (config.cc; plain C++, read once).
+const char* ConfiguredDeviceType(std::string* why_not);
 
 // "" if the device can be used, else why not (no Metal device, MPS unsupported).
 std::string Probe();
@@ -61,6 +68,39 @@ std::string BlockHostFor(Event* e);
 
 // Every stream's work, and all of it completed.
 std::string SynchronizeAll();
+
+// While one lives, the calling thread's Metal work (metal::Submit in the backends, and
+// Encode below) goes into the stream's open command buffer instead of a command buffer
+// per call. Nests: the previous target comes back when it dies.
+constexpr int kMaxEncodesPerCommit = 64;
+class ScopedStream {
+ public:
+  explicit ScopedStream(Stream* s);
+  ~ScopedStream();
+  ScopedStream(const ScopedStream&) = delete;
+  ScopedStream& operator=(const ScopedStream&) = delete;
+  // Commits and waits for everything the stream has queued (before CPU work on the
+  // stream's buffers, the CPU fallback of a kernel); "" or the stream's error.
+  std::string Wait();
+  Stream* stream() const { return stream_; }
+
+ private:
+  Stream* stream_;
+  void* target_;
+  void* previous_;
+};
+
+}  // namespace device
+}  // namespace tfmps
+
+// TensorFlow's SP_Stream for this device (stream_executor.h declares it incomplete):
+// what TF_GetStream hands a device kernel.
+struct SP_Stream_st {
+  tfmps::device::Stream* stream;
+};
+
+namespace tfmps {
+namespace device {
 
 }  // namespace device
 }  // namespace tfmps

@@ -58,6 +58,7 @@ struct Stream {
   // Signalled by AddDependency's other side, waited for by the dependent stream.
   id<MTLSharedEvent> dependency_event;
   uint64_t dependency_value = 0;
+  int encodes = 0;  // into `open`, for the kMaxEncodesPerCommit bound
 };
 
 struct Event {
@@ -86,6 +87,7 @@ void Flush(Stream* s) {
   [s->open commit];
   s->last = s->open;
   s->open = nil;
+  s->encodes = 0;
 }
 
 std::string NilQueue() { return "the Metal device gave no command buffer"; }
@@ -319,6 +321,40 @@ std::string SynchronizeAll() {
   }
   return error;
 }
+
+namespace {
+
+// A stream as the metal context's EncodeTarget (metal_context.h).
+class StreamTarget : public metal::EncodeTarget {
+ public:
+  explicit StreamTarget(Stream* s) : s_(s) {}
+  std::string Encode(const std::function<void(id<MTLCommandBuffer>)>& encode) override {
+    std::lock_guard<std::mutex> lock(s_->mu);
+    id<MTLCommandBuffer> cb = Open(s_);
+    if (cb == nil) return NilQueue();
+    encode(cb);
+    if (++s_->encodes >= kMaxEncodesPerCommit) Flush(s_);
+    return "";
+  }
+  std::string Wait() override { return Synchronize(s_); }
+
+ private:
+  Stream* s_;
+};
+
+}  // namespace
+
+ScopedStream::ScopedStream(Stream* s)
+    : stream_(s), target_(new StreamTarget(s)), previous_(metal::ThreadTarget()) {
+  metal::SetThreadTarget(static_cast<StreamTarget*>(target_));
+}
+
+ScopedStream::~ScopedStream() {
+  metal::SetThreadTarget(static_cast<metal::EncodeTarget*>(previous_));
+  delete static_cast<StreamTarget*>(target_);
+}
+
+std::string ScopedStream::Wait() { return Synchronize(stream_); }
 
 }  // namespace device
 }  // namespace tfmps

@@ -29,38 +29,19 @@ struct Config {
   std::string why_not;
 };
 
-Config ReadConfig() {
-  Config c;
-#if defined(__APPLE__)
-  c.type = "GPU";
-#else
-  const char* v = std::getenv("TFMPS_METAL_EMULATION");
-  const std::string value = v != nullptr ? v : "";
-  if (value.empty() || value == "0") {
-    c.why_not = "TFMPS_METAL_EMULATION is not set";
-    return c;
-  }
-  if (value == "1" || value == "mps" || value == "MPS") {
-    c.type = "MPS";
-  } else if (value == "gpu" || value == "GPU") {
-    c.type = "GPU";
-  } else {
-    std::fprintf(stderr, "tf-mps: TFMPS_METAL_EMULATION=%s is not 1, mps or gpu; no tf-mps device\n",
-                 value.c_str());
-    c.why_not = "TFMPS_METAL_EMULATION has an unknown value";
-    return c;
-  }
-#endif
-  c.why_not = tfmps::device::Probe();
-  if (!c.why_not.empty()) {
-    std::fprintf(stderr, "tf-mps: no tf-mps device: %s\n", c.why_not.c_str());
-    c.type = nullptr;
-  }
-  return c;
-}
-
 const Config& Cfg() {
-  static const Config* c = new Config(ReadConfig());
+  static const Config* c = [] {
+    auto* c = new Config();
+    c->type = tfmps::device::ConfiguredDeviceType(&c->why_not);
+    if (c->type != nullptr) {
+      c->why_not = tfmps::device::Probe();
+      if (!c->why_not.empty()) {
+        std::fprintf(stderr, "tf-mps: no tf-mps device: %s\n", c->why_not.c_str());
+        c->type = nullptr;
+      }
+    }
+    return c;
+  }();
   return *c;
 }
 
@@ -74,9 +55,6 @@ void Fail(TF_Status* status, const std::string& message) {
 
 }  // namespace
 
-struct SP_Stream_st {
-  tfmps::device::Stream* stream;
-};
 struct SP_Event_st {
   tfmps::device::Event* event;
 };

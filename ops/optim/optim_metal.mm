@@ -199,48 +199,9 @@ BackendStatus Precheck(const char* op, Semantics semantics, bool keras_ok, bool 
 enum Kind { kAdam, kSgd, kRmsProp };
 
 // ------------------------------------------------------------- tf-mps's own kernels
-// Compiled once, kept for the process (compiling MSL takes milliseconds to a second).
-// MTLMathModeSafe, or fastMathEnabled = NO before macOS 15: the kernels must round as
-// the CPU backend does, so the compiler may not contract a*b + c into an fma nor
-// reassociate (Apple: Safe "prevents the compiler from making any transformations that
-// could affect the results"; fast math is the default). nil and *error on failure.
+// optim_kernels.metal, compiled once with the metal context's safe-math options.
 id<MTLComputePipelineState> KernelPipeline(const char* name, std::string* error) {
-  static std::mutex mu;
-  static id<MTLLibrary> library = nil;
-  static auto* pipelines = new std::map<std::string, id<MTLComputePipelineState>>();
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = pipelines->find(name);
-  if (it != pipelines->end()) return it->second;
-  NSError* e = nil;
-  if (library == nil) {
-    MTLCompileOptions* options = [[MTLCompileOptions alloc] init];
-    if (@available(macOS 15, *)) {
-      options.mathMode = MTLMathModeSafe;
-    } else {
-      options.fastMathEnabled = NO;
-    }
-    library = [metal::Device() newLibraryWithSource:[NSString stringWithUTF8String:kOptimKernelsSource]
-                                            options:options
-                                              error:&e];
-    if (library == nil) {
-      *error = std::string("compiling optim_kernels.metal failed: ") +
-               (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
-      return nil;
-    }
-  }
-  id<MTLFunction> function = [library newFunctionWithName:[NSString stringWithUTF8String:name]];
-  if (function == nil) {
-    *error = std::string("optim_kernels.metal has no kernel ") + name;
-    return nil;
-  }
-  id<MTLComputePipelineState> pipeline = [metal::Device() newComputePipelineStateWithFunction:function error:&e];
-  if (pipeline == nil) {
-    *error = std::string("no pipeline for ") + name + ": " +
-             (e != nil ? [[e localizedDescription] UTF8String] : "no error reported");
-    return nil;
-  }
-  (*pipelines)[name] = pipeline;
-  return pipeline;
+  return metal::KernelPipeline("optim_kernels.metal", kOptimKernelsSource, name, error);
 }
 
 TfmpsGradientArgs GradientArgs(const GradientTransform& g) {
@@ -304,7 +265,7 @@ BackendStatus RunKernel(const char* op, const char* kernel, size_t count, const 
     std::string error;
     id<MTLComputePipelineState> pipeline = KernelPipeline(kernel, &error);
     if (pipeline == nil) return BackendStatus::Internal(std::string(op) + ": " + error);
-    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
       id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
       for (size_t i = 0; i < count; ++i) {
         if (sizes[i] != 0) EncodeKernel(enc, pipeline, all[i], args(i), sizes[i]);
@@ -453,7 +414,7 @@ BackendStatus AdamMetal(const AdamParams& p, const std::vector<AdamSlots<float>>
                                     optimizerDescriptor:d];
     });
     if (cached == nullptr) return NoOptimizer(op);
-    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerAdam* adam = (MPSNNOptimizerAdam*)cached->optimizer;
       [adam setLearningRate:static_cast<float>(p.lr)];
@@ -521,7 +482,7 @@ BackendStatus SgdMetal(const SgdParams& p, const std::vector<SgdSlots<float>>& v
            optimizerDescriptor:d];
     });
     if (cached == nullptr) return NoOptimizer(op);
-    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerStochasticGradientDescent* sgd =
           (MPSNNOptimizerStochasticGradientDescent*)cached->optimizer;
@@ -571,7 +532,7 @@ BackendStatus RmsPropMetal(const RmsPropParams& p, const std::vector<RmsPropSlot
                                        optimizerDescriptor:d];
     });
     if (cached == nullptr) return NoOptimizer(op);
-    return metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
       std::lock_guard<std::mutex> lock(cached->mu);
       MPSNNOptimizerRMSProp* rms = (MPSNNOptimizerRMSProp*)cached->optimizer;
       [rms setLearningRate:static_cast<float>(p.lr)];

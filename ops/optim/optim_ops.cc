@@ -19,6 +19,7 @@
 // T is half, bfloat16, float or double; the backends see Half/BFloat16 (optim.h), the
 // same bits as Eigen::half/Eigen::bfloat16.
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/tf_glue.h"
@@ -26,6 +27,20 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+
+#ifdef TFMPS_DEVICE_KERNELS
+// Built a second time into the device kernels library (ops/device/): the ops are the op
+// library's, so the definitions here are built but not registered, and the kernels are
+// registered for the device at load time (RegisterDeviceKernels at the end).
+#include "ops/device/device_kernels_glue.h"
+#define TFMPS_CAT2(a, b) a##b
+#define TFMPS_CAT(a, b) TFMPS_CAT2(a, b)
+#define TFMPS_REGISTER_OP(name)                                                                \
+  [[maybe_unused]] static ::tensorflow::register_op::OpDefBuilderWrapper TFMPS_CAT(tfmps_op_, __COUNTER__) = \
+      ::tensorflow::register_op::OpDefBuilderWrapper(name)
+#else
+#define TFMPS_REGISTER_OP(name) REGISTER_OP(name)
+#endif
 
 namespace tfmps {
 namespace optim {
@@ -184,7 +199,7 @@ std::function<absl::Status(InferenceContext*)> RuleShapeFn(const char* op,
 }  // namespace
 
 // ----------------------------------------------------------------------------- Adam
-REGISTER_OP("MpsApplyAdam")
+TFMPS_REGISTER_OP("MpsApplyAdam")
     .Input("var: resource").Input("m: resource").Input("v: resource").Input("vhat: M * resource")
     .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("step: int64").Input("beta1: double").Input("beta2: double")
@@ -198,7 +213,7 @@ Adam (AMSGrad when `vhat` is given) on one resource variable, in place. See
 tf_mps.ops.apply_adam for the update rules of both semantics.
 )doc");
 
-REGISTER_OP("MpsMultiApplyAdam")
+TFMPS_REGISTER_OP("MpsMultiApplyAdam")
     .Input("vars: N * resource").Input("ms: N * resource").Input("vs: N * resource")
     .Input("vhats: M * resource")
     .Input("grads: N * T").Input("grads_sq: S * T")
@@ -213,7 +228,7 @@ Adam (AMSGrad when `vhats` is given) on N resource variables in one call, in pla
 )doc");
 
 // ------------------------------------------------------------------------------ SGD
-REGISTER_OP("MpsApplySgd")
+TFMPS_REGISTER_OP("MpsApplySgd")
     .Input("var: resource").Input("momentum_slot: M * resource")
     .Input("grad: T")
     .Input("lr: T").Input("momentum: double")
@@ -223,7 +238,7 @@ REGISTER_OP("MpsApplySgd")
     .SetShapeFn(RuleShapeFn("MpsApplySgd", &kSgdSlots, false, 2, false))
     .Doc("SGD (momentum when `momentum_slot` is given, Nesterov if `nesterov`) on one variable.");
 
-REGISTER_OP("MpsMultiApplySgd")
+TFMPS_REGISTER_OP("MpsMultiApplySgd")
     .Input("vars: N * resource").Input("momentums: M * resource")
     .Input("grads: N * T")
     .Input("lr: T").Input("momentum: double")
@@ -234,7 +249,7 @@ REGISTER_OP("MpsMultiApplySgd")
     .Doc("SGD on N resource variables in one call, in place.");
 
 // -------------------------------------------------------------------------- RMSProp
-REGISTER_OP("MpsApplyRmsProp")
+TFMPS_REGISTER_OP("MpsApplyRmsProp")
     .Input("var: resource").Input("ms: resource").Input("mg: C * resource").Input("mom: K * resource")
     .Input("grad: T").Input("grad_sq: S * T")
     .Input("lr: T").Input("rho: double").Input("momentum: double").Input("epsilon: double")
@@ -244,7 +259,7 @@ REGISTER_OP("MpsApplyRmsProp")
     .SetShapeFn(RuleShapeFn("MpsApplyRmsProp", &kRmsPropSlots, true, 4, false))
     .Doc("RMSProp (centered when `mg` is given, momentum when `mom` is given) on one variable.");
 
-REGISTER_OP("MpsMultiApplyRmsProp")
+TFMPS_REGISTER_OP("MpsMultiApplyRmsProp")
     .Input("vars: N * resource").Input("mss: N * resource").Input("mgs: C * resource")
     .Input("moms: K * resource")
     .Input("grads: N * T").Input("grads_sq: S * T")
@@ -261,7 +276,7 @@ REGISTER_OP("MpsMultiApplyRmsProp")
 // negative indices and reshapes rows silently; TensorFlow's scatter ops, which Keras's
 // sparse updates use, reject both. This op checks first and passes the indices on, so
 // the sum (and the update, which consumes it) cannot run on unchecked input.
-REGISTER_OP("MpsCheckSparseGradient")
+TFMPS_REGISTER_OP("MpsCheckSparseGradient")
     .Input("indices: Tindices").Input("values_shape: int64").Input("var_shape: int64")
     .Output("checked_indices: Tindices")
     .Attr("Tindices: {int32, int64}")
@@ -342,7 +357,9 @@ class CheckSparseGradientOp : public OpKernel {
   std::string label_;
 };
 
+#ifndef TFMPS_DEVICE_KERNELS
 REGISTER_KERNEL_BUILDER(Name("MpsCheckSparseGradient").Device(DEVICE_CPU), CheckSparseGradientOp);
+#endif
 
 // The backends' element type for TensorFlow's: Half/BFloat16 carry the bits of
 // Eigen::half/Eigen::bfloat16 (optim.h), so their data is handed over as it is.
@@ -373,6 +390,29 @@ const B<T>* BackendData(const Tensor& t) {
   return reinterpret_cast<const B<T>*>(t.template flat<T>().data());
 }
 
+// Runs a rule's backend: the CPU backend on TF's threads; on the tf-mps device
+// (TFMPS_DEVICE_KERNELS) the Metal backend in the kernel's stream for float, and the CPU
+// backend after the stream's queued work where Metal declines (other dtypes, what MPS's
+// classes and tf-mps's kernels do not express; optim.h).
+template <typename T, typename MetalFn, typename CpuFn>
+void RunBackend(OpKernelContext* ctx, MetalFn metal, CpuFn cpu) {
+#ifdef TFMPS_DEVICE_KERNELS
+  device_glue::Run(
+      ctx,
+      [&]() -> BackendStatus {
+        if constexpr (std::is_same_v<T, float>) {
+          return metal();
+        } else {
+          return BackendStatus::Unsupported("not float");
+        }
+      },
+      cpu);
+#else
+  (void)metal;
+  cpu();
+#endif
+}
+
 // The variables of one Compute call, locked for its duration. Kernels are shared
 // between concurrent calls, so this lives on the stack, never in the kernel.
 template <typename T>
@@ -393,6 +433,33 @@ class Slots {
 
 // What every optimizer kernel shares: attributes, the flat input layout, and validation
 // of variables, slots and gradients. Subclasses read their scalars and call a backend.
+// The Metal backends take float; other dtypes never reach them (RunBackend).
+#ifdef TFMPS_DEVICE_KERNELS
+template <typename V>
+BackendStatus AdamMetalIfFloat(const AdamParams& p, const std::vector<V>& vars) {
+  if constexpr (std::is_same_v<V, AdamSlots<float>>) return AdamMetal(p, vars);
+  return BackendStatus::Unsupported("not float");
+}
+template <typename V>
+BackendStatus SgdMetalIfFloat(const SgdParams& p, const std::vector<V>& vars) {
+  if constexpr (std::is_same_v<V, SgdSlots<float>>) return SgdMetal(p, vars);
+  return BackendStatus::Unsupported("not float");
+}
+template <typename V>
+BackendStatus RmsPropMetalIfFloat(const RmsPropParams& p, const std::vector<V>& vars) {
+  if constexpr (std::is_same_v<V, RmsPropSlots<float>>) return RmsPropMetal(p, vars);
+  return BackendStatus::Unsupported("not float");
+}
+#else
+template <typename P, typename V>
+BackendStatus NoMetal(const P&, const V&) {
+  return BackendStatus::Unsupported("CPU device");
+}
+#define AdamMetalIfFloat NoMetal
+#define SgdMetalIfFloat NoMetal
+#define RmsPropMetalIfFloat NoMetal
+#endif
+
 template <typename T>
 class OptimizerKernel : public OpKernel {
  public:
@@ -510,7 +577,8 @@ class AdamOp : public OptimizerKernel<T> {
       vars[i] = {s(kAdamVar, i), s(kAdamM, i),           s(kAdamV, i),
                  s(kAdamVhat, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
-    AdamCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
+    RunBackend<T>(
+        ctx, [&] { return AdamMetalIfFloat(p, vars); }, [&] { AdamCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx)); });
   }
 };
 
@@ -542,7 +610,8 @@ class SgdOp : public OptimizerKernel<T> {
     for (int i = 0; i < this->n_; ++i) {
       vars[i] = {s(kSgdVar, i), s(kSgdMomentum, i), this->grad(ctx, i), s.size(i)};
     }
-    SgdCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
+    RunBackend<T>(
+        ctx, [&] { return SgdMetalIfFloat(p, vars); }, [&] { SgdCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx)); });
   }
 
  private:
@@ -576,7 +645,9 @@ class RmsPropOp : public OptimizerKernel<T> {
       vars[i] = {s(kRmsVar, i), s(kRmsMs, i),            s(kRmsMg, i),
                  s(kRmsMom, i), this->grad(ctx, i), this->grad_sq(ctx, i), s.size(i)};
     }
-    RmsPropCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx));
+    RunBackend<T>(
+        ctx, [&] { return RmsPropMetalIfFloat(p, vars); },
+        [&] { RmsPropCpu<B<T>>(p, vars, tfglue::CpuParallelFor(ctx)); });
   }
 };
 
@@ -590,6 +661,7 @@ struct Form {
   };
 };
 
+#ifndef TFMPS_DEVICE_KERNELS
 #define TFMPS_REGISTER_OPTIMIZER(NAME, KERNEL, MULTI, T)                                   \
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name(NAME).Device(DEVICE_CPU).TypeConstraint<T>("T"),                                \
@@ -610,7 +682,42 @@ TFMPS_REGISTER_RULE("MpsApplyRmsProp", "MpsMultiApplyRmsProp", RmsPropOp);
 #undef TFMPS_REGISTER_RULE
 #undef TFMPS_REGISTER_RULE_T
 #undef TFMPS_REGISTER_OPTIMIZER
+#endif  // TFMPS_DEVICE_KERNELS
+
 
 }  // namespace
+
+#ifdef TFMPS_DEVICE_KERNELS
+namespace {
+template <template <typename> class Kernel, bool kMulti, typename T>
+void RegisterOne(const char* name, const char* type, const std::vector<const char*>& scalars) {
+  tensorflow::register_kernel::Name b(name);
+  b.Device(type).TypeConstraint<T>("T");
+  // The scalars are read by the host (GetScalar): TensorFlow copies them there first.
+  for (const char* s : scalars) b.HostMemory(s);
+  new tensorflow::kernel_factory::OpKernelRegistrar(b.Build(), name, [](OpKernelConstruction* c) -> OpKernel* {
+    return new typename Form<Kernel, kMulti>::template K<T>(c);
+  });
+}
+template <template <typename> class Kernel>
+void RegisterRule(const char* single, const char* multi, const char* type, const std::vector<const char*>& scalars) {
+  RegisterOne<Kernel, false, Eigen::half>(single, type, scalars);
+  RegisterOne<Kernel, false, Eigen::bfloat16>(single, type, scalars);
+  RegisterOne<Kernel, false, float>(single, type, scalars);
+  RegisterOne<Kernel, false, double>(single, type, scalars);
+  RegisterOne<Kernel, true, Eigen::half>(multi, type, scalars);
+  RegisterOne<Kernel, true, Eigen::bfloat16>(multi, type, scalars);
+  RegisterOne<Kernel, true, float>(multi, type, scalars);
+  RegisterOne<Kernel, true, double>(multi, type, scalars);
+}
+}  // namespace
+
+void RegisterDeviceKernels(const char* type) {
+  RegisterRule<AdamOp>("MpsApplyAdam", "MpsMultiApplyAdam", type, kAdamScalars);
+  RegisterRule<SgdOp>("MpsApplySgd", "MpsMultiApplySgd", type, kSgdScalars);
+  RegisterRule<RmsPropOp>("MpsApplyRmsProp", "MpsMultiApplyRmsProp", type, kRmsPropScalars);
+}
+#endif  // TFMPS_DEVICE_KERNELS
+
 }  // namespace optim
 }  // namespace tfmps

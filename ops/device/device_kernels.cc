@@ -1,0 +1,595 @@
+// Kernels of the tf-mps device (TF C++ API): standard TensorFlow ops that a Keras training
+// step needs, and the variable updates, on the device's Metal implementations
+// (device_ops.h), encoding into the stream TensorFlow runs the kernel on. The tf_mps ops'
+// own device kernels are registered by their families (optim_ops.cc built with
+// TFMPS_DEVICE_KERNELS) from RegisterDeviceKernels below.
+//
+// Loaded after the op library and the plugin (tf_mps.device.load): kernels are
+// registered for the device type the plugin registered ("MPS" or "GPU", config.cc), at
+// load time, and for none when the device is off. Validation is TensorFlow's own where
+// it has it (shapes, broadcasting) with the same messages' content; a kernel whose Metal
+// path declines its arguments waits for the stream and computes on the CPU, on the same
+// unified memory (device_ops_cpu.cc).
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/device/device_kernels_glue.h"
+#include "ops/device/device_ops.h"
+#include "ops/device/metal_device.h"
+#include "tensorflow/c/kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/bcast.h"
+
+namespace tfmps {
+namespace device_glue {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+device::Stream* StreamOf(OpKernelContext* ctx) {
+  TF_Status* status = TF_NewStatus();
+  SP_Stream s = TF_GetStream(reinterpret_cast<TF_OpKernelContext*>(ctx), status);
+  const bool ok = TF_GetCode(status) == TF_OK;
+  TF_DeleteStatus(status);
+  return ok && s != nullptr ? s->stream : nullptr;
+}
+
+void Run(OpKernelContext* ctx, const std::function<BackendStatus()>& metal, const std::function<void()>& cpu) {
+  device::Stream* stream = StreamOf(ctx);
+  OP_REQUIRES(ctx, stream != nullptr,
+              absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(),
+                                               ": not running on a tf-mps device stream")));
+  device::ScopedStream scope(stream);
+  const BackendStatus s = metal();
+  if (s.code == BackendStatus::Code::kUnsupported) {
+    const std::string e = scope.Wait();
+    OP_REQUIRES(ctx, e.empty(), absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(), ": ", e)));
+    cpu();
+    return;
+  }
+  OP_REQUIRES(ctx, s.ok(), absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(), ": ", s.message)));
+}
+
+namespace {
+
+const float* In(const Tensor& t) { return t.flat<float>().data(); }
+float* Out(Tensor* t) { return t->flat<float>().data(); }
+
+// ------------------------------------------------------------------ MatMul
+class MatMulOp : public OpKernel {
+ public:
+  explicit MatMulOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("transpose_a", &ta_));
+    OP_REQUIRES_OK(c, c->GetAttr("transpose_b", &tb_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& a = ctx->input(0);
+    const Tensor& b = ctx->input(1);
+    OP_REQUIRES(ctx, a.dims() == 2 && b.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("MatMul: a and b must be matrices, got shapes ",
+                                                        a.shape().DebugString(), " and ", b.shape().DebugString())));
+    const int64_t m = a.dim_size(ta_ ? 1 : 0), k = a.dim_size(ta_ ? 0 : 1);
+    const int64_t kb = b.dim_size(tb_ ? 1 : 0), n = b.dim_size(tb_ ? 0 : 1);
+    OP_REQUIRES(ctx, k == kb,
+                absl::InvalidArgumentError(absl::StrCat("MatMul: inner dimensions of a ", a.shape().DebugString(),
+                                                        " and b ", b.shape().DebugString(), " differ: ", k, " vs ",
+                                                        kb, " (transpose_a=", ta_, ", transpose_b=", tb_, ")")));
+    Tensor* c = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &c));
+    if (c->NumElements() == 0) return;
+    Run(
+        ctx, [&] { return device_ops::MatMul(In(a), In(b), Out(c), m, n, k, ta_, tb_); },
+        [&] { device_ops::cpu::MatMul(In(a), In(b), Out(c), m, n, k, ta_, tb_); });
+  }
+
+ private:
+  bool ta_ = false, tb_ = false;
+};
+
+// ------------------------------------------------------------------ element-wise
+template <int kOp>
+class UnaryOp : public OpKernel {
+ public:
+  explicit UnaryOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    Run(
+        ctx, [&] { return device_ops::Unary(kOp, In(x), Out(y), n); },
+        [&] { device_ops::cpu::Unary(kOp, In(x), Out(y), n); });
+  }
+};
+
+// Broadcasting geometry of two shapes (numpy rules), or an InvalidArgument naming the op.
+absl::Status Geometry(const OpKernelContext* ctx, const TensorShape& xs, const TensorShape& ys,
+                      device_ops::Broadcast* b, TensorShape* out) {
+  const int rank = std::max(xs.dims(), ys.dims());
+  if (rank > TFMPS_MAX_DIMS) {
+    return absl::InvalidArgumentError(absl::StrCat(ctx->op_kernel().type_string(), ": the tf-mps device handles up to ",
+                                                   TFMPS_MAX_DIMS, " dims, got ", xs.DebugString(), " and ",
+                                                   ys.DebugString()));
+  }
+  *out = TensorShape();
+  b->rank = rank;
+  int64_t xstride = 1, ystride = 1;
+  std::vector<int64_t> dims(rank);
+  for (int d = rank - 1; d >= 0; --d) {
+    const int xd = d - (rank - xs.dims()), yd = d - (rank - ys.dims());
+    const int64_t x = xd >= 0 ? xs.dim_size(xd) : 1, y = yd >= 0 ? ys.dim_size(yd) : 1;
+    if (x != y && x != 1 && y != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(ctx->op_kernel().type_string(),
+                                                     ": Incompatible shapes: ", xs.DebugString(), " vs. ",
+                                                     ys.DebugString()));
+    }
+    dims[d] = x == 1 ? y : x;
+    b->dims[d] = dims[d];
+    b->x_strides[d] = x == 1 ? 0 : xstride;
+    b->y_strides[d] = y == 1 ? 0 : ystride;
+    xstride *= x;
+    ystride *= y;
+  }
+  for (int d = 0; d < rank; ++d) out->AddDim(dims[d]);
+  b->x_size = xs.num_elements();
+  b->y_size = ys.num_elements();
+  b->out_size = out->num_elements();
+  return absl::OkStatus();
+}
+
+void RunBinary(OpKernelContext* ctx, int op, const Tensor& x, const Tensor& y, Tensor* z,
+               const device_ops::Broadcast& b) {
+  if (b.out_size == 0) return;
+  Run(
+      ctx, [&] { return device_ops::Binary(op, In(x), In(y), Out(z), b); },
+      [&] { device_ops::cpu::Binary(op, In(x), In(y), Out(z), b); });
+}
+
+template <int kOp>
+class BinaryOp : public OpKernel {
+ public:
+  explicit BinaryOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& y = ctx->input(1);
+    device_ops::Broadcast b;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, Geometry(ctx, x.shape(), y.shape(), &b, &shape));
+    Tensor* z = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &z));
+    RunBinary(ctx, kOp, x, y, z, b);
+  }
+};
+
+// ReluGrad(gradients, features): both of one shape.
+class ReluGradOp : public OpKernel {
+ public:
+  explicit ReluGradOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    const Tensor& f = ctx->input(1);
+    OP_REQUIRES(ctx, g.shape() == f.shape(),
+                absl::InvalidArgumentError(absl::StrCat("ReluGrad: gradients and features must have the same shape, got ",
+                                                        g.shape().DebugString(), " and ", f.shape().DebugString())));
+    device_ops::Broadcast b;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, Geometry(ctx, g.shape(), f.shape(), &b, &shape));
+    Tensor* z = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &z));
+    RunBinary(ctx, TFMPS_BINARY_RELU_GRAD, g, f, z, b);
+  }
+};
+
+bool ChannelsFirst(OpKernelConstruction* c) {
+  std::string format = "NHWC";
+  if (c->HasAttr("data_format")) c->GetAttr("data_format", &format).IgnoreError();
+  return format == "NCHW";
+}
+
+// BiasAdd(value, bias): bias along the last dim (NHWC) or dim 1 (NCHW).
+class BiasAddOp : public OpKernel {
+ public:
+  explicit BiasAddOp(OpKernelConstruction* c) : OpKernel(c), nchw_(ChannelsFirst(c)) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& bias = ctx->input(1);
+    OP_REQUIRES(ctx, x.dims() >= 2,
+                absl::InvalidArgumentError(absl::StrCat("BiasAdd: value must be at least 2-D, got ",
+                                                        x.shape().DebugString())));
+    OP_REQUIRES(ctx, bias.dims() == 1,
+                absl::InvalidArgumentError(absl::StrCat("BiasAdd: bias must be 1-D, got ", bias.shape().DebugString())));
+    const int channel = nchw_ ? 1 : x.dims() - 1;
+    OP_REQUIRES(ctx, x.dim_size(channel) == bias.dim_size(0),
+                absl::InvalidArgumentError(absl::StrCat("BiasAdd: bias has ", bias.dim_size(0),
+                                                        " elements but value has ", x.dim_size(channel),
+                                                        " channels (dim ", channel, ")")));
+    TensorShape bshape;
+    for (int d = 0; d < x.dims(); ++d) bshape.AddDim(d == channel ? bias.dim_size(0) : 1);
+    device_ops::Broadcast b;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, Geometry(ctx, x.shape(), bshape, &b, &shape));
+    Tensor* z = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &z));
+    RunBinary(ctx, TFMPS_BINARY_ADD, x, bias, z, b);
+  }
+
+ private:
+  bool nchw_;
+};
+
+// ------------------------------------------------------------------ reductions
+void RunReduce(OpKernelContext* ctx, const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner,
+               float divisor) {
+  Run(
+      ctx, [&] { return device_ops::ReduceSum(x, y, outer, reduce, inner, divisor); },
+      [&] { device_ops::cpu::ReduceSum(x, y, outer, reduce, inner, divisor); });
+}
+
+class BiasAddGradOp : public OpKernel {
+ public:
+  explicit BiasAddGradOp(OpKernelConstruction* c) : OpKernel(c), nchw_(ChannelsFirst(c)) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    OP_REQUIRES(ctx, g.dims() >= 2,
+                absl::InvalidArgumentError(absl::StrCat("BiasAddGrad: out_backprop must be at least 2-D, got ",
+                                                        g.shape().DebugString())));
+    const int channel = nchw_ ? 1 : g.dims() - 1;
+    const int64_t c = g.dim_size(channel);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({c}), &out));
+    if (c == 0) return;
+    if (g.NumElements() == 0) {
+      Run(ctx, [&] { return device_ops::Fill(Out(out), 0.0f, c); }, [&] { device_ops::cpu::Fill(Out(out), 0.0f, c); });
+      return;
+    }
+    if (!nchw_) {
+      RunReduce(ctx, In(g), Out(out), 1, g.NumElements() / c, c, 1.0f);
+      return;
+    }
+    // [N, C, rest]: the rest first, then N.
+    const int64_t n = g.dim_size(0), rest = g.NumElements() / (n * c);
+    Tensor tmp;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({n, c}), &tmp));
+    RunReduce(ctx, In(g), Out(&tmp), n * c, rest, 1, 1.0f);
+    if (!ctx->status().ok()) return;
+    RunReduce(ctx, In(tmp), Out(out), 1, n, c, 1.0f);
+  }
+
+ private:
+  bool nchw_;
+};
+
+// Sum and Mean over the axes given in reduction_indices (host memory), one contiguous run
+// of reduced dims at a time, innermost first.
+template <bool kMean>
+class ReduceOp : public OpKernel {
+ public:
+  explicit ReduceOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, c->GetAttr("keep_dims", &keep_dims_)); }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& axes_t = ctx->input(1);
+    OP_REQUIRES(ctx, axes_t.dims() <= 1,
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": reduction_indices must be a scalar or 1-D, got ",
+                                                        axes_t.shape().DebugString())));
+    const int rank = x.dims();
+    std::vector<bool> reduced(rank, false);
+    for (int64_t i = 0; i < axes_t.NumElements(); ++i) {
+      int64_t a = axes_t.dtype() == tensorflow::DT_INT64 ? axes_t.flat<int64_t>()(i) : axes_t.flat<int32_t>()(i);
+      OP_REQUIRES(ctx, a >= -rank && a < rank,
+                  absl::InvalidArgumentError(absl::StrCat(type_string(), ": Invalid reduction dimension ", a, " for input with ",
+                                                          rank, " dimensions.")));
+      reduced[a < 0 ? a + rank : a] = true;
+    }
+    TensorShape out_shape;
+    int64_t count = 1;
+    for (int d = 0; d < rank; ++d) {
+      if (reduced[d]) {
+        count *= x.dim_size(d);
+        if (keep_dims_) out_shape.AddDim(1);
+      } else {
+        out_shape.AddDim(x.dim_size(d));
+      }
+    }
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
+    if (y->NumElements() == 0) return;
+    const float mean_divisor = kMean ? static_cast<float>(count) : 1.0f;
+    if (x.NumElements() == 0) {
+      const float v = kMean ? std::nanf("") : 0.0f;
+      Run(ctx, [&] { return device_ops::Fill(Out(y), v, y->NumElements()); },
+          [&] { device_ops::cpu::Fill(Out(y), v, y->NumElements()); });
+      return;
+    }
+    std::vector<int64_t> dims;
+    for (int d = 0; d < rank; ++d) dims.push_back(x.dim_size(d));
+    if (count == 1 || std::none_of(reduced.begin(), reduced.end(), [](bool r) { return r; })) {
+      RunReduce(ctx, In(x), Out(y), 1, 1, x.NumElements(), 1.0f);  // a copy
+      return;
+    }
+    const float* src = In(x);
+    Tensor tmp[2];
+    int which = 0;
+    int last = rank - 1;
+    while (true) {
+      while (last >= 0 && !reduced[last]) --last;
+      if (last < 0) break;
+      int first = last;
+      while (first > 0 && reduced[first - 1]) --first;
+      int64_t outer = 1, reduce = 1, inner = 1;
+      for (int d = 0; d < first; ++d) outer *= dims[d];
+      for (int d = first; d <= last; ++d) reduce *= dims[d];
+      for (int d = last + 1; d < static_cast<int>(dims.size()); ++d) inner *= dims[d];
+      bool more = false;
+      for (int d = 0; d < first; ++d) more = more || reduced[d];
+      float* dst;
+      const float scale = more ? 1.0f : mean_divisor;
+      if (more) {
+        OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({outer * inner}), &tmp[which]));
+        dst = Out(&tmp[which]);
+      } else {
+        dst = Out(y);
+      }
+      RunReduce(ctx, src, dst, outer, reduce, inner, scale);
+      if (!ctx->status().ok() || !more) return;
+      src = dst;
+      which ^= 1;
+      for (int d = first; d <= last; ++d) dims[d] = 1;
+      last = first - 1;
+    }
+  }
+
+ private:
+  bool keep_dims_ = false;
+};
+
+// ------------------------------------------------------------------ softmax, losses
+template <bool kLog>
+class SoftmaxOp : public OpKernel {
+ public:
+  explicit SoftmaxOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    OP_REQUIRES(ctx, x.dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": logits must have >= 1 dimension, got ",
+                                                        x.shape().DebugString())));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t cols = x.dim_size(x.dims() - 1);
+    if (x.NumElements() == 0) return;
+    const int64_t rows = x.NumElements() / cols;
+    Run(
+        ctx, [&] { return device_ops::Softmax(In(x), Out(y), rows, cols, kLog); },
+        [&] { device_ops::cpu::Softmax(In(x), Out(y), rows, cols, kLog); });
+  }
+};
+
+template <typename Label>
+class SparseXentOp : public OpKernel {
+ public:
+  explicit SparseXentOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& logits = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    OP_REQUIRES(ctx, logits.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("SparseSoftmaxCrossEntropyWithLogits: logits must be 2-D, got ",
+                                                        logits.shape().DebugString())));
+    OP_REQUIRES(ctx, labels.dims() == 1 && labels.dim_size(0) == logits.dim_size(0),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "SparseSoftmaxCrossEntropyWithLogits: labels must be 1-D with logits' first dimension ",
+                    logits.dim_size(0), ", got ", labels.shape().DebugString())));
+    const int64_t rows = logits.dim_size(0), cols = logits.dim_size(1);
+    Tensor* loss = nullptr;
+    Tensor* backprop = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, logits.shape(), &backprop));
+    if (rows == 0) return;
+    OP_REQUIRES(ctx, cols > 0,
+                absl::InvalidArgumentError("SparseSoftmaxCrossEntropyWithLogits: logits must have at least one class"));
+    const void* l = labels.flat<Label>().data();
+    Run(
+        ctx,
+        [&] { return device_ops::SparseSoftmaxXent(In(logits), l, sizeof(Label), Out(loss), Out(backprop), rows, cols); },
+        [&] { device_ops::cpu::SparseSoftmaxXent(In(logits), l, sizeof(Label), Out(loss), Out(backprop), rows, cols); });
+  }
+};
+
+// ------------------------------------------------------------------ fills
+// Fill(dims, value), both in host memory.
+class FillOp : public OpKernel {
+ public:
+  explicit FillOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dims = ctx->input(0);
+    const Tensor& value = ctx->input(1);
+    OP_REQUIRES(ctx, dims.dims() <= 1,
+                absl::InvalidArgumentError(absl::StrCat("Fill: dims must be a vector, got ", dims.shape().DebugString())));
+    OP_REQUIRES(ctx, value.dims() == 0,
+                absl::InvalidArgumentError(absl::StrCat("Fill: value must be a scalar, got ", value.shape().DebugString())));
+    TensorShape shape;
+    if (dims.dtype() == tensorflow::DT_INT64) {
+      OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape(dims.flat<int64_t>(), &shape));
+    } else {
+      OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(dims.flat<int32_t>(), &shape));
+    }
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &y));
+    FillWith(ctx, y, value.scalar<float>()());
+  }
+  static void FillWith(OpKernelContext* ctx, Tensor* y, float v) {
+    const int64_t n = y->NumElements();
+    if (n == 0) return;
+    Run(ctx, [&] { return device_ops::Fill(Out(y), v, n); }, [&] { device_ops::cpu::Fill(Out(y), v, n); });
+  }
+};
+
+template <int kValue>
+class FillLikeOp : public OpKernel {
+ public:
+  explicit FillLikeOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &y));
+    FillOp::FillWith(ctx, y, static_cast<float>(kValue));
+  }
+};
+
+// ------------------------------------------------------------------ variables
+// AssignAddVariableOp / AssignSubVariableOp on a float variable: in place in stream order,
+// after a copy (also in stream order) when a reader still shares the buffer, as
+// TensorFlow's own kernel does.
+template <int kOp>
+class AssignUpdateOp : public OpKernel {
+ public:
+  explicit AssignUpdateOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    tensorflow::core::RefCountPtr<tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &var));
+    const Tensor& value = ctx->input(1);
+    tsl::mutex_lock lock(*var->mu());
+    Tensor* t = var->tensor();
+    OP_REQUIRES(ctx, var->is_initialized,
+                absl::FailedPreconditionError(absl::StrCat(type_string(), ": the variable is not initialized")));
+    OP_REQUIRES(ctx, t->dtype() == tensorflow::DT_FLOAT && t->shape() == value.shape(),
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": value of shape ", value.shape().DebugString(),
+                                                        " does not match the variable's ", t->shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CopyOnWrite(ctx, var.get()));
+    t = var->tensor();
+    device_ops::Broadcast b;
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, Geometry(ctx, t->shape(), value.shape(), &b, &shape));
+    RunBinary(ctx, kOp, *t, value, t, b);
+  }
+};
+
+}  // namespace
+
+absl::Status CopyInStream(OpKernelContext* ctx, const void* src, void* dst, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  device::Stream* stream = StreamOf(ctx);
+  if (stream == nullptr) return absl::InternalError("not running on a tf-mps device stream");
+  device::ScopedStream scope(stream);
+  const BackendStatus s = device_ops::Copy(src, dst, bytes);
+  if (s.code == BackendStatus::Code::kUnsupported) {
+    const std::string e = scope.Wait();
+    if (!e.empty()) return absl::InternalError(e);
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  return s.ok() ? absl::OkStatus() : absl::InternalError(s.message);
+}
+
+absl::Status CopyOnWrite(OpKernelContext* ctx, tensorflow::Var* var) {
+  Tensor* t = var->tensor();
+  if (!var->copy_on_read_mode.load() && t->RefCountIsOne()) return absl::OkStatus();
+  Tensor copy;
+  tensorflow::AllocatorAttributes attr;
+  attr.set_gpu_compatible(true);
+  attr.set_nic_compatible(true);
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &copy, attr));
+  TF_RETURN_IF_ERROR(CopyInStream(ctx, t->data(), copy.data(), t->TotalBytes()));
+  *t = copy;
+  return absl::OkStatus();
+}
+
+namespace {
+
+using tensorflow::register_kernel::Name;
+
+// Registers K for the kernel definition `b` describes (b's own builder is consumed).
+template <class K>
+void Register(tensorflow::KernelDefBuilder& b, const char* name) {
+  new tensorflow::kernel_factory::OpKernelRegistrar(
+      b.Build(), name, [](OpKernelConstruction* c) -> OpKernel* { return new K(c); });
+}
+
+// A builder that lives until the end of registration (Name(...) chains return references
+// into the builder, so a temporary one would dangle).
+tensorflow::KernelDefBuilder& Def(const char* op, const char* type) {
+  static std::vector<std::unique_ptr<Name>>* builders = new std::vector<std::unique_ptr<Name>>();
+  builders->push_back(std::make_unique<Name>(op));
+  return builders->back()->Device(type);
+}
+
+void RegisterStandard(const char* type) {
+  auto F = [](const char* op, const char* type) -> tensorflow::KernelDefBuilder& {
+    return Def(op, type).TypeConstraint<float>("T");
+  };
+  Register<MatMulOp>(F("MatMul", type), "TfmpsMatMulOp");
+#define TFMPS_UNARY(NAME, CODE) Register<UnaryOp<CODE>>(F(NAME, type), "TfmpsUnaryOp")
+  TFMPS_UNARY("Neg", TFMPS_UNARY_NEG);
+  TFMPS_UNARY("Square", TFMPS_UNARY_SQUARE);
+  TFMPS_UNARY("Sqrt", TFMPS_UNARY_SQRT);
+  TFMPS_UNARY("Rsqrt", TFMPS_UNARY_RSQRT);
+  TFMPS_UNARY("Exp", TFMPS_UNARY_EXP);
+  TFMPS_UNARY("Log", TFMPS_UNARY_LOG);
+  TFMPS_UNARY("Relu", TFMPS_UNARY_RELU);
+  TFMPS_UNARY("Abs", TFMPS_UNARY_ABS);
+  TFMPS_UNARY("Tanh", TFMPS_UNARY_TANH);
+  TFMPS_UNARY("Sigmoid", TFMPS_UNARY_SIGMOID);
+  TFMPS_UNARY("Reciprocal", TFMPS_UNARY_RECIPROCAL);
+  TFMPS_UNARY("Sign", TFMPS_UNARY_SIGN);
+#undef TFMPS_UNARY
+#define TFMPS_BINARY(NAME, CODE) Register<BinaryOp<CODE>>(F(NAME, type), "TfmpsBinaryOp")
+  TFMPS_BINARY("Add", TFMPS_BINARY_ADD);
+  TFMPS_BINARY("AddV2", TFMPS_BINARY_ADD);
+  TFMPS_BINARY("Sub", TFMPS_BINARY_SUB);
+  TFMPS_BINARY("Mul", TFMPS_BINARY_MUL);
+  TFMPS_BINARY("RealDiv", TFMPS_BINARY_DIV);
+  TFMPS_BINARY("Div", TFMPS_BINARY_DIV);
+  TFMPS_BINARY("DivNoNan", TFMPS_BINARY_DIV_NO_NAN);
+  TFMPS_BINARY("Maximum", TFMPS_BINARY_MAXIMUM);
+  TFMPS_BINARY("Minimum", TFMPS_BINARY_MINIMUM);
+  TFMPS_BINARY("SquaredDifference", TFMPS_BINARY_SQUARED_DIFFERENCE);
+  TFMPS_BINARY("Pow", TFMPS_BINARY_POW);
+#undef TFMPS_BINARY
+  Register<ReluGradOp>(F("ReluGrad", type), "TfmpsReluGradOp");
+  Register<BiasAddOp>(F("BiasAdd", type), "TfmpsBiasAddOp");
+  Register<BiasAddOp>(F("BiasAddV1", type), "TfmpsBiasAddOp");
+  Register<BiasAddGradOp>(F("BiasAddGrad", type), "TfmpsBiasAddGradOp");
+  Register<ReduceOp<false>>(F("Sum", type).HostMemory("reduction_indices"), "TfmpsSumOp");
+  Register<ReduceOp<true>>(F("Mean", type).HostMemory("reduction_indices"), "TfmpsMeanOp");
+  Register<SoftmaxOp<false>>(F("Softmax", type), "TfmpsSoftmaxOp");
+  Register<SoftmaxOp<true>>(F("LogSoftmax", type), "TfmpsLogSoftmaxOp");
+  Register<SparseXentOp<int32_t>>(
+      F("SparseSoftmaxCrossEntropyWithLogits", type).TypeConstraint<int32_t>("Tlabels"), "TfmpsSparseXentOp");
+  Register<SparseXentOp<int64_t>>(
+      F("SparseSoftmaxCrossEntropyWithLogits", type).TypeConstraint<int64_t>("Tlabels"), "TfmpsSparseXentOp");
+  Register<FillOp>(F("Fill", type).HostMemory("dims").HostMemory("value"), "TfmpsFillOp");
+  Register<FillLikeOp<0>>(F("ZerosLike", type), "TfmpsZerosLikeOp");
+  Register<FillLikeOp<1>>(F("OnesLike", type), "TfmpsOnesLikeOp");
+  Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
+      Def("AssignAddVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
+      "TfmpsAssignAddVariableOp");
+  Register<AssignUpdateOp<TFMPS_BINARY_SUB>>(
+      Def("AssignSubVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
+      "TfmpsAssignSubVariableOp");
+}
+
+}  // namespace
+
+bool RegisterDeviceKernels() {
+  const char* type = device::ConfiguredDeviceType(nullptr);
+  if (type == nullptr) return false;
+  RegisterStandard(type);
+  optim::RegisterDeviceKernels(type);
+  return true;
+}
+
+namespace {
+const bool registered = RegisterDeviceKernels();
+}  // namespace
+
+}  // namespace device_glue
+}  // namespace tfmps

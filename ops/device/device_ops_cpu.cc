@@ -1,0 +1,115 @@
+// The CPU fallback of the device's standard ops (device_ops.h), for the arguments the Metal
+// path declines (a tensor outside the registered buffers, more than 2^32 - 1 elements):
+// the glue waits for the stream and runs these on the same unified memory. They run the
+// kernels of device_kernels.metal themselves, compiled here as C++ (the same subset of
+// the Metal Shading Language as the emulation's shaders), thread position by thread
+// position, so the fallback and the GPU path compute with one source. MatMul uses the
+// BLAS.
+#include <cmath>
+#include <cstdint>
+
+#include "ops/common/blas.h"
+#include "ops/device/device_ops.h"
+
+namespace tfmps {
+namespace device_ops {
+namespace cpu_kernels {
+// What device_kernels.metal needs of <metal_stdlib>, as C++.
+#define kernel
+#define device
+#define constant const
+typedef unsigned int uint;
+namespace metal {
+using std::exp;
+using std::fabs;
+using std::log;
+using std::pow;
+using std::sqrt;
+using std::tanh;
+}  // namespace metal
+#define TFMPS_METAL_AS_CPP 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wattributes"
+#pragma clang diagnostic ignored "-Wunknown-attributes"
+#include "ops/device/device_kernels.metal"  // NOLINT(build/include)
+#pragma GCC diagnostic pop
+#undef TFMPS_METAL_AS_CPP
+#undef kernel
+#undef device
+#undef constant
+}  // namespace cpu_kernels
+
+namespace cpu {
+
+// The fallback's loops index with 32-bit thread positions like the kernels; larger
+// tensors are not supported by either path (TensorFlow's CPU device is the way).
+template <typename F>
+void ForEach(int64_t n, F f) {
+  for (int64_t i = 0; i < n; ++i) f(static_cast<uint32_t>(i));
+}
+
+void MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool ta, bool tb) {
+  if (m == 0 || n == 0) return;
+  blas::Sgemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, a,
+              static_cast<int>(ta ? m : k), b, static_cast<int>(tb ? k : n), 0.0f, c, static_cast<int>(n));
+}
+
+void Unary(int op, const float* x, float* y, int64_t n) {
+  TfmpsEltwiseArgs a{};
+  a.n = static_cast<uint32_t>(n);
+  a.op = static_cast<uint32_t>(op);
+  ForEach(n, [&](uint32_t i) { cpu_kernels::tfmps_unary_f32(x, y, a, i); });
+}
+
+void Binary(int op, const float* x, const float* y, float* z, const Broadcast& b) {
+  TfmpsEltwiseArgs a{};
+  a.n = static_cast<uint32_t>(b.out_size);
+  a.op = static_cast<uint32_t>(op);
+  a.rank = static_cast<uint32_t>(b.rank);
+  for (int d = 0; d < b.rank; ++d) {
+    a.dims[d] = static_cast<uint32_t>(b.dims[d]);
+    a.xs[d] = static_cast<uint32_t>(b.x_strides[d]);
+    a.ys[d] = static_cast<uint32_t>(b.y_strides[d]);
+  }
+  ForEach(b.out_size, [&](uint32_t i) { cpu_kernels::tfmps_binary_f32(x, y, z, a, i); });
+}
+
+void Fill(float* y, float value, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = value;
+}
+
+void ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor) {
+  TfmpsReduceArgs a{};
+  a.outer = static_cast<uint32_t>(outer);
+  a.reduce = static_cast<uint32_t>(reduce);
+  a.inner = static_cast<uint32_t>(inner);
+  a.divisor = divisor;
+  ForEach(outer * inner, [&](uint32_t i) { cpu_kernels::tfmps_reduce_sum_f32(x, y, a, i); });
+}
+
+void Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
+  if (cols == 0) return;
+  TfmpsRowsArgs a{};
+  a.rows = static_cast<uint32_t>(rows);
+  a.cols = static_cast<uint32_t>(cols);
+  a.log = log ? 1 : 0;
+  ForEach(rows, [&](uint32_t r) { cpu_kernels::tfmps_softmax_f32(x, y, a, r); });
+}
+
+void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss, float* backprop,
+                       int64_t rows, int64_t cols) {
+  TfmpsRowsArgs a{};
+  a.rows = static_cast<uint32_t>(rows);
+  a.cols = static_cast<uint32_t>(cols);
+  ForEach(rows, [&](uint32_t r) {
+    if (label_bytes == 8) {
+      cpu_kernels::tfmps_sparse_xent_i64_f32(logits, static_cast<const long*>(labels), loss, backprop, a, r);
+    } else {
+      cpu_kernels::tfmps_sparse_xent_i32_f32(logits, static_cast<const int*>(labels), loss, backprop, a, r);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace device_ops
+}  // namespace tfmps

@@ -1,0 +1,225 @@
+// The tf-mps device's Metal implementations of standard TensorFlow ops (device_ops.h):
+// MatMul on MPSMatrixMultiplication, the rest on tf-mps's own kernels
+// (device_kernels.metal), encoded into the calling thread's stream. Built with ARC.
+#import <Metal/Metal.h>
+#import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ops/common/metal_context.h"
+#include "ops/device/device_kernels.h"
+#include "ops/device/device_ops.h"
+
+namespace tfmps {
+namespace device_ops {
+namespace {
+
+struct Bound {
+  id<MTLBuffer> buffer;
+  NSUInteger offset;
+};
+
+// A buffer of `bytes` at p (at least 1 byte, so that an empty input still binds).
+bool Find(const void* p, size_t bytes, Bound* out) {
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, std::max<size_t>(bytes, 1));
+  if (!ref.found()) return false;
+  *out = Bound{metal::BufferOf(ref), static_cast<NSUInteger>(ref.offset)};
+  return true;
+}
+
+BackendStatus NotInBuffer(const char* op) {
+  return BackendStatus::Unsupported(std::string(op) + ": a tensor is not in a 16-byte aligned, registered Metal buffer");
+}
+
+bool TooBig(int64_t n) { return n > static_cast<int64_t>(UINT32_MAX); }
+
+BackendStatus TooBigStatus(const char* op) {
+  return BackendStatus::Unsupported(std::string(op) + ": more than 2^32 - 1 elements (32-bit kernel indices)");
+}
+
+// Runs `kernel` of device_kernels.metal over `threads` threads: buffers in parameter
+// order, then the arguments struct by setBytes:.
+template <typename Args>
+BackendStatus Dispatch(const char* op, const char* kernel, const std::vector<Bound>& bufs, const Args& args,
+                       int64_t threads) {
+  if (threads == 0) return BackendStatus::Ok();
+  std::string error;
+  id<MTLComputePipelineState> pipeline =
+      metal::KernelPipeline("device_kernels.metal", kDeviceKernelsSource, kernel, &error);
+  if (pipeline == nil) return BackendStatus::Internal(std::string(op) + ": " + error);
+  return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+    id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
+    [enc setComputePipelineState:pipeline];
+    for (size_t i = 0; i < bufs.size(); ++i) [enc setBuffer:bufs[i].buffer offset:bufs[i].offset atIndex:i];
+    [enc setBytes:&args length:sizeof(Args) atIndex:bufs.size()];
+    const NSUInteger group = std::min<NSUInteger>([pipeline maxTotalThreadsPerThreadgroup], 256);
+    [enc dispatchThreads:MTLSizeMake(static_cast<NSUInteger>(threads), 1, 1)
+        threadsPerThreadgroup:MTLSizeMake(group, 1, 1)];
+    [enc endEncoding];
+  });
+}
+
+MPSMatrix* Wrap(const float* p, int64_t rows, int64_t cols, bool* failed) {
+  Bound b;
+  if (!Find(p, static_cast<size_t>(rows * cols) * sizeof(float), &b)) return nil;
+  MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
+                                                                 columns:static_cast<NSUInteger>(cols)
+                                                                rowBytes:static_cast<NSUInteger>(cols) * sizeof(float)
+                                                                dataType:MPSDataTypeFloat32];
+  MPSMatrix* m = [[MPSMatrix alloc] initWithBuffer:b.buffer offset:b.offset descriptor:d];
+  if (m == nil) *failed = true;
+  return m;
+}
+
+}  // namespace
+
+BackendStatus MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool transpose_a,
+                     bool transpose_b) {
+  const char* op = "MatMul (MPSMatrixMultiplication)";
+  if (m == 0 || n == 0) return BackendStatus::Ok();
+  if (k == 0) return Fill(c, 0.0f, m * n);  // MPS wants matrices with elements
+  @autoreleasepool {
+    bool failed = false;
+    MPSMatrix* left = transpose_a ? Wrap(a, k, m, &failed) : Wrap(a, m, k, &failed);
+    MPSMatrix* right = transpose_b ? Wrap(b, n, k, &failed) : Wrap(b, k, n, &failed);
+    MPSMatrix* result = Wrap(c, m, n, &failed);
+    if (failed) return BackendStatus::Internal(std::string(op) + ": MPSMatrix init failed");
+    if (left == nil || right == nil || result == nil) return NotInBuffer(op);
+    MPSMatrixMultiplication* mm =
+        [[MPSMatrixMultiplication alloc] initWithDevice:metal::Device()
+                                          transposeLeft:transpose_a ? YES : NO
+                                         transposeRight:transpose_b ? YES : NO
+                                             resultRows:static_cast<NSUInteger>(m)
+                                          resultColumns:static_cast<NSUInteger>(n)
+                                        interiorColumns:static_cast<NSUInteger>(k)
+                                                  alpha:1.0
+                                                   beta:0.0];
+    if (mm == nil) return BackendStatus::Internal(std::string(op) + ": init failed");
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [mm encodeToCommandBuffer:cb leftMatrix:left rightMatrix:right resultMatrix:result];
+    });
+  }
+}
+
+BackendStatus Unary(int op_code, const float* x, float* y, int64_t n) {
+  const char* op = "tf-mps unary kernel";
+  if (TooBig(n)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound bx, by;
+    if (!Find(x, n * sizeof(float), &bx) || !Find(y, n * sizeof(float), &by)) return NotInBuffer(op);
+    TfmpsEltwiseArgs a{};
+    a.n = static_cast<tfmps_u32>(n);
+    a.op = static_cast<tfmps_u32>(op_code);
+    return Dispatch(op, "tfmps_unary_f32", {bx, by}, a, n);
+  }
+}
+
+BackendStatus Binary(int op_code, const float* x, const float* y, float* z, const Broadcast& b) {
+  const char* op = "tf-mps binary kernel";
+  if (TooBig(b.out_size) || TooBig(b.x_size) || TooBig(b.y_size)) return TooBigStatus(op);
+  if (b.rank > TFMPS_MAX_DIMS) return BackendStatus::Unsupported(std::string(op) + ": too many dims");
+  @autoreleasepool {
+    Bound bx, by, bz;
+    if (!Find(x, b.x_size * sizeof(float), &bx) || !Find(y, b.y_size * sizeof(float), &by) ||
+        !Find(z, b.out_size * sizeof(float), &bz)) {
+      return NotInBuffer(op);
+    }
+    TfmpsEltwiseArgs a{};
+    a.n = static_cast<tfmps_u32>(b.out_size);
+    a.op = static_cast<tfmps_u32>(op_code);
+    a.rank = static_cast<tfmps_u32>(b.rank);
+    for (int d = 0; d < b.rank; ++d) {
+      a.dims[d] = static_cast<tfmps_u32>(b.dims[d]);
+      a.xs[d] = static_cast<tfmps_u32>(b.x_strides[d]);
+      a.ys[d] = static_cast<tfmps_u32>(b.y_strides[d]);
+    }
+    return Dispatch(op, "tfmps_binary_f32", {bx, by, bz}, a, b.out_size);
+  }
+}
+
+BackendStatus Fill(float* y, float value, int64_t n) {
+  const char* op = "tf-mps fill kernel";
+  if (TooBig(n)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound by;
+    if (!Find(y, n * sizeof(float), &by)) return NotInBuffer(op);
+    TfmpsEltwiseArgs a{};
+    a.n = static_cast<tfmps_u32>(n);
+    a.value = value;
+    return Dispatch(op, "tfmps_fill_f32", {by}, a, n);
+  }
+}
+
+BackendStatus ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor) {
+  const char* op = "tf-mps reduce kernel";
+  if (TooBig(outer * reduce * inner) || TooBig(outer * inner)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound bx, by;
+    if (!Find(x, outer * reduce * inner * sizeof(float), &bx) || !Find(y, outer * inner * sizeof(float), &by)) {
+      return NotInBuffer(op);
+    }
+    TfmpsReduceArgs a{};
+    a.outer = static_cast<tfmps_u32>(outer);
+    a.reduce = static_cast<tfmps_u32>(reduce);
+    a.inner = static_cast<tfmps_u32>(inner);
+    a.divisor = divisor;
+    return Dispatch(op, "tfmps_reduce_sum_f32", {bx, by}, a, outer * inner);
+  }
+}
+
+BackendStatus Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
+  const char* op = "tf-mps softmax kernel";
+  if (TooBig(rows * cols)) return TooBigStatus(op);
+  if (cols == 0) return BackendStatus::Ok();
+  @autoreleasepool {
+    Bound bx, by;
+    if (!Find(x, rows * cols * sizeof(float), &bx) || !Find(y, rows * cols * sizeof(float), &by)) {
+      return NotInBuffer(op);
+    }
+    TfmpsRowsArgs a{};
+    a.rows = static_cast<tfmps_u32>(rows);
+    a.cols = static_cast<tfmps_u32>(cols);
+    a.log = log ? 1 : 0;
+    return Dispatch(op, "tfmps_softmax_f32", {bx, by}, a, rows);
+  }
+}
+
+BackendStatus SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss,
+                                float* backprop, int64_t rows, int64_t cols) {
+  const char* op = "tf-mps sparse softmax cross entropy kernel";
+  if (TooBig(rows * cols)) return TooBigStatus(op);
+  if (cols == 0) return BackendStatus::Unsupported(std::string(op) + ": no classes");
+  @autoreleasepool {
+    Bound bx, bl, bloss, bbp;
+    if (!Find(logits, rows * cols * sizeof(float), &bx) || !Find(labels, rows * label_bytes, &bl) ||
+        !Find(loss, rows * sizeof(float), &bloss) || !Find(backprop, rows * cols * sizeof(float), &bbp)) {
+      return NotInBuffer(op);
+    }
+    TfmpsRowsArgs a{};
+    a.rows = static_cast<tfmps_u32>(rows);
+    a.cols = static_cast<tfmps_u32>(cols);
+    return Dispatch(op, label_bytes == 8 ? "tfmps_sparse_xent_i64_f32" : "tfmps_sparse_xent_i32_f32",
+                    {bx, bl, bloss, bbp}, a, rows);
+  }
+}
+
+BackendStatus Copy(const void* src, void* dst, size_t bytes) {
+  const char* op = "tf-mps copy";
+  if (bytes == 0) return BackendStatus::Ok();
+  @autoreleasepool {
+    const metal::BufferRef s = metal::FindBuffer(src, bytes), d = metal::FindBuffer(dst, bytes);
+    if (!s.found() || !d.found()) return NotInBuffer(op);
+    id<MTLBuffer> sb = metal::BufferOf(s), db = metal::BufferOf(d);
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      [blit copyFromBuffer:sb sourceOffset:s.offset toBuffer:db destinationOffset:d.offset size:bytes];
+      [blit endEncoding];
+    });
+  }
+}
+
+}  // namespace device_ops
+}  // namespace tfmps
