@@ -19,12 +19,42 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-# Devices the op tests run on. The simulated tf-mps device joins this list once the
-# device plugin exists (issue: PluggableDevice); until then, the CPU only.
+# Devices the op tests run on: the CPU, and with --tfmps-device the tf-mps device on the
+# Metal emulation too (every test then also runs with that device present, so ops that
+# have a kernel there run there unless a test pins them, as on a Mac's GPU).
 DEVICES = ["/CPU:0"]
 
 
-@pytest.fixture(params=DEVICES)
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tfmps-device", action="store_true",
+        help="load the tf-mps device (the Metal emulation's build) and run every device-parametrized "
+        "test on it as well as on the CPU")
+
+
+def pytest_configure(config):
+    if not config.getoption("--tfmps-device"):
+        return
+    # Before TensorFlow starts: the plugin reads it once.
+    os.environ["TFMPS_METAL_EMULATION"] = "1"
+    import tf_mps.device
+
+    try:
+        DEVICES.append(tf_mps.device.load())
+    except RuntimeError as e:
+        raise pytest.UsageError(str(e)) from e
+
+
+def pytest_report_header(config):
+    return f"tf-mps test devices: {', '.join(DEVICES)}"
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES, indirect=True, ids=[d.strip("/") for d in DEVICES])
+
+
+@pytest.fixture
 def device(request):
     import tensorflow as tf
 

@@ -445,6 +445,48 @@ class FillLikeOp : public OpKernel {
   }
 };
 
+// ------------------------------------------------------------------ casts
+// Cast between float, int32, int64 and bool (the pairs of device_kernels.metal); the
+// same type is a copy. Other pairs run on TensorFlow's CPU kernel (no registration).
+class CastOp : public OpKernel {
+ public:
+  CastOp(OpKernelConstruction* c, const char* kernel) : OpKernel(c), kernel_(kernel) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    const void* src = x.data();
+    void* dst = y->data();
+    Run(
+        ctx, [&] { return device_ops::Cast(kernel_, src, x.TotalBytes(), dst, y->TotalBytes(), n); },
+        [&] { device_ops::cpu::Cast(kernel_, src, dst, n); });
+  }
+
+ private:
+  const char* kernel_;
+};
+
+template <typename S, typename D>
+struct CastKernel {
+  static const char* name;
+};
+
+template <typename S, typename D>
+class TypedCastOp : public CastOp {
+ public:
+  explicit TypedCastOp(OpKernelConstruction* c) : CastOp(c, CastKernel<S, D>::name) {}
+};
+template <> const char* CastKernel<int64_t, float>::name = "tfmps_cast_i64_f32";
+template <> const char* CastKernel<int32_t, float>::name = "tfmps_cast_i32_f32";
+template <> const char* CastKernel<bool, float>::name = "tfmps_cast_bool_f32";
+template <> const char* CastKernel<float, int64_t>::name = "tfmps_cast_f32_i64";
+template <> const char* CastKernel<float, int32_t>::name = "tfmps_cast_f32_i32";
+template <> const char* CastKernel<float, bool>::name = "tfmps_cast_f32_bool";
+template <> const char* CastKernel<int64_t, int32_t>::name = "tfmps_cast_i64_i32";
+template <> const char* CastKernel<int32_t, int64_t>::name = "tfmps_cast_i32_i64";
+
 // ------------------------------------------------------------------ variables
 // AssignAddVariableOp / AssignSubVariableOp on a float variable: in place in stream order,
 // after a copy (also in stream order) when a reader still shares the buffer, as
@@ -569,6 +611,18 @@ void RegisterStandard(const char* type) {
   Register<FillOp>(F("Fill", type).HostMemory("dims").HostMemory("value"), "TfmpsFillOp");
   Register<FillLikeOp<0>>(F("ZerosLike", type), "TfmpsZerosLikeOp");
   Register<FillLikeOp<1>>(F("OnesLike", type), "TfmpsOnesLikeOp");
+#define TFMPS_CAST(S, D)                                                                          \
+  Register<TypedCastOp<S, D>>(Def("Cast", type).TypeConstraint<S>("SrcT").TypeConstraint<D>("DstT"), \
+                              "TfmpsCastOp")
+  TFMPS_CAST(int64_t, float);
+  TFMPS_CAST(int32_t, float);
+  TFMPS_CAST(bool, float);
+  TFMPS_CAST(float, int64_t);
+  TFMPS_CAST(float, int32_t);
+  TFMPS_CAST(float, bool);
+  TFMPS_CAST(int64_t, int32_t);
+  TFMPS_CAST(int32_t, int64_t);
+#undef TFMPS_CAST
   Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
       Def("AssignAddVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
       "TfmpsAssignAddVariableOp");

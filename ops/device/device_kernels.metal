@@ -168,3 +168,78 @@ kernel void tfmps_sparse_xent_i64_f32(device const float* x [[buffer(0)]],
   }
   loss[r] = valid ? ls - (row[label] - m) : nan;
 }
+
+// Cast: one kernel per (source, destination) pair. float -> integer truncates toward
+// zero (C's and TensorFlow's static_cast; NaN and out-of-range values are undefined in
+// both, and may differ); bool is one byte, 0 or 1.
+kernel void tfmps_cast_i64_f32(device const long* x [[buffer(0)]],
+                              device float* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const long v = x[i];
+  y[i] = float(v);
+}
+
+kernel void tfmps_cast_i32_f32(device const int* x [[buffer(0)]],
+                              device float* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const int v = x[i];
+  y[i] = float(v);
+}
+
+kernel void tfmps_cast_bool_f32(device const uchar* x [[buffer(0)]],
+                               device float* y [[buffer(1)]],
+                               constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                               uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const uchar v = x[i];
+  y[i] = v != 0 ? 1.0f : 0.0f;
+}
+
+kernel void tfmps_cast_f32_i64(device const float* x [[buffer(0)]],
+                              device long* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const float v = x[i];
+  y[i] = long(v);
+}
+
+kernel void tfmps_cast_f32_i32(device const float* x [[buffer(0)]],
+                              device int* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const float v = x[i];
+  y[i] = int(v);
+}
+
+kernel void tfmps_cast_f32_bool(device const float* x [[buffer(0)]],
+                               device uchar* y [[buffer(1)]],
+                               constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                               uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const float v = x[i];
+  y[i] = v != 0.0f ? uchar(1) : uchar(0);
+}
+
+kernel void tfmps_cast_i64_i32(device const long* x [[buffer(0)]],
+                              device int* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const long v = x[i];
+  y[i] = int(v);
+}
+
+kernel void tfmps_cast_i32_i64(device const int* x [[buffer(0)]],
+                              device long* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const int v = x[i];
+  y[i] = long(v);
+}

@@ -46,6 +46,10 @@ BackendStatus Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool
 BackendStatus SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss,
                                 float* backprop, int64_t rows, int64_t cols);
 
+// y = cast(x) by `kernel`, one of device_kernels.metal's tfmps_cast_<src>_<dst>; x and y
+// hold n elements of the kernel's types.
+BackendStatus Cast(const char* kernel, const void* x, size_t x_bytes, void* y, size_t y_bytes, int64_t n);
+
 // dst[0, bytes) = src[0, bytes), a blit in stream order.
 BackendStatus Copy(const void* src, void* dst, size_t bytes);
 
@@ -61,6 +65,7 @@ void ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t 
 void Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log);
 void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss, float* backprop,
                        int64_t rows, int64_t cols);
+void Cast(const char* kernel, const void* x, void* y, int64_t n);
 }  // namespace cpu
 
 }  // namespace device_ops

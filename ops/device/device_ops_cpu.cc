@@ -7,6 +7,7 @@
 // BLAS.
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "ops/common/blas.h"
 #include "ops/device/device_ops.h"
@@ -19,6 +20,7 @@ namespace cpu_kernels {
 #define device
 #define constant const
 typedef unsigned int uint;
+typedef unsigned char uchar;
 namespace metal {
 using std::exp;
 using std::fabs;
@@ -108,6 +110,26 @@ void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes,
       cpu_kernels::tfmps_sparse_xent_i32_f32(logits, static_cast<const int*>(labels), loss, backprop, a, r);
     }
   });
+}
+
+void Cast(const char* kernel, const void* x, void* y, int64_t n) {
+  TfmpsEltwiseArgs a{};
+  a.n = static_cast<uint32_t>(n);
+  const std::string k = kernel;
+#define TFMPS_CAST_CASE(NAME, S, D)                                                            \
+  if (k == #NAME) {                                                                            \
+    ForEach(n, [&](uint32_t i) { cpu_kernels::NAME(static_cast<const S*>(x), static_cast<D*>(y), a, i); }); \
+    return;                                                                                    \
+  }
+  TFMPS_CAST_CASE(tfmps_cast_i64_f32, long, float)
+  TFMPS_CAST_CASE(tfmps_cast_i32_f32, int, float)
+  TFMPS_CAST_CASE(tfmps_cast_bool_f32, unsigned char, float)
+  TFMPS_CAST_CASE(tfmps_cast_f32_i64, float, long)
+  TFMPS_CAST_CASE(tfmps_cast_f32_i32, float, int)
+  TFMPS_CAST_CASE(tfmps_cast_f32_bool, float, unsigned char)
+  TFMPS_CAST_CASE(tfmps_cast_i64_i32, long, int)
+  TFMPS_CAST_CASE(tfmps_cast_i32_i64, int, long)
+#undef TFMPS_CAST_CASE
 }
 
 }  // namespace cpu

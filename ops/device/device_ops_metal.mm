@@ -206,6 +206,18 @@ BackendStatus SparseSoftmaxXent(const float* logits, const void* labels, int lab
   }
 }
 
+BackendStatus Cast(const char* kernel, const void* x, size_t x_bytes, void* y, size_t y_bytes, int64_t n) {
+  const char* op = "tf-mps cast kernel";
+  if (TooBig(n)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound bx, by;
+    if (!Find(x, x_bytes, &bx) || !Find(y, y_bytes, &by)) return NotInBuffer(op);
+    TfmpsEltwiseArgs a{};
+    a.n = static_cast<tfmps_u32>(n);
+    return Dispatch(op, kernel, {bx, by}, a, n);
+  }
+}
+
 BackendStatus Copy(const void* src, void* dst, size_t bytes) {
   const char* op = "tf-mps copy";
   if (bytes == 0) return BackendStatus::Ok();

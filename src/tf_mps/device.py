@@ -28,6 +28,11 @@ KERNELS = "_tf_mps_device_kernels.so"
 _loaded: str | None = None
 
 
+def loaded() -> str | None:
+    """The device name once :func:`load` succeeded in this process, else None."""
+    return _loaded
+
+
 def device_type() -> str | None:
     """``"MPS"`` or ``"GPU"`` as configured by ``TFMPS_METAL_EMULATION``; None when off."""
     value = os.environ.get("TFMPS_METAL_EMULATION", "")

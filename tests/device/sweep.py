@@ -79,6 +79,11 @@ def cases():
         out.append((f"sparse_xent_{dt.__name__}",
                     lambda l, y: tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=l, labels=y), [logits, labels],
                     False))
+    casts = {np.float32: f32(4, 6, low=-50, high=50), np.int32: rng.integers(-1000, 1000, (4, 6)).astype(np.int32),
+             np.int64: rng.integers(-1000, 1000, (4, 6)), np.bool_: rng.integers(0, 2, (4, 6)).astype(bool)}
+    for src, dst in [(np.int64, np.float32), (np.int32, np.float32), (np.bool_, np.float32), (np.float32, np.int64),
+                     (np.float32, np.int32), (np.float32, np.bool_), (np.int64, np.int32), (np.int32, np.int64)]:
+        out.append((f"cast_{src.__name__}_{dst.__name__}", lambda x, dst=dst: tf.cast(x, dst), [casts[src]], True))
     out.append(("fill", lambda: tf.fill([3, 4], 2.5), [], True))
     out.append(("zeros_like", tf.zeros_like, [f32(5, 2)], True))
     out.append(("ones_like", tf.ones_like, [f32(5, 2)], True))
