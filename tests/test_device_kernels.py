@@ -72,6 +72,8 @@ def test_ordering_under_stress():
     assert seen["threads"] == []
     base, after = seen["memory"]
     assert after == base, f"device memory {base} -> {after} bytes after 10,000 allocate/free cycles"
+    assert seen["over_limit"] == "ResourceExhaustedError"
+    assert seen["after_over_limit"] == [2.0] * 3
 
 
 def test_a_dense_classifier_fit_on_the_device_ends_with_the_cpu_weights():

@@ -143,6 +143,23 @@ absl::Status Geometry(const OpKernelContext* ctx, const TensorShape& xs, const T
     ystride *= y;
   }
   for (int d = 0; d < rank; ++d) out->AddDim(dims[d]);
+  // Merge neighbouring dims that both inputs walk alike (contiguous, or both broadcast):
+  // same-shape inputs become one dim, so the kernel's index arithmetic is one step.
+  int r = 0;
+  for (int d = 0; d < rank; ++d) {
+    if (r > 0 && b->x_strides[r - 1] == b->x_strides[d] * b->dims[d] &&
+        b->y_strides[r - 1] == b->y_strides[d] * b->dims[d]) {
+      b->dims[r - 1] *= b->dims[d];
+      b->x_strides[r - 1] = b->x_strides[d];
+      b->y_strides[r - 1] = b->y_strides[d];
+    } else {
+      b->dims[r] = b->dims[d];
+      b->x_strides[r] = b->x_strides[d];
+      b->y_strides[r] = b->y_strides[d];
+      ++r;
+    }
+  }
+  b->rank = r;
   b->x_size = xs.num_elements();
   b->y_size = ys.num_elements();
   b->out_size = out->num_elements();

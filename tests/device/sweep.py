@@ -186,6 +186,17 @@ def stress():
             t = tf.fill([1 + i % 1024], 1.0)
             del t
     out["memory"] = [base, tf.config.experimental.get_memory_info(name)["current"]]
+
+    # A device kernel's output over the 4 GiB limit: ResourceExhausted, and the device
+    # keeps working.
+    try:
+        with tf.device(DEV):
+            tf.fill([5 << 28], 1.0).numpy()
+        out["over_limit"] = "allocated"
+    except tf.errors.OpError as e:
+        out["over_limit"] = type(e).__name__
+    with tf.device(DEV):
+        out["after_over_limit"] = tf.fill([3], 2.0).numpy().tolist()
     return out
 
 
