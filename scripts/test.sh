@@ -8,4 +8,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # TF_CPP_MIN_LOG_LEVEL=1 hides TensorFlow's start-up banners, not warnings or errors.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# Twice: as a CPU-only machine sees it, then with the tf-mps device (the Metal emulation)
+# loaded, where every device-parametrized test also runs on the device and ops without a
+# pinned device go there as they would to a Mac's GPU (tests/conftest.py). TFMPS_TEST_ONCE=1
+# skips the second run.
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+if [[ "${TFMPS_TEST_ONCE:-0}" != 1 && "$(uname -s)" == Linux ]]; then
+  echo "== the test suite again, with the tf-mps device (--tfmps-device)"
+  .venv/bin/python -m pytest -p no:cacheprovider --tfmps-device "$@"
+fi
