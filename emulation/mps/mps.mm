@@ -855,6 +855,17 @@ std::vector<float> Widen(MPSMatrix* m, const GemmWindow& w, size_t index) {
 }
 
 void RunGemm(const GemmArgs& g, MPSMatrix* left, MPSMatrix* right, MPSMatrix* result) {
+  // The "GPU" of the emulation is one worker thread per queue, running beside
+  // TensorFlow's own threads: OpenBLAS's worker threads, which spin after each call,
+  // would take the cores from them (measured on 2 cores: a Dense training step on the
+  // device 97 ms with OpenBLAS's default threads, 25 ms with one). One thread, for the
+  // process (the emulation is a test vehicle; the op library's BLAS calls are
+  // single-threaded already).
+  static const bool one_thread = [] {
+    tfmps::blas::SetNumThreads(1);
+    return true;
+  }();
+  (void)one_thread;
   const int m = static_cast<int>(g.m), n = static_cast<int>(g.n), k = static_cast<int>(g.k);
   for (size_t i = g.first; i < g.first + g.count; ++i) {
     if (g.type == MPSDataTypeFloat32) {
