@@ -76,6 +76,16 @@ def test_ordering_under_stress():
     assert seen["after_over_limit"] == [2.0] * 3
 
 
+def test_bad_input_on_device_kernels_is_invalid_argument_naming_the_op():
+    seen, _ = _child("sweep.py", "stress")
+    e = seen["errors"]
+    assert e["gather"].startswith("InvalidArgumentError") and "ResourceGather: indices[1] = 99 is not in [0, 6)" in e["gather"]
+    assert e["scatter"].startswith("InvalidArgumentError") and "ResourceScatterAdd: indices[0] = -1" in e["scatter"]
+    assert e["matmul"].startswith("InvalidArgumentError") and "MatMul" in e["matmul"]
+    assert e["add"].startswith("InvalidArgumentError") and "Incompatible shapes" in e["add"]
+    assert seen["unchanged_after_errors"]
+
+
 def test_a_dense_classifier_fit_on_the_device_ends_with_the_cpu_weights():
     seen, _ = _child("training.py", "fit")
     for optimizer in ("keras", "tf_mps"):

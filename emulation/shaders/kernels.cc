@@ -26,3 +26,5 @@ TFMPS_EMU_KERNEL(tfmps_cast_f32_i32);
 TFMPS_EMU_KERNEL(tfmps_cast_f32_bool);
 TFMPS_EMU_KERNEL(tfmps_cast_i64_i32);
 TFMPS_EMU_KERNEL(tfmps_cast_i32_i64);
+TFMPS_EMU_KERNEL(tfmps_gather_f32);
+TFMPS_EMU_KERNEL(tfmps_scatter_f32);

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -532,6 +533,101 @@ class AssignUpdateOp : public OpKernel {
   }
 };
 
+// The indices of a gather or scatter (host memory), checked against `rows` and narrowed
+// to int32 for the kernels. TensorFlow's message: "indices[k] = v is not in [0, rows)".
+absl::Status CheckedIndices(const OpKernelContext* ctx, const Tensor& indices, int64_t rows,
+                            std::vector<int32_t>* out) {
+  const int64_t n = indices.NumElements();
+  out->resize(n);
+  if (rows > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(ctx->op_kernel().type_string(),
+                                                   ": the tf-mps device indexes at most 2^31 - 1 rows, got ", rows));
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t v = indices.dtype() == tensorflow::DT_INT64 ? indices.flat<int64_t>()(k) : indices.flat<int32_t>()(k);
+    if (v < 0 || v >= rows) {
+      return absl::InvalidArgumentError(absl::StrCat(ctx->op_kernel().type_string(), ": indices[", k, "] = ", v,
+                                                     " is not in [0, ", rows, ")"));
+    }
+    (*out)[k] = static_cast<int32_t>(v);
+  }
+  return absl::OkStatus();
+}
+
+// ResourceGather(resource, indices) with batch_dims 0: rows of a float variable.
+class ResourceGatherOp : public OpKernel {
+ public:
+  explicit ResourceGatherOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("batch_dims", &batch_dims_));
+    OP_REQUIRES(c, batch_dims_ == 0,
+                absl::UnimplementedError(absl::StrCat("ResourceGather: the tf-mps device gathers with batch_dims 0, got ",
+                                                      batch_dims_, " (place this op on the CPU)")));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    tensorflow::core::RefCountPtr<tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &var));
+    const Tensor& indices = ctx->input(1);
+    tsl::tf_shared_lock lock(*var->mu());
+    const Tensor& params = *var->tensor();
+    OP_REQUIRES(ctx, params.dtype() == tensorflow::DT_FLOAT && params.dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat("ResourceGather: params must be a float tensor of rank >= 1, got ",
+                                                        params.shape().DebugString())));
+    const int64_t rows = params.dim_size(0), row = params.NumElements() / std::max<int64_t>(rows, 1);
+    std::vector<int32_t> idx;
+    OP_REQUIRES_OK(ctx, CheckedIndices(ctx, indices, rows, &idx));
+    TensorShape shape = indices.shape();
+    for (int d = 1; d < params.dims(); ++d) shape.AddDim(params.dim_size(d));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    if (out->NumElements() == 0) return;
+    const int64_t count = static_cast<int64_t>(idx.size());
+    Run(
+        ctx, [&] { return device_ops::Gather(In(params), rows, idx.data(), count, row, Out(out)); },
+        [&] { device_ops::cpu::Gather(In(params), idx.data(), count, row, Out(out)); });
+  }
+
+ private:
+  int32_t batch_dims_ = 0;
+};
+
+// ResourceScatterAdd/Sub/Update(resource, indices, updates) on a float variable, in place
+// in stream order (copy-on-write first, as TensorFlow's kernel).
+template <int kOp>
+class ResourceScatterOp : public OpKernel {
+ public:
+  explicit ResourceScatterOp(OpKernelConstruction* c) : OpKernel(c) {}
+  void Compute(OpKernelContext* ctx) override {
+    tensorflow::core::RefCountPtr<tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &var));
+    const Tensor& indices = ctx->input(1);
+    const Tensor& updates = ctx->input(2);
+    tsl::mutex_lock lock(*var->mu());
+    OP_REQUIRES(ctx, var->is_initialized,
+                absl::FailedPreconditionError(absl::StrCat(type_string(), ": the variable is not initialized")));
+    Tensor* params = var->tensor();
+    OP_REQUIRES(ctx, params->dtype() == tensorflow::DT_FLOAT && params->dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": the variable must be float of rank >= 1, got ",
+                                                        params->shape().DebugString())));
+    TensorShape expected = indices.shape();
+    for (int d = 1; d < params->dims(); ++d) expected.AddDim(params->dim_size(d));
+    const bool scalar = updates.dims() == 0;
+    OP_REQUIRES(ctx, scalar || updates.shape() == expected,
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": updates must be a scalar or of shape ",
+                                                        expected.DebugString(), " (indices.shape + params.shape[1:]), got ",
+                                                        updates.shape().DebugString())));
+    const int64_t rows = params->dim_size(0), row = params->NumElements() / std::max<int64_t>(rows, 1);
+    std::vector<int32_t> idx;
+    OP_REQUIRES_OK(ctx, CheckedIndices(ctx, indices, rows, &idx));
+    if (idx.empty() || row == 0) return;
+    OP_REQUIRES_OK(ctx, CopyOnWrite(ctx, var.get()));
+    params = var->tensor();
+    const int64_t count = static_cast<int64_t>(idx.size());
+    Run(
+        ctx, [&] { return device_ops::Scatter(kOp, Out(params), rows, idx.data(), count, row, In(updates), scalar); },
+        [&] { device_ops::cpu::Scatter(kOp, Out(params), idx.data(), count, row, In(updates), scalar); });
+  }
+};
+
 }  // namespace
 
 absl::Status CopyInStream(OpKernelContext* ctx, const void* src, void* dst, size_t bytes) {
@@ -640,6 +736,16 @@ void RegisterStandard(const char* type) {
   TFMPS_CAST(int64_t, int32_t);
   TFMPS_CAST(int32_t, int64_t);
 #undef TFMPS_CAST
+  for (auto index : {tensorflow::DT_INT32, tensorflow::DT_INT64}) {
+    auto ix = [&](const char* op) -> tensorflow::KernelDefBuilder& {
+      return Def(op, type).TypeConstraint("dtype", tensorflow::DT_FLOAT).TypeConstraint("Tindices", index)
+          .HostMemory("resource").HostMemory("indices");
+    };
+    Register<ResourceGatherOp>(ix("ResourceGather"), "TfmpsResourceGatherOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_ADD>>(ix("ResourceScatterAdd"), "TfmpsResourceScatterAddOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_SUB>>(ix("ResourceScatterSub"), "TfmpsResourceScatterSubOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_UPDATE>>(ix("ResourceScatterUpdate"), "TfmpsResourceScatterUpdateOp");
+  }
   Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
       Def("AssignAddVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
       "TfmpsAssignAddVariableOp");

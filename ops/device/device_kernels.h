@@ -65,6 +65,14 @@ struct TfmpsRowsArgs {
   tfmps_u32 rows, cols, log, pad;
 };
 
+// Gather and scatter over rows of `row` elements, `count` indices (int32, checked).
+struct TfmpsIndexedArgs {
+  tfmps_u32 count, row, op, scalar;
+};
+#define TFMPS_SCATTER_ADD 0
+#define TFMPS_SCATTER_SUB 1
+#define TFMPS_SCATTER_UPDATE 2
+
 #ifndef __METAL_VERSION__
 // (No namespace named "device": the emulation's <metal_stdlib> defines that word away.)
 namespace tfmps {

@@ -243,3 +243,37 @@ kernel void tfmps_cast_i32_i64(device const int* x [[buffer(0)]],
   const int v = x[i];
   y[i] = long(v);
 }
+
+// ResourceGather: out[k, j] = params[idx[k], j] for rows of `row` elements; the indices
+// were checked on the host (in [0, rows)).
+kernel void tfmps_gather_f32(device const float* params [[buffer(0)]],
+                             device const int* idx [[buffer(1)]],
+                             device float* out [[buffer(2)]],
+                             constant TfmpsIndexedArgs& a [[buffer(3)]],
+                             uint i [[thread_position_in_grid]]) {
+  if (i >= a.count * a.row) return;
+  const tfmps_u32 k = i / a.row, j = i % a.row;
+  out[i] = params[tfmps_u32(idx[k]) * a.row + j];
+}
+
+// ResourceScatterAdd/Sub/Update: one thread per column j walks the indices in order, so
+// repeated indices accumulate (add, sub) or the last one wins (update), race-free.
+// a.scalar: every update is updates[0].
+kernel void tfmps_scatter_f32(device float* var [[buffer(0)]],
+                              device const int* idx [[buffer(1)]],
+                              device const float* updates [[buffer(2)]],
+                              constant TfmpsIndexedArgs& a [[buffer(3)]],
+                              uint j [[thread_position_in_grid]]) {
+  if (j >= a.row) return;
+  for (tfmps_u32 k = 0; k < a.count; ++k) {
+    const float u = a.scalar != 0 ? updates[0] : updates[k * a.row + j];
+    device float* w = var + tfmps_u32(idx[k]) * a.row + j;
+    if (a.op == TFMPS_SCATTER_ADD) {
+      *w = *w + u;
+    } else if (a.op == TFMPS_SCATTER_SUB) {
+      *w = *w - u;
+    } else {
+      *w = u;
+    }
+  }
+}

@@ -50,6 +50,15 @@ BackendStatus SparseSoftmaxXent(const float* logits, const void* labels, int lab
 // hold n elements of the kernel's types.
 BackendStatus Cast(const char* kernel, const void* x, size_t x_bytes, void* y, size_t y_bytes, int64_t n);
 
+// out[k, :] = params[indices[k], :] over rows of `row` floats; indices in host memory,
+// already checked to be in range (copied into a buffer of their own for the GPU).
+BackendStatus Gather(const float* params, int64_t params_rows, const int32_t* indices, int64_t count, int64_t row,
+                     float* out);
+// var[indices[k], :] op= updates[k, :] (op: TFMPS_SCATTER_*; scalar_update: every update
+// is updates[0]); repeated indices apply in order.
+BackendStatus Scatter(int op, float* var, int64_t var_rows, const int32_t* indices, int64_t count, int64_t row,
+                      const float* updates, bool scalar_update);
+
 // dst[0, bytes) = src[0, bytes), a blit in stream order.
 BackendStatus Copy(const void* src, void* dst, size_t bytes);
 
@@ -66,6 +75,9 @@ void Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log);
 void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss, float* backprop,
                        int64_t rows, int64_t cols);
 void Cast(const char* kernel, const void* x, void* y, int64_t n);
+void Gather(const float* params, const int32_t* indices, int64_t count, int64_t row, float* out);
+void Scatter(int op, float* var, const int32_t* indices, int64_t count, int64_t row, const float* updates,
+             bool scalar_update);
 }  // namespace cpu
 
 }  // namespace device_ops

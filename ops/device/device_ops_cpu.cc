@@ -132,6 +132,23 @@ void Cast(const char* kernel, const void* x, void* y, int64_t n) {
 #undef TFMPS_CAST_CASE
 }
 
+void Gather(const float* params, const int32_t* indices, int64_t count, int64_t row, float* out) {
+  TfmpsIndexedArgs a{};
+  a.count = static_cast<uint32_t>(count);
+  a.row = static_cast<uint32_t>(row);
+  ForEach(count * row, [&](uint32_t i) { cpu_kernels::tfmps_gather_f32(params, indices, out, a, i); });
+}
+
+void Scatter(int op, float* var, const int32_t* indices, int64_t count, int64_t row, const float* updates,
+             bool scalar_update) {
+  TfmpsIndexedArgs a{};
+  a.count = static_cast<uint32_t>(count);
+  a.row = static_cast<uint32_t>(row);
+  a.op = static_cast<uint32_t>(op);
+  a.scalar = scalar_update ? 1 : 0;
+  ForEach(row, [&](uint32_t j) { cpu_kernels::tfmps_scatter_f32(var, indices, updates, a, j); });
+}
+
 }  // namespace cpu
 }  // namespace device_ops
 }  // namespace tfmps

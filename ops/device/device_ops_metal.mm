@@ -218,6 +218,55 @@ BackendStatus Cast(const char* kernel, const void* x, size_t x_bytes, void* y, s
   }
 }
 
+namespace {
+// Host-memory indices in a buffer of their own (fresh memory: no GPU work uses it yet).
+bool UploadIndices(const int32_t* indices, int64_t count, Bound* out) {
+  id<MTLBuffer> b = [metal::Device() newBufferWithBytes:indices
+                                                 length:static_cast<NSUInteger>(std::max<int64_t>(count, 1)) * 4
+                                                options:MTLResourceStorageModeShared];
+  if (b == nil) return false;
+  *out = Bound{b, 0};
+  return true;
+}
+}  // namespace
+
+BackendStatus Gather(const float* params, int64_t params_rows, const int32_t* indices, int64_t count, int64_t row,
+                     float* out) {
+  const char* op = "tf-mps gather kernel";
+  if (TooBig(count * row) || TooBig(params_rows * row)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound bp, bi, bo;
+    if (!Find(params, params_rows * row * sizeof(float), &bp) || !Find(out, count * row * sizeof(float), &bo)) {
+      return NotInBuffer(op);
+    }
+    if (!UploadIndices(indices, count, &bi)) return BackendStatus::Internal(std::string(op) + ": no index buffer");
+    TfmpsIndexedArgs a{};
+    a.count = static_cast<tfmps_u32>(count);
+    a.row = static_cast<tfmps_u32>(row);
+    return Dispatch(op, "tfmps_gather_f32", {bp, bi, bo}, a, count * row);
+  }
+}
+
+BackendStatus Scatter(int op_code, float* var, int64_t var_rows, const int32_t* indices, int64_t count, int64_t row,
+                      const float* updates, bool scalar_update) {
+  const char* op = "tf-mps scatter kernel";
+  if (TooBig(count * row) || TooBig(var_rows * row)) return TooBigStatus(op);
+  @autoreleasepool {
+    Bound bv, bi, bu;
+    if (!Find(var, var_rows * row * sizeof(float), &bv) ||
+        !Find(updates, (scalar_update ? 1 : count * row) * sizeof(float), &bu)) {
+      return NotInBuffer(op);
+    }
+    if (!UploadIndices(indices, count, &bi)) return BackendStatus::Internal(std::string(op) + ": no index buffer");
+    TfmpsIndexedArgs a{};
+    a.count = static_cast<tfmps_u32>(count);
+    a.row = static_cast<tfmps_u32>(row);
+    a.op = static_cast<tfmps_u32>(op_code);
+    a.scalar = scalar_update ? 1 : 0;
+    return Dispatch(op, "tfmps_scatter_f32", {bv, bi, bu}, a, row);
+  }
+}
+
 BackendStatus Copy(const void* src, void* dst, size_t bytes) {
   const char* op = "tf-mps copy";
   if (bytes == 0) return BackendStatus::Ok();

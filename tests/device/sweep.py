@@ -96,6 +96,17 @@ def cases():
             getattr(v, method)(d)  # again, while `read` shares the first value's buffer
             return read, v.read_value()
         out.append((name, update, [v0, d], True))
+    table, upd = f32(6, 4), f32(5, 4)
+    for dt in (np.int32, np.int64):
+        idx = np.array([3, 0, 3, 5, 1], dt)  # a repeated index: updates apply in order
+        out.append((f"gather_{dt.__name__}", lambda t, i: tf.Variable(t).sparse_read(i), [table, idx], True))
+        for name, method in [("scatter_add", "scatter_add"), ("scatter_sub", "scatter_sub"),
+                             ("scatter_update", "scatter_update")]:
+            def scatter(t, i, u, method=method):
+                v = tf.Variable(t)
+                getattr(v, method)(tf.IndexedSlices(u, i))
+                return v.read_value()
+            out.append((f"{name}_{dt.__name__}", scatter, [table, idx, upd], True))
     return out
 
 
@@ -197,6 +208,22 @@ def stress():
         out["over_limit"] = type(e).__name__
     with tf.device(DEV):
         out["after_over_limit"] = tf.fill([3], 2.0).numpy().tolist()
+
+    # Bad input on the device's kernels: TensorFlow's error class, a message naming the op.
+    errors = {}
+    with tf.device(DEV):
+        table = tf.Variable(tf.zeros([6, 2]))
+        for name, fn in [("gather", lambda: table.sparse_read([2, 99])),
+                         ("scatter", lambda: table.scatter_add(tf.IndexedSlices(tf.ones([1, 2]), [-1]))),
+                         ("matmul", lambda: tf.matmul(tf.ones([2, 3]), tf.ones([4, 2]))),
+                         ("add", lambda: tf.ones([2, 3]) + tf.ones([4]))]:
+            try:
+                fn()
+                errors[name] = "no error"
+            except tf.errors.OpError as e:
+                errors[name] = f"{type(e).__name__}: {e.message}"
+        out["unchanged_after_errors"] = table.numpy().tolist() == [[0.0, 0.0]] * 6
+    out["errors"] = errors
     return out
 
 
