@@ -21,6 +21,26 @@ _load()
 from tf_mps import convert, data, ops  # noqa: E402
 
 
+def _load_device_on_macos():
+    # On a Mac the plugin comes with `import tensorflow` (tensorflow-plugins) and the
+    # device's kernels with `import tf_mps`, so GPU placement works without a call.
+    import sys
+
+    if sys.platform != "darwin":
+        return
+    from tf_mps import device
+
+    try:
+        device.load()
+    except RuntimeError as e:  # no Metal build or no GPU: the CPU backend still works
+        import warnings
+
+        warnings.warn(str(e), RuntimeWarning, stacklevel=2)
+
+
+_load_device_on_macos()
+
+
 def __getattr__(name):
     # Keras is imported on first use: `import tf_mps` stays as cheap as TensorFlow.
     if name == "keras":

@@ -10,13 +10,15 @@ libraries come from the emulation build (``tools/build_emulation.sh``)::
 ``load()`` loads the plugin (memory, streams, events) and then the device kernels
 (standard ops of a Keras training step, variable updates and the tf_mps ops), which
 are registered for the device type the plugin registered. On macOS the plugin is meant
-to load from ``site-packages/tensorflow-plugins``; no Mac has run it yet.
+to load from ``site-packages/tensorflow-plugins`` (``pip install .`` puts it there) and
+``import tf_mps`` loads the kernels; no Mac has run it yet.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import tensorflow as tf
 from tensorflow.python.framework import load_library
@@ -34,7 +36,10 @@ def loaded() -> str | None:
 
 
 def device_type() -> str | None:
-    """``"MPS"`` or ``"GPU"`` as configured by ``TFMPS_METAL_EMULATION``; None when off."""
+    """``"GPU"`` on macOS; on Linux ``"MPS"`` or ``"GPU"`` as configured by
+    ``TFMPS_METAL_EMULATION``; None when off."""
+    if sys.platform == "darwin":
+        return "GPU"
     value = os.environ.get("TFMPS_METAL_EMULATION", "")
     if value in ("1", "mps", "MPS"):
         return "MPS"
@@ -69,6 +74,17 @@ def load(directory: str | os.PathLike | None = None) -> str:
         raise RuntimeError(
             "tf-mps device: set TFMPS_METAL_EMULATION=1 (device type MPS) or =gpu (type GPU) "
             "before TensorFlow starts, to run the Metal code on the emulation")
+    if sys.platform == "darwin" and directory is None:
+        # `import tensorflow` loaded the plugin from site-packages/tensorflow-plugins;
+        # the kernels sit next to this file.
+        kernels = pathlib.Path(__file__).resolve().parent / KERNELS
+        if not kernels.exists():
+            raise RuntimeError(f"tf-mps device: {kernels} is missing (this build has no Metal device)")
+        if not tf.config.list_physical_devices("GPU"):
+            raise RuntimeError("tf-mps device: TensorFlow lists no GPU (is the plugin in tensorflow-plugins?)")
+        load_library.load_op_library(str(kernels))
+        _loaded = "/GPU:0"
+        return _loaded
     d = pathlib.Path(directory) if directory is not None else emulation_dir()
     for name in (PLUGIN, KERNELS):
         if not (d / name).exists():
