@@ -66,6 +66,12 @@ namespace {
 
 const float* In(const Tensor& t) { return t.flat<float>().data(); }
 float* Out(Tensor* t) { return t->flat<float>().data(); }
+const void* Data(const Tensor& t) { return t.data(); }
+void* Data(Tensor* t) { return t->data(); }
+// The kernels' element type of a float tensor (float32 or half; registrations keep to those).
+device_ops::Elem ElemOf(const Tensor& t) {
+  return t.dtype() == tensorflow::DT_HALF ? device_ops::Elem::kF16 : device_ops::Elem::kF32;
+}
 
 // ------------------------------------------------------------------ MatMul
 class MatMulOp : public OpKernel {
@@ -90,8 +96,8 @@ class MatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &c));
     if (c->NumElements() == 0) return;
     Run(
-        ctx, [&] { return device_ops::MatMul(In(a), In(b), Out(c), m, n, k, ta_, tb_); },
-        [&] { device_ops::cpu::MatMul(In(a), In(b), Out(c), m, n, k, ta_, tb_); });
+        ctx, [&] { return device_ops::MatMul(ElemOf(a), Data(a), Data(b), Data(c), m, n, k, ta_, tb_); },
+        [&] { device_ops::cpu::MatMul(ElemOf(a), Data(a), Data(b), Data(c), m, n, k, ta_, tb_); });
   }
 
  private:
@@ -110,8 +116,8 @@ class UnaryOp : public OpKernel {
     const int64_t n = x.NumElements();
     if (n == 0) return;
     Run(
-        ctx, [&] { return device_ops::Unary(kOp, In(x), Out(y), n); },
-        [&] { device_ops::cpu::Unary(kOp, In(x), Out(y), n); });
+        ctx, [&] { return device_ops::Unary(kOp, ElemOf(x), Data(x), Data(y), n); },
+        [&] { device_ops::cpu::Unary(kOp, ElemOf(x), Data(x), Data(y), n); });
   }
 };
 
@@ -171,8 +177,16 @@ void RunBinary(OpKernelContext* ctx, int op, const Tensor& x, const Tensor& y, T
                const device_ops::Broadcast& b) {
   if (b.out_size == 0) return;
   Run(
-      ctx, [&] { return device_ops::Binary(op, In(x), In(y), Out(z), b); },
-      [&] { device_ops::cpu::Binary(op, In(x), In(y), Out(z), b); });
+      ctx, [&] { return device_ops::Binary(op, ElemOf(x), Data(x), Data(y), Data(z), b); },
+      [&] { device_ops::cpu::Binary(op, ElemOf(x), Data(x), Data(y), Data(z), b); });
+}
+
+void CastInto(OpKernelContext* ctx, const char* kernel, const Tensor& x, Tensor* y) {
+  const int64_t n = x.NumElements();
+  if (n == 0) return;
+  Run(
+      ctx, [&] { return device_ops::Cast(kernel, x.data(), x.TotalBytes(), y->data(), y->TotalBytes(), n); },
+      [&] { device_ops::cpu::Cast(kernel, x.data(), y->data(), n); });
 }
 
 template <int kOp>
@@ -248,11 +262,11 @@ class BiasAddOp : public OpKernel {
 };
 
 // ------------------------------------------------------------------ reductions
-void RunReduce(OpKernelContext* ctx, const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner,
-               float divisor) {
+void RunReduce(OpKernelContext* ctx, device_ops::Elem t, const void* x, void* y, int64_t outer, int64_t reduce,
+               int64_t inner, float divisor) {
   Run(
-      ctx, [&] { return device_ops::ReduceSum(x, y, outer, reduce, inner, divisor); },
-      [&] { device_ops::cpu::ReduceSum(x, y, outer, reduce, inner, divisor); });
+      ctx, [&] { return device_ops::ReduceSum(t, x, y, outer, reduce, inner, divisor); },
+      [&] { device_ops::cpu::ReduceSum(t, x, y, outer, reduce, inner, divisor); });
 }
 
 class BiasAddGradOp : public OpKernel {
@@ -269,20 +283,37 @@ class BiasAddGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({c}), &out));
     if (c == 0) return;
     if (g.NumElements() == 0) {
-      Run(ctx, [&] { return device_ops::Fill(Out(out), 0.0f, c); }, [&] { device_ops::cpu::Fill(Out(out), 0.0f, c); });
+      Run(ctx, [&] { return device_ops::Fill(ElemOf(g), Data(out), 0.0f, c); },
+          [&] { device_ops::cpu::Fill(ElemOf(g), Data(out), 0.0f, c); });
       return;
     }
     if (!nchw_) {
-      RunReduce(ctx, In(g), Out(out), 1, g.NumElements() / c, c, 1.0f);
+      RunReduce(ctx, ElemOf(g), Data(g), Data(out), 1, g.NumElements() / c, c, 1.0f);
       return;
     }
     // [N, C, rest]: the rest first, then N.
     const int64_t n = g.dim_size(0), rest = g.NumElements() / (n * c);
     Tensor tmp;
+    // (The partial sums stay in float: rounding to half between the two passes would
+    // round twice.)
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({n, c}), &tmp));
-    RunReduce(ctx, In(g), Out(&tmp), n * c, rest, 1, 1.0f);
+    if (ElemOf(g) == device_ops::Elem::kF16) {
+      Tensor wide;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, g.shape(), &wide));
+      CastInto(ctx, "tfmps_cast_f16_f32", g, &wide);
+      if (!ctx->status().ok()) return;
+      RunReduce(ctx, device_ops::Elem::kF32, Data(wide), Data(&tmp), n * c, rest, 1, 1.0f);
+      if (!ctx->status().ok()) return;
+      Tensor sum;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({c}), &sum));
+      RunReduce(ctx, device_ops::Elem::kF32, Data(tmp), Data(&sum), 1, n, c, 1.0f);
+      if (!ctx->status().ok()) return;
+      CastInto(ctx, "tfmps_cast_f32_f16", sum, out);
+      return;
+    }
+    RunReduce(ctx, device_ops::Elem::kF32, Data(g), Data(&tmp), n * c, rest, 1, 1.0f);
     if (!ctx->status().ok()) return;
-    RunReduce(ctx, In(tmp), Out(out), 1, n, c, 1.0f);
+    RunReduce(ctx, device_ops::Elem::kF32, Data(tmp), Data(out), 1, n, c, 1.0f);
   }
 
  private:
@@ -290,7 +321,8 @@ class BiasAddGradOp : public OpKernel {
 };
 
 // Sum and Mean over the axes given in reduction_indices (host memory), one contiguous run
-// of reduced dims at a time, innermost first.
+// of reduced dims at a time, innermost first, in float (half inputs are widened first and
+// the result rounded once).
 template <bool kMean>
 class ReduceOp : public OpKernel {
  public:
@@ -323,43 +355,59 @@ class ReduceOp : public OpKernel {
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
     if (y->NumElements() == 0) return;
-    const float mean_divisor = kMean ? static_cast<float>(count) : 1.0f;
     if (x.NumElements() == 0) {
       const float v = kMean ? std::nanf("") : 0.0f;
-      Run(ctx, [&] { return device_ops::Fill(Out(y), v, y->NumElements()); },
-          [&] { device_ops::cpu::Fill(Out(y), v, y->NumElements()); });
+      Run(ctx, [&] { return device_ops::Fill(ElemOf(x), Data(y), v, y->NumElements()); },
+          [&] { device_ops::cpu::Fill(ElemOf(x), Data(y), v, y->NumElements()); });
       return;
     }
+    const float divisor = kMean ? static_cast<float>(count) : 1.0f;
+    if (ElemOf(x) == device_ops::Elem::kF32) {
+      ReduceFloat(ctx, Data(x), x, reduced, divisor, Data(y));
+      return;
+    }
+    Tensor wide, wide_out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, x.shape(), &wide));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, out_shape, &wide_out));
+    CastInto(ctx, "tfmps_cast_f16_f32", x, &wide);
+    if (!ctx->status().ok()) return;
+    ReduceFloat(ctx, Data(wide), x, reduced, divisor, Data(&wide_out));
+    if (!ctx->status().ok()) return;
+    CastInto(ctx, "tfmps_cast_f32_f16", wide_out, y);
+  }
+
+ private:
+  // float32 x (with x_shape's dims) reduced over `reduced` into float32 y.
+  void ReduceFloat(OpKernelContext* ctx, const void* x, const Tensor& x_shape, const std::vector<bool>& reduced,
+                   float divisor, void* y) {
+    const int rank = x_shape.dims();
     std::vector<int64_t> dims;
-    for (int d = 0; d < rank; ++d) dims.push_back(x.dim_size(d));
-    if (count == 1 || std::none_of(reduced.begin(), reduced.end(), [](bool r) { return r; })) {
-      RunReduce(ctx, In(x), Out(y), 1, 1, x.NumElements(), 1.0f);  // a copy
+    for (int d = 0; d < rank; ++d) dims.push_back(x_shape.dim_size(d));
+    if (std::none_of(reduced.begin(), reduced.end(), [](bool r) { return r; })) {
+      RunReduce(ctx, device_ops::Elem::kF32, x, y, 1, 1, x_shape.NumElements(), 1.0f);  // a copy
       return;
     }
-    const float* src = In(x);
+    const void* src = x;
     Tensor tmp[2];
     int which = 0;
     int last = rank - 1;
     while (true) {
       while (last >= 0 && !reduced[last]) --last;
-      if (last < 0) break;
+      if (last < 0) return;
       int first = last;
       while (first > 0 && reduced[first - 1]) --first;
       int64_t outer = 1, reduce = 1, inner = 1;
       for (int d = 0; d < first; ++d) outer *= dims[d];
       for (int d = first; d <= last; ++d) reduce *= dims[d];
-      for (int d = last + 1; d < static_cast<int>(dims.size()); ++d) inner *= dims[d];
+      for (int d = last + 1; d < rank; ++d) inner *= dims[d];
       bool more = false;
       for (int d = 0; d < first; ++d) more = more || reduced[d];
-      float* dst;
-      const float scale = more ? 1.0f : mean_divisor;
+      void* dst = y;
       if (more) {
         OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({outer * inner}), &tmp[which]));
-        dst = Out(&tmp[which]);
-      } else {
-        dst = Out(y);
+        dst = Data(&tmp[which]);
       }
-      RunReduce(ctx, src, dst, outer, reduce, inner, scale);
+      RunReduce(ctx, device_ops::Elem::kF32, src, dst, outer, reduce, inner, more ? 1.0f : divisor);
       if (!ctx->status().ok() || !more) return;
       src = dst;
       which ^= 1;
@@ -368,7 +416,6 @@ class ReduceOp : public OpKernel {
     }
   }
 
- private:
   bool keep_dims_ = false;
 };
 
@@ -388,8 +435,8 @@ class SoftmaxOp : public OpKernel {
     if (x.NumElements() == 0) return;
     const int64_t rows = x.NumElements() / cols;
     Run(
-        ctx, [&] { return device_ops::Softmax(In(x), Out(y), rows, cols, kLog); },
-        [&] { device_ops::cpu::Softmax(In(x), Out(y), rows, cols, kLog); });
+        ctx, [&] { return device_ops::Softmax(ElemOf(x), Data(x), Data(y), rows, cols, kLog); },
+        [&] { device_ops::cpu::Softmax(ElemOf(x), Data(x), Data(y), rows, cols, kLog); });
   }
 };
 
@@ -443,12 +490,15 @@ class FillOp : public OpKernel {
     }
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &y));
-    FillWith(ctx, y, value.scalar<float>()());
+    const float v = value.dtype() == tensorflow::DT_HALF ? static_cast<float>(value.scalar<Eigen::half>()())
+                                                         : value.scalar<float>()();
+    FillWith(ctx, y, v);
   }
   static void FillWith(OpKernelContext* ctx, Tensor* y, float v) {
     const int64_t n = y->NumElements();
     if (n == 0) return;
-    Run(ctx, [&] { return device_ops::Fill(Out(y), v, n); }, [&] { device_ops::cpu::Fill(Out(y), v, n); });
+    Run(ctx, [&] { return device_ops::Fill(ElemOf(*y), Data(y), v, n); },
+        [&] { device_ops::cpu::Fill(ElemOf(*y), Data(y), v, n); });
   }
 };
 
@@ -504,6 +554,8 @@ template <> const char* CastKernel<float, int32_t>::name = "tfmps_cast_f32_i32";
 template <> const char* CastKernel<float, bool>::name = "tfmps_cast_f32_bool";
 template <> const char* CastKernel<int64_t, int32_t>::name = "tfmps_cast_i64_i32";
 template <> const char* CastKernel<int32_t, int64_t>::name = "tfmps_cast_i32_i64";
+template <> const char* CastKernel<Eigen::half, float>::name = "tfmps_cast_f16_f32";
+template <> const char* CastKernel<float, Eigen::half>::name = "tfmps_cast_f32_f16";
 
 // ------------------------------------------------------------------ variables
 // AssignAddVariableOp / AssignSubVariableOp on a float variable: in place in stream order,
@@ -521,7 +573,7 @@ class AssignUpdateOp : public OpKernel {
     Tensor* t = var->tensor();
     OP_REQUIRES(ctx, var->is_initialized,
                 absl::FailedPreconditionError(absl::StrCat(type_string(), ": the variable is not initialized")));
-    OP_REQUIRES(ctx, t->dtype() == tensorflow::DT_FLOAT && t->shape() == value.shape(),
+    OP_REQUIRES(ctx, t->dtype() == value.dtype() && t->shape() == value.shape(),
                 absl::InvalidArgumentError(absl::StrCat(type_string(), ": value of shape ", value.shape().DebugString(),
                                                         " does not match the variable's ", t->shape().DebugString())));
     OP_REQUIRES_OK(ctx, CopyOnWrite(ctx, var.get()));
@@ -677,9 +729,10 @@ tensorflow::KernelDefBuilder& Def(const char* op, const char* type) {
   return builders->back()->Device(type);
 }
 
-void RegisterStandard(const char* type) {
-  auto F = [](const char* op, const char* type) -> tensorflow::KernelDefBuilder& {
-    return Def(op, type).TypeConstraint<float>("T");
+// The float ops, for T = float and half.
+void RegisterFloat(const char* type, tensorflow::DataType dt) {
+  auto F = [dt](const char* op, const char* type) -> tensorflow::KernelDefBuilder& {
+    return Def(op, type).TypeConstraint("T", dt);
   };
   Register<MatMulOp>(F("MatMul", type), "TfmpsMatMulOp");
 #define TFMPS_UNARY(NAME, CODE) Register<UnaryOp<CODE>>(F(NAME, type), "TfmpsUnaryOp")
@@ -717,13 +770,26 @@ void RegisterStandard(const char* type) {
   Register<ReduceOp<true>>(F("Mean", type).HostMemory("reduction_indices"), "TfmpsMeanOp");
   Register<SoftmaxOp<false>>(F("Softmax", type), "TfmpsSoftmaxOp");
   Register<SoftmaxOp<true>>(F("LogSoftmax", type), "TfmpsLogSoftmaxOp");
-  Register<SparseXentOp<int32_t>>(
-      F("SparseSoftmaxCrossEntropyWithLogits", type).TypeConstraint<int32_t>("Tlabels"), "TfmpsSparseXentOp");
-  Register<SparseXentOp<int64_t>>(
-      F("SparseSoftmaxCrossEntropyWithLogits", type).TypeConstraint<int64_t>("Tlabels"), "TfmpsSparseXentOp");
   Register<FillOp>(F("Fill", type).HostMemory("dims").HostMemory("value"), "TfmpsFillOp");
   Register<FillLikeOp<0>>(F("ZerosLike", type), "TfmpsZerosLikeOp");
   Register<FillLikeOp<1>>(F("OnesLike", type), "TfmpsOnesLikeOp");
+  Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
+      Def("AssignAddVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignAddVariableOp");
+  Register<AssignUpdateOp<TFMPS_BINARY_SUB>>(
+      Def("AssignSubVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignSubVariableOp");
+}
+
+void RegisterStandard(const char* type) {
+  RegisterFloat(type, tensorflow::DT_FLOAT);
+  RegisterFloat(type, tensorflow::DT_HALF);
+  Register<SparseXentOp<int32_t>>(Def("SparseSoftmaxCrossEntropyWithLogits", type)
+                                      .TypeConstraint<float>("T")
+                                      .TypeConstraint<int32_t>("Tlabels"),
+                                  "TfmpsSparseXentOp");
+  Register<SparseXentOp<int64_t>>(Def("SparseSoftmaxCrossEntropyWithLogits", type)
+                                      .TypeConstraint<float>("T")
+                                      .TypeConstraint<int64_t>("Tlabels"),
+                                  "TfmpsSparseXentOp");
 #define TFMPS_CAST(S, D)                                                                          \
   Register<TypedCastOp<S, D>>(Def("Cast", type).TypeConstraint<S>("SrcT").TypeConstraint<D>("DstT"), \
                               "TfmpsCastOp")
@@ -735,6 +801,8 @@ void RegisterStandard(const char* type) {
   TFMPS_CAST(float, bool);
   TFMPS_CAST(int64_t, int32_t);
   TFMPS_CAST(int32_t, int64_t);
+  TFMPS_CAST(Eigen::half, float);
+  TFMPS_CAST(float, Eigen::half);
 #undef TFMPS_CAST
   for (auto index : {tensorflow::DT_INT32, tensorflow::DT_INT64}) {
     auto ix = [&](const char* op) -> tensorflow::KernelDefBuilder& {
@@ -746,12 +814,6 @@ void RegisterStandard(const char* type) {
     Register<ResourceScatterOp<TFMPS_SCATTER_SUB>>(ix("ResourceScatterSub"), "TfmpsResourceScatterSubOp");
     Register<ResourceScatterOp<TFMPS_SCATTER_UPDATE>>(ix("ResourceScatterUpdate"), "TfmpsResourceScatterUpdateOp");
   }
-  Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
-      Def("AssignAddVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
-      "TfmpsAssignAddVariableOp");
-  Register<AssignUpdateOp<TFMPS_BINARY_SUB>>(
-      Def("AssignSubVariableOp", type).TypeConstraint<float>("dtype").HostMemory("resource"),
-      "TfmpsAssignSubVariableOp");
 }
 
 }  // namespace

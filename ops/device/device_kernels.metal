@@ -55,19 +55,18 @@ inline float tfmps_binary(tfmps_u32 op, float x, float y) {
   return x;
 }
 
-kernel void tfmps_unary_f32(device const float* x [[buffer(0)]],
-                            device float* y [[buffer(1)]],
-                            constant TfmpsEltwiseArgs& a [[buffer(2)]],
-                            uint i [[thread_position_in_grid]]) {
+// Every element-wise kernel computes in float and stores in T (float or half): for half
+// that is what TensorFlow's CPU kernels do with Eigen::half (each operation in float,
+// rounded to half once), so one rounding per element gives their results.
+template <typename T>
+inline void tfmps_unary_t(device const T* x, device T* y, constant TfmpsEltwiseArgs& a, uint i) {
   if (i >= a.n) return;
-  y[i] = tfmps_unary(a.op, x[i]);
+  y[i] = T(tfmps_unary(a.op, float(x[i])));
 }
 
-kernel void tfmps_binary_f32(device const float* x [[buffer(0)]],
-                             device const float* y [[buffer(1)]],
-                             device float* z [[buffer(2)]],
-                             constant TfmpsEltwiseArgs& a [[buffer(3)]],
-                             uint i [[thread_position_in_grid]]) {
+template <typename T>
+inline void tfmps_binary_t(device const T* x, device const T* y, device T* z, constant TfmpsEltwiseArgs& a,
+                           uint i) {
   if (i >= a.n) return;
   tfmps_u32 rest = i, xi = 0, yi = 0;
   for (int d = int(a.rank) - 1; d >= 0; --d) {
@@ -76,46 +75,111 @@ kernel void tfmps_binary_f32(device const float* x [[buffer(0)]],
     xi += c * a.xs[d];
     yi += c * a.ys[d];
   }
-  z[i] = tfmps_binary(a.op, x[xi], y[yi]);
+  z[i] = T(tfmps_binary(a.op, float(x[xi]), float(y[yi])));
+}
+
+template <typename T>
+inline void tfmps_fill_t(device T* y, constant TfmpsEltwiseArgs& a, uint i) {
+  if (i >= a.n) return;
+  y[i] = T(a.value);
+}
+
+// One thread per (outer, inner) output element, summing in index order, in float.
+template <typename T>
+inline void tfmps_reduce_sum_t(device const T* x, device T* y, constant TfmpsReduceArgs& a, uint i) {
+  if (i >= a.outer * a.inner) return;
+  const tfmps_u32 o = i / a.inner, in = i % a.inner;
+  float sum = 0.0f;
+  for (tfmps_u32 r = 0; r < a.reduce; ++r) sum += float(x[(o * a.reduce + r) * a.inner + in]);
+  y[i] = T(a.divisor == 1.0f ? sum : sum / a.divisor);
+}
+
+// One thread per row: y = softmax(x) (log softmax when a.log), max-subtracted, in float.
+template <typename T>
+inline void tfmps_softmax_t(device const T* x, device T* y, constant TfmpsRowsArgs& a, uint r) {
+  if (r >= a.rows) return;
+  device const T* row = x + r * a.cols;
+  device T* out = y + r * a.cols;
+  float m = float(row[0]);
+  for (tfmps_u32 c = 1; c < a.cols; ++c) m = tfmps_max(m, float(row[c]));
+  float sum = 0.0f;
+  for (tfmps_u32 c = 0; c < a.cols; ++c) sum += exp(float(row[c]) - m);
+  if (a.log != 0) {
+    const float ls = log(sum);
+    for (tfmps_u32 c = 0; c < a.cols; ++c) out[c] = T((float(row[c]) - m) - ls);
+  } else {
+    for (tfmps_u32 c = 0; c < a.cols; ++c) out[c] = T(exp(float(row[c]) - m) / sum);
+  }
+}
+
+kernel void tfmps_unary_f32(device const float* x [[buffer(0)]],
+                            device float* y [[buffer(1)]],
+                            constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                            uint i [[thread_position_in_grid]]) {
+  tfmps_unary_t(x, y, a, i);
+}
+
+kernel void tfmps_unary_f16(device const half* x [[buffer(0)]],
+                            device half* y [[buffer(1)]],
+                            constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                            uint i [[thread_position_in_grid]]) {
+  tfmps_unary_t(x, y, a, i);
+}
+
+kernel void tfmps_binary_f32(device const float* x [[buffer(0)]],
+                             device const float* y [[buffer(1)]],
+                             device float* z [[buffer(2)]],
+                             constant TfmpsEltwiseArgs& a [[buffer(3)]],
+                             uint i [[thread_position_in_grid]]) {
+  tfmps_binary_t(x, y, z, a, i);
+}
+
+kernel void tfmps_binary_f16(device const half* x [[buffer(0)]],
+                             device const half* y [[buffer(1)]],
+                             device half* z [[buffer(2)]],
+                             constant TfmpsEltwiseArgs& a [[buffer(3)]],
+                             uint i [[thread_position_in_grid]]) {
+  tfmps_binary_t(x, y, z, a, i);
 }
 
 kernel void tfmps_fill_f32(device float* y [[buffer(0)]],
                            constant TfmpsEltwiseArgs& a [[buffer(1)]],
                            uint i [[thread_position_in_grid]]) {
-  if (i >= a.n) return;
-  y[i] = a.value;
+  tfmps_fill_t(y, a, i);
 }
 
-// One thread per (outer, inner) output element, summing in index order.
+kernel void tfmps_fill_f16(device half* y [[buffer(0)]],
+                           constant TfmpsEltwiseArgs& a [[buffer(1)]],
+                           uint i [[thread_position_in_grid]]) {
+  tfmps_fill_t(y, a, i);
+}
+
 kernel void tfmps_reduce_sum_f32(device const float* x [[buffer(0)]],
                                  device float* y [[buffer(1)]],
                                  constant TfmpsReduceArgs& a [[buffer(2)]],
                                  uint i [[thread_position_in_grid]]) {
-  if (i >= a.outer * a.inner) return;
-  const tfmps_u32 o = i / a.inner, in = i % a.inner;
-  float sum = 0.0f;
-  for (tfmps_u32 r = 0; r < a.reduce; ++r) sum += x[(o * a.reduce + r) * a.inner + in];
-  y[i] = a.divisor == 1.0f ? sum : sum / a.divisor;
+  tfmps_reduce_sum_t(x, y, a, i);
 }
 
-// One thread per row: y = softmax(x) (log softmax when a.log), max-subtracted.
+kernel void tfmps_reduce_sum_f16(device const half* x [[buffer(0)]],
+                                 device half* y [[buffer(1)]],
+                                 constant TfmpsReduceArgs& a [[buffer(2)]],
+                                 uint i [[thread_position_in_grid]]) {
+  tfmps_reduce_sum_t(x, y, a, i);
+}
+
 kernel void tfmps_softmax_f32(device const float* x [[buffer(0)]],
                               device float* y [[buffer(1)]],
                               constant TfmpsRowsArgs& a [[buffer(2)]],
                               uint r [[thread_position_in_grid]]) {
-  if (r >= a.rows) return;
-  device const float* row = x + r * a.cols;
-  device float* out = y + r * a.cols;
-  float m = row[0];
-  for (tfmps_u32 c = 1; c < a.cols; ++c) m = tfmps_max(m, row[c]);
-  float sum = 0.0f;
-  for (tfmps_u32 c = 0; c < a.cols; ++c) sum += exp(row[c] - m);
-  if (a.log != 0) {
-    const float ls = log(sum);
-    for (tfmps_u32 c = 0; c < a.cols; ++c) out[c] = (row[c] - m) - ls;
-  } else {
-    for (tfmps_u32 c = 0; c < a.cols; ++c) out[c] = exp(row[c] - m) / sum;
-  }
+  tfmps_softmax_t(x, y, a, r);
+}
+
+kernel void tfmps_softmax_f16(device const half* x [[buffer(0)]],
+                              device half* y [[buffer(1)]],
+                              constant TfmpsRowsArgs& a [[buffer(2)]],
+                              uint r [[thread_position_in_grid]]) {
+  tfmps_softmax_t(x, y, a, r);
 }
 
 // One thread per row: loss = logsumexp(x) - x[label]; backprop = softmax(x) - onehot.
@@ -276,4 +340,22 @@ kernel void tfmps_scatter_f32(device float* var [[buffer(0)]],
       *w = u;
     }
   }
+}
+
+kernel void tfmps_cast_f16_f32(device const half* x [[buffer(0)]],
+                              device float* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const half v = x[i];
+  y[i] = float(v);
+}
+
+kernel void tfmps_cast_f32_f16(device const float* x [[buffer(0)]],
+                              device half* y [[buffer(1)]],
+                              constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                              uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  const float v = x[i];
+  y[i] = half(v);
 }

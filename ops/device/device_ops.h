@@ -1,5 +1,5 @@
 // The tf-mps device's Metal implementations of standard TensorFlow ops (device_ops_metal.mm),
-// as plain C++ for the device kernels' glue (device_kernels.cc). Float32, row-major.
+// as plain C++ for the device kernels' glue (device_kernels.cc). Float32 and half (Elem), row-major.
 //
 // Each call encodes into the calling thread's stream (a device::ScopedStream must be
 // alive) and returns without waiting. kUnsupported (a pointer outside the registered
@@ -17,12 +17,16 @@
 namespace tfmps {
 namespace device_ops {
 
+// Element types of the float kernels: float32, and IEEE half (TensorFlow's DT_HALF bits).
+enum class Elem { kF32, kF16 };
+inline size_t ElemBytes(Elem e) { return e == Elem::kF16 ? 2 : 4; }
+
 // c[m, n] = op(a) op(b), op(a) [m, k], op(b) [k, n]: MPSMatrixMultiplication.
-BackendStatus MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k,
+BackendStatus MatMul(Elem t, const void* a, const void* b, void* c, int64_t m, int64_t n, int64_t k,
                      bool transpose_a, bool transpose_b);
 
 // y[i] = f(x[i]) for one of the TFMPS_UNARY_* ops.
-BackendStatus Unary(int op, const float* x, float* y, int64_t n);
+BackendStatus Unary(int op, Elem t, const void* x, void* y, int64_t n);
 
 // z = f(x, y) for one of the TFMPS_BINARY_* ops over an output of `rank` dims, each
 // input read with its own element strides (0 along a broadcast dim).
@@ -33,14 +37,14 @@ struct Broadcast {
   int64_t y_strides[TFMPS_MAX_DIMS] = {};
   int64_t x_size = 0, y_size = 0, out_size = 0;
 };
-BackendStatus Binary(int op, const float* x, const float* y, float* z, const Broadcast& b);
+BackendStatus Binary(int op, Elem t, const void* x, const void* y, void* z, const Broadcast& b);
 
-BackendStatus Fill(float* y, float value, int64_t n);
+BackendStatus Fill(Elem t, void* y, float value, int64_t n);
 
 // y[o, i] = sum_r x[o, r, i] / divisor (TensorFlow divides for a mean; 1 for a sum).
-BackendStatus ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor);
+BackendStatus ReduceSum(Elem t, const void* x, void* y, int64_t outer, int64_t reduce, int64_t inner, float divisor);
 
-BackendStatus Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log);
+BackendStatus Softmax(Elem t, const void* x, void* y, int64_t rows, int64_t cols, bool log);
 
 // labels: int32 (label_bytes 4) or int64 (8).
 BackendStatus SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss,
@@ -65,13 +69,13 @@ BackendStatus Copy(const void* src, void* dst, size_t bytes);
 // The CPU fallback (device_ops_cpu.cc): the same operations, computed on the host; the
 // caller has waited for the stream's work first.
 namespace cpu {
-void MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool transpose_a,
+void MatMul(Elem t, const void* a, const void* b, void* c, int64_t m, int64_t n, int64_t k, bool transpose_a,
             bool transpose_b);
-void Unary(int op, const float* x, float* y, int64_t n);
-void Binary(int op, const float* x, const float* y, float* z, const Broadcast& b);
-void Fill(float* y, float value, int64_t n);
-void ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor);
-void Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log);
+void Unary(int op, Elem t, const void* x, void* y, int64_t n);
+void Binary(int op, Elem t, const void* x, const void* y, void* z, const Broadcast& b);
+void Fill(Elem t, void* y, float value, int64_t n);
+void ReduceSum(Elem t, const void* x, void* y, int64_t outer, int64_t reduce, int64_t inner, float divisor);
+void Softmax(Elem t, const void* x, void* y, int64_t rows, int64_t cols, bool log);
 void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss, float* backprop,
                        int64_t rows, int64_t cols);
 void Cast(const char* kernel, const void* x, void* y, int64_t n);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ops/common/blas.h"
 #include "ops/device/device_ops.h"
@@ -21,6 +22,7 @@ namespace cpu_kernels {
 #define constant const
 typedef unsigned int uint;
 typedef unsigned char uchar;
+typedef _Float16 half;  // clang's binary16 (the device kernels library is built by clang)
 namespace metal {
 using std::exp;
 using std::fabs;
@@ -42,6 +44,7 @@ using std::tanh;
 }  // namespace cpu_kernels
 
 namespace cpu {
+using cpu_kernels::half;
 
 // The fallback's loops index with 32-bit thread positions like the kernels; larger
 // tensors are not supported by either path (TensorFlow's CPU device is the way).
@@ -50,20 +53,45 @@ void ForEach(int64_t n, F f) {
   for (int64_t i = 0; i < n; ++i) f(static_cast<uint32_t>(i));
 }
 
-void MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool ta, bool tb) {
+void MatMul(Elem t, const void* a, const void* b, void* c, int64_t m, int64_t n, int64_t k, bool ta, bool tb) {
   if (m == 0 || n == 0) return;
-  blas::Sgemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, a,
-              static_cast<int>(ta ? m : k), b, static_cast<int>(tb ? k : n), 0.0f, c, static_cast<int>(n));
+  if (t == Elem::kF32) {
+    blas::Sgemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f,
+                static_cast<const float*>(a), static_cast<int>(ta ? m : k), static_cast<const float*>(b),
+                static_cast<int>(tb ? k : n), 0.0f, static_cast<float*>(c), static_cast<int>(n));
+    return;
+  }
+  // half: in float, rounded once per result element.
+  auto widen = [](const void* p, int64_t count) {
+    std::vector<float> out(count);
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(static_cast<const half*>(p)[i]);
+    return out;
+  };
+  const std::vector<float> fa = widen(a, m * k), fb = widen(b, k * n);
+  std::vector<float> fc(m * n);
+  blas::Sgemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, fa.data(),
+              static_cast<int>(ta ? m : k), fb.data(), static_cast<int>(tb ? k : n), 0.0f, fc.data(), static_cast<int>(n));
+  for (int64_t i = 0; i < m * n; ++i) static_cast<half*>(c)[i] = static_cast<half>(fc[i]);
 }
 
-void Unary(int op, const float* x, float* y, int64_t n) {
+// Runs the f32 or f16 instance of a kernel body over `n` thread positions.
+#define TFMPS_BOTH(T_, N, BODY, ...)                                                                      \
+  if ((T_) == Elem::kF16) {                                                                             \
+    using T = half;                                                                                      \
+    ForEach(N, [&](uint32_t i) { cpu_kernels::BODY<T>(__VA_ARGS__, i); });                               \
+  } else {                                                                                               \
+    using T = float;                                                                                     \
+    ForEach(N, [&](uint32_t i) { cpu_kernels::BODY<T>(__VA_ARGS__, i); });                               \
+  }
+
+void Unary(int op, Elem t, const void* x, void* y, int64_t n) {
   TfmpsEltwiseArgs a{};
   a.n = static_cast<uint32_t>(n);
   a.op = static_cast<uint32_t>(op);
-  ForEach(n, [&](uint32_t i) { cpu_kernels::tfmps_unary_f32(x, y, a, i); });
+  TFMPS_BOTH(t, n, tfmps_unary_t, static_cast<const T*>(x), static_cast<T*>(y), a)
 }
 
-void Binary(int op, const float* x, const float* y, float* z, const Broadcast& b) {
+void Binary(int op, Elem t, const void* x, const void* y, void* z, const Broadcast& b) {
   TfmpsEltwiseArgs a{};
   a.n = static_cast<uint32_t>(b.out_size);
   a.op = static_cast<uint32_t>(op);
@@ -73,30 +101,34 @@ void Binary(int op, const float* x, const float* y, float* z, const Broadcast& b
     a.xs[d] = static_cast<uint32_t>(b.x_strides[d]);
     a.ys[d] = static_cast<uint32_t>(b.y_strides[d]);
   }
-  ForEach(b.out_size, [&](uint32_t i) { cpu_kernels::tfmps_binary_f32(x, y, z, a, i); });
+  TFMPS_BOTH(t, b.out_size, tfmps_binary_t, static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(z), a)
 }
 
-void Fill(float* y, float value, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = value;
+void Fill(Elem t, void* y, float value, int64_t n) {
+  TfmpsEltwiseArgs a{};
+  a.n = static_cast<uint32_t>(n);
+  a.value = value;
+  TFMPS_BOTH(t, n, tfmps_fill_t, static_cast<T*>(y), a)
 }
 
-void ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor) {
+void ReduceSum(Elem t, const void* x, void* y, int64_t outer, int64_t reduce, int64_t inner, float divisor) {
   TfmpsReduceArgs a{};
   a.outer = static_cast<uint32_t>(outer);
   a.reduce = static_cast<uint32_t>(reduce);
   a.inner = static_cast<uint32_t>(inner);
   a.divisor = divisor;
-  ForEach(outer * inner, [&](uint32_t i) { cpu_kernels::tfmps_reduce_sum_f32(x, y, a, i); });
+  TFMPS_BOTH(t, outer * inner, tfmps_reduce_sum_t, static_cast<const T*>(x), static_cast<T*>(y), a)
 }
 
-void Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
+void Softmax(Elem t, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
   if (cols == 0) return;
   TfmpsRowsArgs a{};
   a.rows = static_cast<uint32_t>(rows);
   a.cols = static_cast<uint32_t>(cols);
   a.log = log ? 1 : 0;
-  ForEach(rows, [&](uint32_t r) { cpu_kernels::tfmps_softmax_f32(x, y, a, r); });
+  TFMPS_BOTH(t, rows, tfmps_softmax_t, static_cast<const T*>(x), static_cast<T*>(y), a)
 }
+#undef TFMPS_BOTH
 
 void SparseSoftmaxXent(const float* logits, const void* labels, int label_bytes, float* loss, float* backprop,
                        int64_t rows, int64_t cols) {
@@ -129,6 +161,8 @@ void Cast(const char* kernel, const void* x, void* y, int64_t n) {
   TFMPS_CAST_CASE(tfmps_cast_f32_bool, float, unsigned char)
   TFMPS_CAST_CASE(tfmps_cast_i64_i32, long, int)
   TFMPS_CAST_CASE(tfmps_cast_i32_i64, int, long)
+  TFMPS_CAST_CASE(tfmps_cast_f16_f32, half, float)
+  TFMPS_CAST_CASE(tfmps_cast_f32_f16, float, half)
 #undef TFMPS_CAST_CASE
 }
 

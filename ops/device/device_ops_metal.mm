@@ -62,13 +62,17 @@ BackendStatus Dispatch(const char* op, const char* kernel, const std::vector<Bou
   });
 }
 
-MPSMatrix* Wrap(const float* p, int64_t rows, int64_t cols, bool* failed) {
+std::string Kernel(const char* base, Elem t) { return std::string(base) + (t == Elem::kF16 ? "_f16" : "_f32"); }
+
+MPSMatrix* Wrap(Elem t, const void* p, int64_t rows, int64_t cols, bool* failed) {
+  const size_t e = ElemBytes(t);
   Bound b;
-  if (!Find(p, static_cast<size_t>(rows * cols) * sizeof(float), &b)) return nil;
-  MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
-                                                                 columns:static_cast<NSUInteger>(cols)
-                                                                rowBytes:static_cast<NSUInteger>(cols) * sizeof(float)
-                                                                dataType:MPSDataTypeFloat32];
+  if (!Find(p, static_cast<size_t>(rows * cols) * e, &b)) return nil;
+  MPSMatrixDescriptor* d =
+      [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
+                                            columns:static_cast<NSUInteger>(cols)
+                                           rowBytes:static_cast<NSUInteger>(cols) * e
+                                           dataType:t == Elem::kF16 ? MPSDataTypeFloat16 : MPSDataTypeFloat32];
   MPSMatrix* m = [[MPSMatrix alloc] initWithBuffer:b.buffer offset:b.offset descriptor:d];
   if (m == nil) *failed = true;
   return m;
@@ -76,16 +80,16 @@ MPSMatrix* Wrap(const float* p, int64_t rows, int64_t cols, bool* failed) {
 
 }  // namespace
 
-BackendStatus MatMul(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool transpose_a,
-                     bool transpose_b) {
+BackendStatus MatMul(Elem t, const void* a, const void* b, void* c, int64_t m, int64_t n, int64_t k,
+                     bool transpose_a, bool transpose_b) {
   const char* op = "MatMul (MPSMatrixMultiplication)";
   if (m == 0 || n == 0) return BackendStatus::Ok();
-  if (k == 0) return Fill(c, 0.0f, m * n);  // MPS wants matrices with elements
+  if (k == 0) return Fill(t, c, 0.0f, m * n);  // MPS wants matrices with elements
   @autoreleasepool {
     bool failed = false;
-    MPSMatrix* left = transpose_a ? Wrap(a, k, m, &failed) : Wrap(a, m, k, &failed);
-    MPSMatrix* right = transpose_b ? Wrap(b, n, k, &failed) : Wrap(b, k, n, &failed);
-    MPSMatrix* result = Wrap(c, m, n, &failed);
+    MPSMatrix* left = transpose_a ? Wrap(t, a, k, m, &failed) : Wrap(t, a, m, k, &failed);
+    MPSMatrix* right = transpose_b ? Wrap(t, b, n, k, &failed) : Wrap(t, b, k, n, &failed);
+    MPSMatrix* result = Wrap(t, c, m, n, &failed);
     if (failed) return BackendStatus::Internal(std::string(op) + ": MPSMatrix init failed");
     if (left == nil || right == nil || result == nil) return NotInBuffer(op);
     MPSMatrixMultiplication* mm =
@@ -104,27 +108,28 @@ BackendStatus MatMul(const float* a, const float* b, float* c, int64_t m, int64_
   }
 }
 
-BackendStatus Unary(int op_code, const float* x, float* y, int64_t n) {
+BackendStatus Unary(int op_code, Elem t, const void* x, void* y, int64_t n) {
   const char* op = "tf-mps unary kernel";
   if (TooBig(n)) return TooBigStatus(op);
   @autoreleasepool {
     Bound bx, by;
-    if (!Find(x, n * sizeof(float), &bx) || !Find(y, n * sizeof(float), &by)) return NotInBuffer(op);
+    const size_t bytes = n * ElemBytes(t);
+    if (!Find(x, bytes, &bx) || !Find(y, bytes, &by)) return NotInBuffer(op);
     TfmpsEltwiseArgs a{};
     a.n = static_cast<tfmps_u32>(n);
     a.op = static_cast<tfmps_u32>(op_code);
-    return Dispatch(op, "tfmps_unary_f32", {bx, by}, a, n);
+    return Dispatch(op, Kernel("tfmps_unary", t).c_str(), {bx, by}, a, n);
   }
 }
 
-BackendStatus Binary(int op_code, const float* x, const float* y, float* z, const Broadcast& b) {
+BackendStatus Binary(int op_code, Elem t, const void* x, const void* y, void* z, const Broadcast& b) {
   const char* op = "tf-mps binary kernel";
   if (TooBig(b.out_size) || TooBig(b.x_size) || TooBig(b.y_size)) return TooBigStatus(op);
   if (b.rank > TFMPS_MAX_DIMS) return BackendStatus::Unsupported(std::string(op) + ": too many dims");
   @autoreleasepool {
+    const size_t e = ElemBytes(t);
     Bound bx, by, bz;
-    if (!Find(x, b.x_size * sizeof(float), &bx) || !Find(y, b.y_size * sizeof(float), &by) ||
-        !Find(z, b.out_size * sizeof(float), &bz)) {
+    if (!Find(x, b.x_size * e, &bx) || !Find(y, b.y_size * e, &by) || !Find(z, b.out_size * e, &bz)) {
       return NotInBuffer(op);
     }
     TfmpsEltwiseArgs a{};
@@ -136,54 +141,53 @@ BackendStatus Binary(int op_code, const float* x, const float* y, float* z, cons
       a.xs[d] = static_cast<tfmps_u32>(b.x_strides[d]);
       a.ys[d] = static_cast<tfmps_u32>(b.y_strides[d]);
     }
-    return Dispatch(op, "tfmps_binary_f32", {bx, by, bz}, a, b.out_size);
+    return Dispatch(op, Kernel("tfmps_binary", t).c_str(), {bx, by, bz}, a, b.out_size);
   }
 }
 
-BackendStatus Fill(float* y, float value, int64_t n) {
+BackendStatus Fill(Elem t, void* y, float value, int64_t n) {
   const char* op = "tf-mps fill kernel";
   if (TooBig(n)) return TooBigStatus(op);
   @autoreleasepool {
     Bound by;
-    if (!Find(y, n * sizeof(float), &by)) return NotInBuffer(op);
+    if (!Find(y, n * ElemBytes(t), &by)) return NotInBuffer(op);
     TfmpsEltwiseArgs a{};
     a.n = static_cast<tfmps_u32>(n);
     a.value = value;
-    return Dispatch(op, "tfmps_fill_f32", {by}, a, n);
+    return Dispatch(op, Kernel("tfmps_fill", t).c_str(), {by}, a, n);
   }
 }
 
-BackendStatus ReduceSum(const float* x, float* y, int64_t outer, int64_t reduce, int64_t inner, float divisor) {
+BackendStatus ReduceSum(Elem t, const void* x, void* y, int64_t outer, int64_t reduce, int64_t inner,
+                        float divisor) {
   const char* op = "tf-mps reduce kernel";
   if (TooBig(outer * reduce * inner) || TooBig(outer * inner)) return TooBigStatus(op);
   @autoreleasepool {
+    const size_t e = ElemBytes(t);
     Bound bx, by;
-    if (!Find(x, outer * reduce * inner * sizeof(float), &bx) || !Find(y, outer * inner * sizeof(float), &by)) {
-      return NotInBuffer(op);
-    }
+    if (!Find(x, outer * reduce * inner * e, &bx) || !Find(y, outer * inner * e, &by)) return NotInBuffer(op);
     TfmpsReduceArgs a{};
     a.outer = static_cast<tfmps_u32>(outer);
     a.reduce = static_cast<tfmps_u32>(reduce);
     a.inner = static_cast<tfmps_u32>(inner);
     a.divisor = divisor;
-    return Dispatch(op, "tfmps_reduce_sum_f32", {bx, by}, a, outer * inner);
+    return Dispatch(op, Kernel("tfmps_reduce_sum", t).c_str(), {bx, by}, a, outer * inner);
   }
 }
 
-BackendStatus Softmax(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
+BackendStatus Softmax(Elem t, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
   const char* op = "tf-mps softmax kernel";
   if (TooBig(rows * cols)) return TooBigStatus(op);
   if (cols == 0) return BackendStatus::Ok();
   @autoreleasepool {
+    const size_t bytes = rows * cols * ElemBytes(t);
     Bound bx, by;
-    if (!Find(x, rows * cols * sizeof(float), &bx) || !Find(y, rows * cols * sizeof(float), &by)) {
-      return NotInBuffer(op);
-    }
+    if (!Find(x, bytes, &bx) || !Find(y, bytes, &by)) return NotInBuffer(op);
     TfmpsRowsArgs a{};
     a.rows = static_cast<tfmps_u32>(rows);
     a.cols = static_cast<tfmps_u32>(cols);
     a.log = log ? 1 : 0;
-    return Dispatch(op, "tfmps_softmax_f32", {bx, by}, a, rows);
+    return Dispatch(op, Kernel("tfmps_softmax", t).c_str(), {bx, by}, a, rows);
   }
 }
 

@@ -8,7 +8,15 @@
 //    GPU-seeking code paths); otherwise the plugin reports no device and TensorFlow is
 //    untouched.
 // TensorFlow aborts the process on a missing required field or an error returned from
-// SE_InitPlugin, so every field is set and the plugin declines by reporting 0 devices.
+// SE_InitPlugin, so every field is set and the plugin declines by reporting 0 devices:
+// also in a TensorFlow of another minor version than the one it was built for
+// (TFMPS_TF_VERSION, from the build), with one line on stderr saying so.
+//
+// Test-only: TFMPS_TEST_PRETEND_TF_VERSION=X.Y.Z makes that check (and nothing else)
+// take X.Y.Z for the running TensorFlow's version, so that tests/test_device.py can see
+// the plugin decline without a second TensorFlow.
+#include <dlfcn.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,9 +28,57 @@
 #include "tensorflow/c/experimental/stream_executor/stream_executor.h"
 #include "tensorflow/c/tf_status.h"
 
+#ifndef TFMPS_TF_VERSION
+#error "build with -DTFMPS_TF_VERSION=\"<the TensorFlow version built against>\""
+#endif
+
 namespace {
 
 using tfmps::device::EventStatus;
+
+// The running TensorFlow's version: TF_Version() of its C API (tensorflow/c/c_api.h).
+// libtensorflow_cc exports it, not libtensorflow_framework (the only one the plugin
+// links), so it is looked up in the process, where TensorFlow has loaded both: in the
+// global scope, else in the already loaded libtensorflow_cc (RTLD_NOLOAD: never loads
+// it). "" if it cannot be found.
+std::string RunningTfVersion() {
+  const char* pretend = std::getenv("TFMPS_TEST_PRETEND_TF_VERSION");
+  if (pretend != nullptr && pretend[0] != '\0') return pretend;
+  using VersionFn = const char* (*)();
+  auto call = [](void* sym) -> std::string {
+    const char* v = sym != nullptr ? reinterpret_cast<VersionFn>(sym)() : nullptr;
+    return v != nullptr ? v : "";
+  };
+  std::string version = call(dlsym(RTLD_DEFAULT, "TF_Version"));
+  if (version.empty()) {
+#if defined(__APPLE__)
+    const char* cc = "@rpath/libtensorflow_cc.2.dylib";
+#else
+    const char* cc = "libtensorflow_cc.so.2";
+#endif
+    if (void* lib = dlopen(cc, RTLD_LAZY | RTLD_NOLOAD)) {
+      version = call(dlsym(lib, "TF_Version"));
+      dlclose(lib);  // the reference RTLD_NOLOAD took; TensorFlow keeps it loaded
+    }
+  }
+  return version;
+}
+
+// "2.21" of "2.21.0" or "2.21.0-rc1": releases of one minor version keep the ABI.
+std::string MinorVersion(const std::string& v) {
+  const size_t first = v.find('.');
+  if (first == std::string::npos) return v;
+  return v.substr(0, v.find('.', first + 1));
+}
+
+// "" when the running TensorFlow is the one the plugin was built for (or cannot be
+// told), else the line that says it is not.
+std::string VersionMismatch() {
+  const std::string running = RunningTfVersion();
+  if (running.empty() || MinorVersion(running) == MinorVersion(TFMPS_TF_VERSION)) return "";
+  return std::string("tf-mps: this device plugin was built for TensorFlow ") + TFMPS_TF_VERSION +
+         " but runs in " + running + "; no tf-mps device (rebuild it)";
+}
 
 struct Config {
   const char* type = nullptr;  // nullptr: no device
@@ -34,6 +90,12 @@ const Config& Cfg() {
     auto* c = new Config();
     c->type = tfmps::device::ConfiguredDeviceType(&c->why_not);
     if (c->type != nullptr) {
+      c->why_not = VersionMismatch();
+      if (!c->why_not.empty()) {
+        std::fprintf(stderr, "%s\n", c->why_not.c_str());
+        c->type = nullptr;
+        return c;
+      }
       c->why_not = tfmps::device::Probe();
       if (!c->why_not.empty()) {
         std::fprintf(stderr, "tf-mps: no tf-mps device: %s\n", c->why_not.c_str());

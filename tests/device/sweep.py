@@ -96,6 +96,33 @@ def cases():
             getattr(v, method)(d)  # again, while `read` shares the first value's buffer
             return read, v.read_value()
         out.append((name, update, [v0, d], True))
+    # float16: each element-wise op in float, rounded to half once, as TensorFlow's CPU
+    # kernels do with Eigen::half; sums, matmuls and softmax within half's rounding.
+    h = lambda *shape: f32(*shape).astype(np.float16)  # noqa: E731
+    xh, yh = h(3, 1, 4), h(5, 4)
+    for name, fn in [("add", tf.add), ("sub", tf.subtract), ("mul", tf.multiply), ("div", tf.divide),
+                     ("maximum", tf.maximum)]:
+        out.append((f"{name}_f16", fn, [xh, yh], True))
+    for name, fn in [("neg", tf.negative), ("square", tf.square), ("relu", tf.nn.relu), ("abs", tf.abs)]:
+        out.append((f"{name}_f16", fn, [h(4, 5)], True))
+    out.append(("sqrt_f16", tf.sqrt, [np.abs(h(4, 5))], True))
+    out.append(("bias_add_f16", tf.nn.bias_add, [h(6, 3), h(3)], True))
+    out.append(("relu_grad_f16", lambda g, f: tf.raw_ops.ReluGrad(gradients=g, features=f), [h(4, 5), h(4, 5)], True))
+    out.append(("cast_f16_f32", lambda x: tf.cast(x, tf.float32), [h(4, 5)], True))
+    out.append(("cast_f32_f16", lambda x: tf.cast(x, tf.float16), [f32(4, 5)], True))
+    out.append(("fill_f16", lambda: tf.fill([3, 4], tf.constant(2.5, tf.float16)), [], True))
+    out.append(("zeros_like_f16", tf.zeros_like, [h(2, 3)], True))
+    out.append(("matmul_f16", tf.matmul, [h(7, 5), h(5, 3)], False))
+    out.append(("sum_f16", lambda x: tf.reduce_sum(x, 0), [h(6, 4)], False))
+    out.append(("mean_f16", lambda x: tf.reduce_mean(x, [0, 2]), [h(3, 4, 5)], False))
+    out.append(("bias_add_grad_f16", lambda x: tf.raw_ops.BiasAddGrad(out_backprop=x), [h(8, 3)], False))
+    out.append(("softmax_f16", tf.nn.softmax, [h(5, 6)], False))
+
+    def assign_add_f16(v0, d):
+        v = tf.Variable(v0)
+        v.assign_add(d)
+        return v.read_value()
+    out.append(("assign_add_f16", assign_add_f16, [h(4, 3), h(4, 3)], True))
     table, upd = f32(6, 4), f32(5, 4)
     for dt in (np.int32, np.int64):
         idx = np.array([3, 0, 3, 5, 1], dt)  # a repeated index: updates apply in order
@@ -133,7 +160,7 @@ def sweep():
                 diff = np.abs(c[fin].astype(np.float64) - d[fin]) if fin.any() else np.zeros(1)
                 err = max(err, float(diff.max()) if diff.size else 0.0, 0.0 if same_nan else np.inf)
                 scale = max(scale, float(np.abs(c[fin]).max()) if fin.any() else 0.0)
-        results[name] = {"exact": exact, "identical": same, "max_abs": err, "scale": scale,
+        results[name] = {"exact": exact, "half": any(np.asarray(c).dtype == np.float16 for c in cpu), "identical": same, "max_abs": err, "scale": scale,
                          "on_device": all(w.endswith(DEV.strip("/")) for w in where)}
     return {"results": results, "digest": digest.hexdigest()}
 

@@ -2,7 +2,7 @@
 Keras `fit` (default compile arguments) on the CPU device and on the tf-mps device (the
 Metal emulation), with `keras.optimizers.Adam` and `tf_mps.keras.optimizers.Adam`.
 
-mode "fit": prints JSON with the largest weight difference and both loss histories.
+mode "fit" (and "fit-mixed", under Keras's mixed_float16 policy): prints JSON with the largest weight difference and both loss histories.
 mode "step": one training step with device placement logged; the markers on stderr
 bracket it, so the parent counts where each op of the step ran.
 """
@@ -30,7 +30,9 @@ OPTIMIZERS = {"keras": lambda: keras.optimizers.Adam(1e-2), "tf_mps": lambda: tf
 def model(device, optimizer):
     keras.utils.set_random_seed(1)
     with tf.device(device):
-        m = keras.Sequential([keras.Input((20,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(5)])
+        # (Under mixed_float16 the logits stay float32, as Keras's guide advises.)
+        m = keras.Sequential([keras.Input((20,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(5, dtype="float32")])
         m.compile(optimizer=OPTIMIZERS[optimizer](),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return m
@@ -44,7 +46,9 @@ def fit(device, optimizer):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "fit":
+    if sys.argv[1] in ("fit", "fit-mixed"):
+        if sys.argv[1] == "fit-mixed":
+            keras.mixed_precision.set_global_policy("mixed_float16")
         out = {}
         for name in OPTIMIZERS:
             wc, lc = fit("/CPU:0", name)
