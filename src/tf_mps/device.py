@@ -96,8 +96,31 @@ def load(directory: str | os.PathLike | None = None) -> str:
     if not tf.config.list_physical_devices(kind):
         raise RuntimeError(f"tf-mps device: the plugin loaded but TensorFlow lists no {kind} device")
     _loaded = f"/{kind}:0"
+    _eager_ops_not_as_functions()
     _keras_without_xla()
     return _loaded
+
+
+def _eager_ops_not_as_functions() -> None:
+    """TensorFlow 2.21 runs every eager op as a one-op function; on a GPU-like device an op
+    with a host-memory (int32) input becomes a CPU and a device part joined by a
+    Send/Recv pair over ONE rendezvous shared by all such runs, so two threads running the
+    same op at once can receive each other's tensors (measured here: 2-34 swapped int32
+    tensors per 4,800 ops from 8 threads; the same bug on CUDA: tensorflow/tensorflow#123980).
+    Running eager ops directly (TFE_ContextSetRunEagerOpAsFunction, c_api_experimental.h)
+    removes it (0 in 6 runs). Process-wide; tf.function is unaffected."""
+    try:
+        from tensorflow.python import pywrap_tfe
+        from tensorflow.python.eager import context
+
+        context.ensure_initialized()
+        pywrap_tfe.TFE_ContextSetRunEagerOpAsFunction(context.context()._handle, False)
+    except (ImportError, AttributeError) as e:  # another TensorFlow layout: warn, run on
+        import warnings
+
+        warnings.warn(f"tf-mps device: could not turn off eager ops as functions ({e}); "
+                      "threads running eager int32 ops at once may see each other's tensors",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _keras_without_xla() -> None:
