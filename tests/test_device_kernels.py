@@ -96,6 +96,14 @@ def test_a_dense_classifier_fit_on_the_device_ends_with_the_cpu_weights(mode, rt
         assert r["loss_device"][-1] < r["loss_device"][0]
 
 
+def test_the_graph_pass_is_registered_for_the_device():
+    # TF_InitGraph: Grappler's layout optimizer off for graphs on the device (it would wrap
+    # NHWC convolutions in transposes for a GPU-like device).
+    seen, err = _child("sweep.py", "graph", log_level="0")
+    assert seen["result"] == [[5.0] * 4] * 4
+    assert "Plugin optimizer for device_type MPS is enabled" in err
+
+
 def placement(optimizer):
     _, err = _child("training.py", "step", optimizer, log_level="0")
     step = err[err.index("=== STEP"):err.index("=== END")]

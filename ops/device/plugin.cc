@@ -25,7 +25,9 @@
 #include <string>
 
 #include "ops/device/metal_device.h"
+#include "tensorflow/c/experimental/grappler/grappler.h"
 #include "tensorflow/c/experimental/stream_executor/stream_executor.h"
+#include "tensorflow/c/tf_buffer.h"
 #include "tensorflow/c/tf_status.h"
 
 #ifndef TFMPS_TF_VERSION
@@ -394,6 +396,49 @@ void DestroyPlatformFns(SP_PlatformFns*) {}
 
 }  // namespace
 
+// ------------------------------------------------------------------ graph pass
+namespace {
+
+// The device type of the latest SE_InitPlugin, for the TF_InitGraph that follows it in the
+// same load (TensorFlow aborts on a second optimizer for one device type too).
+const char*& RegisteredType() {
+  static const char* type = nullptr;
+  return type;
+}
+
+// Grappler's pass for the device: the graph as it is. What matters is the configuration
+// below; TensorFlow wants an optimize function all the same.
+void OptimizeGraph(void*, const TF_Buffer* graph, const TF_GrapplerItem*, TF_Buffer* out, TF_Status* status) {
+  void* copy = std::malloc(graph->length > 0 ? graph->length : 1);
+  if (copy == nullptr) {
+    TF_SetStatus(status, TF_RESOURCE_EXHAUSTED, "tf-mps graph pass: no memory for the graph");
+    return;
+  }
+  if (graph->length > 0) std::memcpy(copy, graph->data, graph->length);
+  out->data = copy;
+  out->length = graph->length;
+  out->data_deallocator = [](void* data, size_t) { std::free(data); };
+  TF_SetStatus(status, TF_OK, "");
+}
+
+}  // namespace
+
+// Grappler configuration for graphs on the device: the layout optimizer off, because it
+// would wrap NHWC convolutions in NHWC<->NCHW transposes for a GPU-like device, and
+// tf-mps's kernels take NHWC (MPS's images are channel-last too).
+extern "C" __attribute__((visibility("default"))) void TF_InitGraph(TP_OptimizerRegistrationParams* params,
+                                                                     TF_Status* status) {
+  params->struct_size = TP_OPTIMIZER_REGISTRATION_PARAMS_STRUCT_SIZE;
+  params->device_type = RegisteredType() != nullptr ? RegisteredType() : "MPS";
+  params->optimizer_configs->struct_size = TP_OPTIMIZER_CONFIGS_STRUCT_SIZE;
+  params->optimizer_configs->layout_optimizer = TF_TriState_Off;
+  params->optimizer->struct_size = TP_OPTIMIZER_STRUCT_SIZE;
+  params->optimizer->create_func = nullptr;
+  params->optimizer->optimize_func = OptimizeGraph;
+  params->optimizer->destroy_func = nullptr;
+  TF_SetStatus(status, TF_OK, "");
+}
+
 extern "C" __attribute__((visibility("default"))) void SE_InitPlugin(SE_PlatformRegistrationParams* params,
                                                                       TF_Status* status) {
   // TensorFlow aborts when one platform name is registered twice (the plugins folder
@@ -405,6 +450,7 @@ extern "C" __attribute__((visibility("default"))) void SE_InitPlugin(SE_Platform
   static const char* const kTypes[] = {"MPS", "MPS_SECOND", "MPS_THIRD", "MPS_MORE"};
   const int n = registrations < 4 ? registrations : 3;
   ++registrations;
+  RegisteredType() = nullptr;
 
   params->struct_size = SE_PLATFORM_REGISTRATION_PARAMS_STRUCT_SIZE;
   SP_Platform* platform = params->platform;
@@ -412,6 +458,7 @@ extern "C" __attribute__((visibility("default"))) void SE_InitPlugin(SE_Platform
   platform->name = kNames[n];
   const Config& c = Cfg();
   platform->type = n == 0 && c.type != nullptr ? c.type : kTypes[n];
+  RegisteredType() = platform->type;
   platform->supports_unified_memory = 0;
   platform->use_bfc_allocator = 1;
   // Grow TF's BFC pool as needed instead of taking the whole limit at the first

@@ -254,6 +254,15 @@ def stress():
     return out
 
 
+def graph():
+    @tf.function
+    def f(x):
+        with tf.device(DEV):
+            return tf.nn.relu(tf.matmul(x, x)) + 1.0
+
+    return {"result": f(tf.ones([4, 4])).numpy().tolist()}
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps(sweep() if mode == "sweep" else stress()))
+    print(json.dumps({"sweep": sweep, "stress": stress, "graph": graph}[mode]()))
