@@ -35,3 +35,4 @@ TFMPS_EMU_KERNEL(tfmps_gather_f32);
 TFMPS_EMU_KERNEL(tfmps_scatter_f32);
 TFMPS_EMU_KERNEL(tfmps_cast_f16_f32);
 TFMPS_EMU_KERNEL(tfmps_cast_f32_f16);
+TFMPS_EMU_KERNEL(tfmps_copy_bytes);

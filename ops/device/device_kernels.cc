@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -561,27 +562,56 @@ template <> const char* CastKernel<float, Eigen::half>::name = "tfmps_cast_f32_f
 // AssignAddVariableOp / AssignSubVariableOp on a float variable: in place in stream order,
 // after a copy (also in stream order) when a reader still shares the buffer, as
 // TensorFlow's own kernel does.
-template <int kOp>
+// The element-wise update of a variable by `value` on the host, for the dtypes the Metal
+// kernels do not take (bfloat16, double, integers): after the stream's work.
+template <typename T>
+void HostUpdate(int op, T* w, const T* u, int64_t n, bool scalar) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = u[scalar ? 0 : i];
+    w[i] = op == TFMPS_SCATTER_ADD ? static_cast<T>(w[i] + v) : op == TFMPS_SCATTER_SUB ? static_cast<T>(w[i] - v) : v;
+  }
+}
+
+template <typename T>
+constexpr bool kOnMetal = std::is_same_v<T, float> || std::is_same_v<T, Eigen::half>;
+
+// The variable of input 0, looked up and checked to be initialized (the caller locks it).
+absl::Status InitializedVariable(OpKernelContext* ctx, tensorflow::core::RefCountPtr<tensorflow::Var>* var) {
+  TF_RETURN_IF_ERROR(LookupResource(ctx, HandleFromInput(ctx, 0), var));
+  if (!(*var)->is_initialized) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(ctx->op_kernel().type_string(), ": the variable is not initialized"));
+  }
+  return absl::OkStatus();
+}
+
+template <int kOp, typename T>
 class AssignUpdateOp : public OpKernel {
  public:
   explicit AssignUpdateOp(OpKernelConstruction* c) : OpKernel(c) {}
   void Compute(OpKernelContext* ctx) override {
     tensorflow::core::RefCountPtr<tensorflow::Var> var;
-    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &var));
+    OP_REQUIRES_OK(ctx, InitializedVariable(ctx, &var));
     const Tensor& value = ctx->input(1);
     tsl::mutex_lock lock(*var->mu());
     Tensor* t = var->tensor();
-    OP_REQUIRES(ctx, var->is_initialized,
-                absl::FailedPreconditionError(absl::StrCat(type_string(), ": the variable is not initialized")));
     OP_REQUIRES(ctx, t->dtype() == value.dtype() && t->shape() == value.shape(),
                 absl::InvalidArgumentError(absl::StrCat(type_string(), ": value of shape ", value.shape().DebugString(),
                                                         " does not match the variable's ", t->shape().DebugString())));
     OP_REQUIRES_OK(ctx, CopyOnWrite(ctx, var.get()));
     t = var->tensor();
-    device_ops::Broadcast b;
-    TensorShape shape;
-    OP_REQUIRES_OK(ctx, Geometry(ctx, t->shape(), value.shape(), &b, &shape));
-    RunBinary(ctx, kOp, *t, value, t, b);
+    if constexpr (kOnMetal<T>) {
+      device_ops::Broadcast b;
+      TensorShape shape;
+      OP_REQUIRES_OK(ctx, Geometry(ctx, t->shape(), value.shape(), &b, &shape));
+      RunBinary(ctx, kOp, *t, value, t, b);
+    } else {
+      T* w = t->flat<T>().data();
+      const T* u = value.flat<T>().data();
+      const int64_t n = t->NumElements();
+      const int op = kOp == TFMPS_BINARY_ADD ? TFMPS_SCATTER_ADD : TFMPS_SCATTER_SUB;
+      Run(ctx, [] { return BackendStatus::Unsupported("dtype"); }, [&] { HostUpdate(op, w, u, n, false); });
+    }
   }
 };
 
@@ -606,7 +636,9 @@ absl::Status CheckedIndices(const OpKernelContext* ctx, const Tensor& indices, i
   return absl::OkStatus();
 }
 
-// ResourceGather(resource, indices) with batch_dims 0: rows of a float variable.
+// ResourceGather(resource, indices) with batch_dims 0: rows of a variable (float32 on
+// Metal; other dtypes on the host after the stream's work).
+template <typename T>
 class ResourceGatherOp : public OpKernel {
  public:
   explicit ResourceGatherOp(OpKernelConstruction* c) : OpKernel(c) {
@@ -621,8 +653,8 @@ class ResourceGatherOp : public OpKernel {
     const Tensor& indices = ctx->input(1);
     tsl::tf_shared_lock lock(*var->mu());
     const Tensor& params = *var->tensor();
-    OP_REQUIRES(ctx, params.dtype() == tensorflow::DT_FLOAT && params.dims() >= 1,
-                absl::InvalidArgumentError(absl::StrCat("ResourceGather: params must be a float tensor of rank >= 1, got ",
+    OP_REQUIRES(ctx, params.dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat("ResourceGather: params must be of rank >= 1, got ",
                                                         params.shape().DebugString())));
     const int64_t rows = params.dim_size(0), row = params.NumElements() / std::max<int64_t>(rows, 1);
     std::vector<int32_t> idx;
@@ -633,32 +665,38 @@ class ResourceGatherOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     if (out->NumElements() == 0) return;
     const int64_t count = static_cast<int64_t>(idx.size());
-    Run(
-        ctx, [&] { return device_ops::Gather(In(params), rows, idx.data(), count, row, Out(out)); },
-        [&] { device_ops::cpu::Gather(In(params), idx.data(), count, row, Out(out)); });
+    const T* src = params.flat<T>().data();
+    T* dst = out->flat<T>().data();
+    auto host = [&] {
+      for (int64_t k = 0; k < count; ++k) std::copy(src + idx[k] * row, src + (idx[k] + 1) * row, dst + k * row);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      Run(ctx, [&] { return device_ops::Gather(src, rows, idx.data(), count, row, dst); }, host);
+    } else {
+      Run(ctx, [] { return BackendStatus::Unsupported("dtype"); }, host);
+    }
   }
 
  private:
   int32_t batch_dims_ = 0;
 };
 
-// ResourceScatterAdd/Sub/Update(resource, indices, updates) on a float variable, in place
-// in stream order (copy-on-write first, as TensorFlow's kernel).
-template <int kOp>
+// ResourceScatterAdd/Sub/Update(resource, indices, updates), in place in stream order
+// (copy-on-write first, as TensorFlow's kernel); float32 on Metal, other dtypes on the host
+// after the stream's work.
+template <int kOp, typename T>
 class ResourceScatterOp : public OpKernel {
  public:
   explicit ResourceScatterOp(OpKernelConstruction* c) : OpKernel(c) {}
   void Compute(OpKernelContext* ctx) override {
     tensorflow::core::RefCountPtr<tensorflow::Var> var;
-    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &var));
+    OP_REQUIRES_OK(ctx, InitializedVariable(ctx, &var));
     const Tensor& indices = ctx->input(1);
     const Tensor& updates = ctx->input(2);
     tsl::mutex_lock lock(*var->mu());
-    OP_REQUIRES(ctx, var->is_initialized,
-                absl::FailedPreconditionError(absl::StrCat(type_string(), ": the variable is not initialized")));
     Tensor* params = var->tensor();
-    OP_REQUIRES(ctx, params->dtype() == tensorflow::DT_FLOAT && params->dims() >= 1,
-                absl::InvalidArgumentError(absl::StrCat(type_string(), ": the variable must be float of rank >= 1, got ",
+    OP_REQUIRES(ctx, params->dims() >= 1,
+                absl::InvalidArgumentError(absl::StrCat(type_string(), ": the variable must be of rank >= 1, got ",
                                                         params->shape().DebugString())));
     TensorShape expected = indices.shape();
     for (int d = 1; d < params->dims(); ++d) expected.AddDim(params->dim_size(d));
@@ -674,9 +712,16 @@ class ResourceScatterOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CopyOnWrite(ctx, var.get()));
     params = var->tensor();
     const int64_t count = static_cast<int64_t>(idx.size());
-    Run(
-        ctx, [&] { return device_ops::Scatter(kOp, Out(params), rows, idx.data(), count, row, In(updates), scalar); },
-        [&] { device_ops::cpu::Scatter(kOp, Out(params), idx.data(), count, row, In(updates), scalar); });
+    T* w = params->flat<T>().data();
+    const T* u = updates.flat<T>().data();
+    auto host = [&] {
+      for (int64_t k = 0; k < count; ++k) HostUpdate(kOp, w + idx[k] * row, u + (scalar ? 0 : k * row), row, scalar);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      Run(ctx, [&] { return device_ops::Scatter(kOp, w, rows, idx.data(), count, row, u, scalar); }, host);
+    } else {
+      Run(ctx, [] { return BackendStatus::Unsupported("dtype"); }, host);
+    }
   }
 };
 
@@ -773,10 +818,29 @@ void RegisterFloat(const char* type, tensorflow::DataType dt) {
   Register<FillOp>(F("Fill", type).HostMemory("dims").HostMemory("value"), "TfmpsFillOp");
   Register<FillLikeOp<0>>(F("ZerosLike", type), "TfmpsZerosLikeOp");
   Register<FillLikeOp<1>>(F("OnesLike", type), "TfmpsOnesLikeOp");
-  Register<AssignUpdateOp<TFMPS_BINARY_ADD>>(
-      Def("AssignAddVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignAddVariableOp");
-  Register<AssignUpdateOp<TFMPS_BINARY_SUB>>(
-      Def("AssignSubVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignSubVariableOp");
+}
+
+// Resource ops run where their variable lives (eager gives them no CPU fallback), so every
+// dtype a variable on the device can have gets them.
+template <typename T>
+void RegisterVariableOps(const char* type, bool assign_update = true) {
+  const tensorflow::DataType dt = tensorflow::DataTypeToEnum<T>::value;
+  if (assign_update) {
+    Register<AssignUpdateOp<TFMPS_BINARY_ADD, T>>(
+        Def("AssignAddVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignAddVariableOp");
+    Register<AssignUpdateOp<TFMPS_BINARY_SUB, T>>(
+        Def("AssignSubVariableOp", type).TypeConstraint("dtype", dt).HostMemory("resource"), "TfmpsAssignSubVariableOp");
+  }
+  for (auto index : {tensorflow::DT_INT32, tensorflow::DT_INT64}) {
+    auto ix = [&](const char* op) -> tensorflow::KernelDefBuilder& {
+      return Def(op, type).TypeConstraint("dtype", dt).TypeConstraint("Tindices", index).HostMemory("resource")
+          .HostMemory("indices");
+    };
+    Register<ResourceGatherOp<T>>(ix("ResourceGather"), "TfmpsResourceGatherOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_ADD, T>>(ix("ResourceScatterAdd"), "TfmpsResourceScatterAddOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_SUB, T>>(ix("ResourceScatterSub"), "TfmpsResourceScatterSubOp");
+    Register<ResourceScatterOp<TFMPS_SCATTER_UPDATE, T>>(ix("ResourceScatterUpdate"), "TfmpsResourceScatterUpdateOp");
+  }
 }
 
 void RegisterStandard(const char* type) {
@@ -804,16 +868,12 @@ void RegisterStandard(const char* type) {
   TFMPS_CAST(Eigen::half, float);
   TFMPS_CAST(float, Eigen::half);
 #undef TFMPS_CAST
-  for (auto index : {tensorflow::DT_INT32, tensorflow::DT_INT64}) {
-    auto ix = [&](const char* op) -> tensorflow::KernelDefBuilder& {
-      return Def(op, type).TypeConstraint("dtype", tensorflow::DT_FLOAT).TypeConstraint("Tindices", index)
-          .HostMemory("resource").HostMemory("indices");
-    };
-    Register<ResourceGatherOp>(ix("ResourceGather"), "TfmpsResourceGatherOp");
-    Register<ResourceScatterOp<TFMPS_SCATTER_ADD>>(ix("ResourceScatterAdd"), "TfmpsResourceScatterAddOp");
-    Register<ResourceScatterOp<TFMPS_SCATTER_SUB>>(ix("ResourceScatterSub"), "TfmpsResourceScatterSubOp");
-    Register<ResourceScatterOp<TFMPS_SCATTER_UPDATE>>(ix("ResourceScatterUpdate"), "TfmpsResourceScatterUpdateOp");
-  }
+  RegisterVariableOps<float>(type);
+  RegisterVariableOps<Eigen::half>(type);
+  RegisterVariableOps<Eigen::bfloat16>(type);
+  RegisterVariableOps<double>(type);
+  RegisterVariableOps<int32_t>(type);
+  RegisterVariableOps<int64_t>(type, /*assign_update=*/false);  // TensorFlow registers those for every device
 }
 
 }  // namespace

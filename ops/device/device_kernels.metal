@@ -359,3 +359,13 @@ kernel void tfmps_cast_f32_f16(device const float* x [[buffer(0)]],
   const float v = x[i];
   y[i] = half(v);
 }
+
+// A copy of n bytes, for sizes and offsets a blit cannot take (Metal wants multiples of 4
+// for -copyFromBuffer:... on macOS).
+kernel void tfmps_copy_bytes(device const uchar* x [[buffer(0)]],
+                             device uchar* y [[buffer(1)]],
+                             constant TfmpsEltwiseArgs& a [[buffer(2)]],
+                             uint i [[thread_position_in_grid]]) {
+  if (i >= a.n) return;
+  y[i] = x[i];
+}

@@ -278,6 +278,14 @@ BackendStatus Copy(const void* src, void* dst, size_t bytes) {
     const metal::BufferRef s = metal::FindBuffer(src, bytes), d = metal::FindBuffer(dst, bytes);
     if (!s.found() || !d.found()) return NotInBuffer(op);
     id<MTLBuffer> sb = metal::BufferOf(s), db = metal::BufferOf(d);
+    if (bytes % 4 != 0 || s.offset % 4 != 0 || d.offset % 4 != 0) {
+      // A blit on macOS takes multiples of 4 only (the emulation checks it as Metal does).
+      if (TooBig(static_cast<int64_t>(bytes))) return TooBigStatus(op);
+      TfmpsEltwiseArgs a{};
+      a.n = static_cast<tfmps_u32>(bytes);
+      return Dispatch(op, "tfmps_copy_bytes", {Bound{sb, s.offset}, Bound{db, d.offset}}, a,
+                      static_cast<int64_t>(bytes));
+    }
     return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
       id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
       [blit copyFromBuffer:sb sourceOffset:s.offset toBuffer:db destinationOffset:d.offset size:bytes];

@@ -91,9 +91,11 @@ const std::vector<SlotSpec> kRmsPropSlots = {
     {"var", "vars", nullptr}, {"ms", "mss", nullptr}, {"mg", "mgs", "C"}, {"mom", "moms", "K"}};
 
 // Scalars following the gradients, with their names (for messages).
-const std::vector<const char*> kAdamScalars = {"lr", "step", "beta1", "beta2", "epsilon"};
-const std::vector<const char*> kSgdScalars = {"lr", "momentum"};
-const std::vector<const char*> kRmsPropScalars = {"lr", "rho", "momentum", "epsilon"};
+// (constexpr: constant-initialized, so the device kernels' registration, which runs during
+// another file's static initialization, sees them filled.)
+constexpr const char* kAdamScalars[] = {"lr", "step", "beta1", "beta2", "epsilon"};
+constexpr const char* kSgdScalars[] = {"lr", "momentum"};
+constexpr const char* kRmsPropScalars[] = {"lr", "rho", "momentum", "epsilon"};
 
 // Lengths of the resource groups: N, or 0/N for optional groups. `op` names the op in
 // messages. Used by both the shape function and the kernel constructor.
@@ -689,8 +691,8 @@ TFMPS_REGISTER_RULE("MpsApplyRmsProp", "MpsMultiApplyRmsProp", RmsPropOp);
 
 #ifdef TFMPS_DEVICE_KERNELS
 namespace {
-template <template <typename> class Kernel, bool kMulti, typename T>
-void RegisterOne(const char* name, const char* type, const std::vector<const char*>& scalars) {
+template <template <typename> class Kernel, bool kMulti, typename T, size_t N>
+void RegisterOne(const char* name, const char* type, const char* const (&scalars)[N]) {
   tensorflow::register_kernel::Name b(name);
   b.Device(type).TypeConstraint<T>("T");
   // The scalars are read by the host (GetScalar): TensorFlow copies them there first.
@@ -699,8 +701,8 @@ void RegisterOne(const char* name, const char* type, const std::vector<const cha
     return new typename Form<Kernel, kMulti>::template K<T>(c);
   });
 }
-template <template <typename> class Kernel>
-void RegisterRule(const char* single, const char* multi, const char* type, const std::vector<const char*>& scalars) {
+template <template <typename> class Kernel, size_t N>
+void RegisterRule(const char* single, const char* multi, const char* type, const char* const (&scalars)[N]) {
   RegisterOne<Kernel, false, Eigen::half>(single, type, scalars);
   RegisterOne<Kernel, false, Eigen::bfloat16>(single, type, scalars);
   RegisterOne<Kernel, false, float>(single, type, scalars);
@@ -712,6 +714,10 @@ void RegisterRule(const char* single, const char* multi, const char* type, const
 }
 }  // namespace
 
+// Runs from the device kernels library's static initialization (device_kernels.cc), which
+// may come before this file's: only constant-initialized objects may be used here (the
+// scalar names were std::vectors once, still empty at that point, so the scalars lost
+// their HostMemory and the kernels read lr on the host before the GPU had written it).
 void RegisterDeviceKernels(const char* type) {
   RegisterRule<AdamOp>("MpsApplyAdam", "MpsMultiApplyAdam", type, kAdamScalars);
   RegisterRule<SgdOp>("MpsApplySgd", "MpsMultiApplySgd", type, kSgdScalars);

@@ -123,6 +123,19 @@ def cases():
         v.assign_add(d)
         return v.read_value()
     out.append(("assign_add_f16", assign_add_f16, [h(4, 3), h(4, 3)], True))
+    # The fused optimizers with hyper-parameters computed on the device right before (the
+    # kernels read them on the host: they must be HostMemory inputs, copied after the
+    # kernel that computes them ran).
+    import tf_mps
+
+    for dt in (np.float32, np.float16):
+        def fused(w0, g, dt=dt):
+            v, m = tf.Variable(w0), tf.Variable(tf.zeros_like(w0))
+            lr_var = tf.Variable(np.array(0.01, dt))
+            for _ in range(3):
+                tf_mps.ops.apply_sgd(v, g, lr_var * 1.5, momentum=tf.cast(lr_var, tf.float64) * 90.0, momentums=m)
+            return v.read_value(), m.read_value()
+        out.append((f"fused_sgd_device_hyper_{dt.__name__}", fused, [f32(5, 3).astype(dt), f32(5, 3).astype(dt)], True))
     table, upd = f32(6, 4), f32(5, 4)
     for dt in (np.int32, np.int64):
         idx = np.array([3, 0, 3, 5, 1], dt)  # a repeated index: updates apply in order
