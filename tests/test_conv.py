@@ -110,6 +110,12 @@ def check(x, f, *, strides=1, padding="SAME", dilations=1, groups=1, bias=None, 
     ((2, 8, 8, 6), (3, 3, 3, 4), dict(groups=2, padding="SAME")),  # grouped
     ((2, 8, 8, 12), (3, 3, 4, 6), dict(groups=3, strides=2, padding="SAME")),  # grouped, scatter
     ((2, 5, 5, 2), (5, 5, 2, 3), dict(padding="VALID")),  # filter as large as the input
+    # >= 16 output channels per group: the indirect GEMM (x86), with a partial tile
+    ((3, 9, 10, 20), (3, 3, 20, 40), dict(padding="SAME", dilations=[1, 2])),
+    ((2, 11, 9, 24), (3, 3, 24, 33), dict(strides=2, padding="SAME")),  # dx in 4 stride phases
+    ((2, 13, 12, 17), (2, 3, 17, 18), dict(strides=[3, 2], padding=[[2, 0], [1, 1]], dilations=[2, 1])),
+    ((2, 8, 8, 32), (1, 1, 32, 16), dict(strides=3, padding="VALID")),  # phases without taps: dx = 0
+    ((2, 7, 7, 40), (3, 3, 20, 32), dict(groups=2, strides=2, padding="VALID")),
 ])
 def test_matches_tf(device, case):
     xs, fs, kw = case
@@ -141,7 +147,8 @@ def _depthwise_reference(x, f, strides, padding, dilations, groups, bias, relu):
     c = x.shape[-1]
     tf_filter = tf.reshape(f, (f.shape[0], f.shape[1], c, f.shape[-1] // c))
     s = [1, strides, strides, 1]
-    return tf.nn.depthwise_conv2d(x, tf_filter, s, _tf_padding(padding), dilations=[dilations, dilations])
+    z = tf.nn.depthwise_conv2d(x, tf_filter, s, _tf_padding(padding), dilations=[dilations, dilations])
+    return z if bias is None else tf.nn.bias_add(z, bias)
 
 
 @pytest.mark.parametrize("case", [
@@ -158,10 +165,8 @@ def test_depthwise_matches_tf(device, case):
 
 
 def test_depthwise_with_bias_and_relu(device):
-    def ref(x, f, strides, padding, dilations, groups, bias, relu):
-        return tf.nn.bias_add(_depthwise_reference(x, f, strides, padding, dilations, groups, None, False), bias)
-
-    check(_rand((2, 8, 8, 16), 8), _rand((3, 3, 1, 16), 9), groups=16, bias=_rand((16,), 10), relu=True, ref=ref)
+    check(_rand((2, 8, 8, 16), 8), _rand((3, 3, 1, 16), 9), groups=16, bias=_rand((16,), 10), relu=True,
+          ref=_depthwise_reference)
 
 
 def test_large_shapes_use_many_blocks(device):
@@ -262,8 +267,10 @@ def test_second_order_gradients(device):
 @st.composite
 def conv_cases(draw):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cg = draw(st.integers(1, 4))
-    og = draw(st.integers(1, 4))
+    # Few channels (BLAS paths, loops) or many (the indirect GEMM needs >= 16 per group).
+    wide = draw(st.booleans())
+    cg = draw(st.integers(1, 40) if wide else st.integers(1, 4))
+    og = draw(st.integers(8, 40) if wide else st.integers(1, 4))
     depthwise = draw(st.booleans()) and groups == 1
     if depthwise:  # one channel per group
         groups, cg = draw(st.integers(2, 6)), 1
@@ -276,7 +283,7 @@ def conv_cases(draw):
     # Inputs at least as large as the dilated filter (padding only adds to that).
     h = draw(st.integers((kh - 1) * dilations[0] + 1, 12))
     w = draw(st.integers((kw - 1) * dilations[1] + 1, 12))
-    n = draw(st.integers(1, 5))
+    n = draw(st.integers(1, 3 if wide else 5))
     return dict(x=(n, h, w, groups * cg), f=(kh, kw, cg, groups * og), strides=strides, dilations=dilations,
                 padding=padding, groups=groups, bias=draw(st.booleans()), relu=draw(st.booleans()),
                 seed=draw(st.integers(0, 2**16)))
@@ -289,6 +296,42 @@ def test_random_shapes_and_attributes(device, case):
     bias = _rand((case["f"][-1],), s + 2) if case["bias"] else None
     check(_rand(case["x"], s), _rand(case["f"], s + 1), strides=case["strides"], padding=case["padding"],
           dilations=case["dilations"], groups=case["groups"], bias=bias, relu=case["relu"], seed=s)
+
+
+# ------------------------------------------------------------ every build of the loops
+ISA_SCRIPT = r"""
+import sys
+sys.path.insert(0, {tests!r})
+import tf_mps, test_conv as T
+from tf_mps import _lib
+isa = _lib.load().mps_conv_cpu_isa().numpy().decode()
+assert isa == {isa!r}, isa
+cases = [((2, 9, 8, 20), (3, 3, 20, 40), dict(padding="SAME")),
+         ((2, 11, 9, 24), (3, 3, 12, 34), dict(strides=2, padding="SAME", groups=2)),
+         ((2, 12, 11, 8), (3, 3, 1, 8), dict(groups=8, padding="SAME")),
+         ((2, 12, 11, 8), (3, 3, 1, 16), dict(groups=8, strides=2, padding="VALID")),
+         ((3, 9, 9, 3), (3, 3, 3, 5), dict(padding=[[1, 2], [0, 1]], dilations=2))]
+for i, (xs, fs, kw) in enumerate(cases):
+    ref = T._depthwise_reference if kw.get("groups", 1) == xs[-1] else T.reference
+    T.check(T._rand(xs, i), T._rand(fs, i + 1), ref=ref, bias=T._rand((fs[-1],), i + 2), relu=True, **kw)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_other_builds(isa):
+    # The build is chosen once per process (TFMPS_CONV_ISA narrows it): a child each.
+    import os
+    import subprocess
+    import sys
+
+    if isa == "avx2" and lib.mps_conv_cpu_isa().numpy() == b"base":
+        pytest.skip("this processor or compiler has no AVX2 build")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, TFMPS_CONV_ISA=isa, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", ISA_SCRIPT.format(tests=tests, isa=isa)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------- bad input

@@ -121,7 +121,8 @@ void Conv2DForwardCpu(const Conv2DGeometry& g, const Conv2DForwardArgs& a, const
 void Conv2DBackpropInputCpu(const Conv2DGeometry& g, const Conv2DBackpropInputArgs& a, const CpuContext& cpu);
 void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilterArgs& a, const CpuContext& cpu);
 
-// Which build of the vectorized loops runs ("avx2+fma" or "base"), as convert reports it.
+// Which build of the vectorized code runs: "avx512" (indirect GEMM on AVX-512, loops on
+// AVX2), "avx2" or "base" (BLAS and portable loops); TFMPS_CONV_ISA=base|avx2 narrows it.
 const char* ConvCpuIsa();
 
 }  // namespace conv

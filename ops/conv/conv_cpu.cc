@@ -1,6 +1,19 @@
-// CPU backend of the conv family (conv.h): GEMM on single-threaded BLAS, parallelized
-// over TF's pool by this file, and direct loops for depthwise convolutions.
+// CPU backend of the conv family (conv.h): indirect GEMM micro-kernels on x86, GEMM on
+// single-threaded BLAS everywhere else (and for narrow channel counts), direct loops for
+// depthwise convolutions; all parallelized over TF's pool by this file.
 //
+// x86 (AVX-512 or AVX2 build, conv_cpu_igemm.inc): a register tile of output pixels x
+// output channels sums every (tap, input channel) reading the source pixels through a
+// pointer table (no im2col copy; a row of zeros for padding) against filter panels
+// packed per call. The same kernel computes the forward pass and the input gradient
+// (dx as a gather of dy per stride phase: each dx pixel sums the taps that reach it,
+// so there is nothing to zero, add or skip), and a transposed tile the filter gradient.
+// Measured on the 2-core AMD EPYC (Zen 4) it was written on, per core (thread CPU
+// time): 100-108 GFLOP/s, where im2col + OpenBLAS sgemm reached 84-90 and TF's oneDNN
+// kernels 106-111 (bench/conv.py compares them in one run).
+//
+// BLAS (every processor; on x86 for fewer than half a tile of output channels per group
+// or sums shorter than kIgemmMinSum):
 // Forward: the output pixels are cut into blocks of `rows` pixels (across images); a
 //   block's patches are gathered (im2col) into its thread's scratch, [rows, KH*KW*Cg],
 //   and one sgemm per group multiplies them by the filter, which in HWIO already is the
@@ -10,40 +23,90 @@
 // Filter gradient: dw = sum over blocks of col^T x dy, accumulated per work unit (a
 //   fixed range of blocks: the result does not depend on which thread ran what) into
 //   its own [KH*KW*Cg, O] partial, then summed in unit order; the bias gradient rides
-//   along (sum of the dy rows of each block).
+//   along (sum of the dy rows of each block). The indirect GEMM's filter gradient uses
+//   the same fixed units.
 // Input gradient, whichever moves less data:
 //   gather (stride 1): dx is the forward convolution of dy with the filter flipped in
 //     space and transposed in channels ([KH, KW, Og, C]), padded by (KH-1)*dh - pt;
 //     blocks of dx pixels in parallel, nothing to zero or add;
 //   scatter (any stride, or few output channels per input channel): per image,
 //     dcol = dy x w^T ([rows, KH*KW*Cg]) and col2im adds each patch row back into dx.
-// Depthwise (Cg == 1): conv_cpu_loops.inc, vectorized over channels, no GEMM.
+// Depthwise (Cg == 1): conv_cpu_loops.inc and conv_cpu_depthwise.inc, vectorized over
+// channels, no GEMM.
 //
-// BLAS runs on one thread: OpenBLAS's own pool spins and competes with TF's threads for
-// the same cores, and one single-threaded sgemm per block already reaches BLAS's
-// single-core rate (measured in docs/conv.md).
+// BLAS runs on one thread and this file spreads the blocks over TF's pool: on 2 cores,
+// N16 56x56 C64->128 3x3 forward + both gradients on the BLAS path ran at 172 GFLOP/s
+// so, 127-133 with one caller and OpenBLAS's 2 threads, 120-137 with both at 2 (its
+// spinning workers compete with TF's for the cores); a loop of single-threaded sgemm
+// blocks also beat one whole-layer sgemm per core (88-97 against 70-85 GFLOP/s).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "ops/common/blas.h"
 #include "ops/conv/conv.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TFMPS_CONV_HAVE_AVX2_BUILD 1
+#define TFMPS_CONV_HAVE_X86_BUILDS 1
+#include <immintrin.h>
 #endif
+
 
 namespace tfmps {
 namespace conv {
+
+// One destination grid of an indirect GEMM (conv_cpu_igemm.inc): destination pixel
+// (n, dst_a0 + a*dst_a_step, dst_b0 + b*dst_b_step) for a < grid_a, b < grid_b, summed
+// over taps (ta, tb) of the source pixel (n, a*src_a_step + off_a[ta], b*src_b_step +
+// off_b[tb]) (zero outside the source image), group by group.
+struct IgemmJob {
+  int64_t batch, grid_a, grid_b;
+  float* dst;
+  int64_t dst_h, dst_w, dst_c, dst_a0, dst_a_step, dst_b0, dst_b_step;
+  const float* src;
+  int64_t src_h, src_w, src_c, src_a_step, src_b_step;
+  const int64_t* off_a;
+  const int64_t* off_b;
+  int64_t taps_a, taps_b;
+  int64_t groups, cin, cout;  // per group: source and destination channels
+  const float* packed;        // [groups][ceil(cout / NR)][taps_a * taps_b * cin][NR], zero-padded
+  const float* bias;          // [groups * cout] or nullptr
+  bool relu;
+  const float* zeros;         // src_c zeros: the source of every padding tap
+  int64_t tiles_per_unit;
+};
+
+// The filter gradient's indirect GEMM: pixel p = (n, a, b) of the output grid
+// [batch, out_h, out_w] reads x at (a*stride_a + off_a[ta], b*stride_b + off_b[tb]) per
+// tap; work unit u sums blocks [u*blocks/units, (u+1)*blocks/units) into
+// partials + u*partial_stride: [taps*cin][groups*cout], then (bias) [groups*cout].
+struct IgemmFilterJob {
+  int64_t batch, out_h, out_w;
+  const float* x;
+  int64_t in_h, in_w, in_c, stride_a, stride_b;
+  const int64_t* off_a;
+  const int64_t* off_b;
+  int64_t taps_a, taps_b;
+  const float* dy;
+  int64_t groups, cin, cout;
+  const float* zeros;
+  int64_t block_pixels, blocks, units;
+  float* partials;
+  int64_t partial_stride;
+  bool bias;
+};
 
 namespace isa_base {
 #include "ops/conv/conv_cpu_loops.inc"  // NOLINT(build/include)
 }  // namespace isa_base
 
-#if defined(TFMPS_CONV_HAVE_AVX2_BUILD)
+#if defined(TFMPS_CONV_HAVE_X86_BUILDS)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -54,7 +117,66 @@ namespace isa_avx2 {
 #define TFMPS_CONV_FMA 1
 #include "ops/conv/conv_cpu_loops.inc"  // NOLINT(build/include)
 #undef TFMPS_CONV_FMA
+struct Vec {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V Set1(float x) { return _mm256_set1_ps(x); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  // x < 0 ? 0 : x, keeping NaN (the comparison is false for NaN).
+  static V Relu(V x) {
+    return _mm256_blendv_ps(x, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  }
+  static void Store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  // The first n lanes from p (masked: nothing past them is read), zeros after.
+  static V LoadN(const float* p, int n) {
+    if (n >= kLanes) return Load(p);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+  }
+};
+constexpr int kMR = 6, kNV = 2;    // 6 pixels x 2 vectors: 12 accumulators of 16 ymm registers
+constexpr int kFMR = 6, kFNV = 2;  // filter gradient: 6 channels x 2 vectors
+constexpr int kDwP = 4, kDwV = 2;  // depthwise: 4 pixels x 16 channels
+#include "ops/conv/conv_cpu_igemm.inc"      // NOLINT(build/include)
+#include "ops/conv/conv_cpu_depthwise.inc"  // NOLINT(build/include)
 }  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#endif
+namespace isa_avx512 {
+#define TFMPS_CONV_FMA 1
+#include "ops/conv/conv_cpu_loops.inc"  // NOLINT(build/include)
+#undef TFMPS_CONV_FMA
+struct Vec {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static V Set1(float x) { return _mm512_set1_ps(x); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Relu(V x) { return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                                 _mm512_setzero_ps()); }
+  static void Store(float* p, V x) { _mm512_storeu_ps(p, x); }
+  static V LoadN(const float* p, int n) {
+    if (n >= kLanes) return Load(p);
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << std::max(n, 0)) - 1), p);
+  }
+};
+constexpr int kMR = 14, kNV = 2;    // 14 pixels x 2 vectors: 28 accumulators of 32 zmm registers
+constexpr int kFMR = 14, kFNV = 2;  // filter gradient: 14 channels x 2 vectors
+constexpr int kDwP = 6, kDwV = 4;  // depthwise: 6 pixels x 64 channels
+#include "ops/conv/conv_cpu_igemm.inc"      // NOLINT(build/include)
+#include "ops/conv/conv_cpu_depthwise.inc"  // NOLINT(build/include)
+}  // namespace isa_avx512
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -64,7 +186,7 @@ namespace isa_avx2 {
 
 namespace {
 
-// The loops of one build (conv_cpu_loops.inc).
+// The loops of one build (conv_cpu_loops.inc) and its indirect GEMM, if it has one.
 struct Loops {
   decltype(&isa_base::BiasActivation) bias_activation;
   decltype(&isa_base::AddInto) add_into;
@@ -72,30 +194,37 @@ struct Loops {
   decltype(&isa_base::DepthwiseForwardRow) dw_forward_row;
   decltype(&isa_base::DepthwiseBackpropInputSlice) dw_backprop_input_slice;
   decltype(&isa_base::DepthwiseBackpropFilterRows) dw_backprop_filter_rows;
+  void (*igemm_units)(const IgemmJob&, int64_t, int64_t, float*) = nullptr;
+  void (*igemm_filter_units)(const IgemmFilterJob&, int64_t, int64_t, float*) = nullptr;
+  int igemm_nr = 0, igemm_mr = 0;
+  const char* name = "base";
 };
 
-#define TFMPS_CONV_LOOPS(ns)                                                                               \
-  Loops {                                                                                                  \
-    ns::BiasActivation, ns::AddInto, ns::SumRows, ns::DepthwiseForwardRow, ns::DepthwiseBackpropInputSlice, \
-        ns::DepthwiseBackpropFilterRows                                                                    \
-  }
+#define TFMPS_CONV_LOOPS(ns, dw_forward)                                                                     \
+  ns::BiasActivation, ns::AddInto, ns::SumRows, ns::dw_forward, ns::DepthwiseBackpropInputSlice,           \
+      ns::DepthwiseBackpropFilterRows
 
-bool UseAvx2Build() {
-#if defined(TFMPS_CONV_HAVE_AVX2_BUILD)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return avx2;
-#else
-  return false;
-#endif
-}
-
+// The build that runs, chosen once: the widest the processor has, unless
+// TFMPS_CONV_ISA=base|avx2|avx512 (read once) asks for a narrower one (tests run each).
 const Loops& L() {
-#if defined(TFMPS_CONV_HAVE_AVX2_BUILD)
-  static const Loops avx2 = TFMPS_CONV_LOOPS(isa_avx2);
-  if (UseAvx2Build()) return avx2;
+  static const Loops loops = [] {
+    const char* env = std::getenv("TFMPS_CONV_ISA");
+    const std::string want = env != nullptr ? env : "";
+#if defined(TFMPS_CONV_HAVE_X86_BUILDS)
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && want != "base";
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && want != "avx2";
+    if (avx512) {
+      return Loops{TFMPS_CONV_LOOPS(isa_avx512, DepthwiseForwardRowVec), isa_avx512::IgemmUnits,
+                   isa_avx512::IgemmFilterUnits, isa_avx512::kNR, isa_avx512::kMR, "avx512"};
+    }
+    if (avx2) {
+      return Loops{TFMPS_CONV_LOOPS(isa_avx2, DepthwiseForwardRowVec), isa_avx2::IgemmUnits,
+                   isa_avx2::IgemmFilterUnits, isa_avx2::kNR, isa_avx2::kMR, "avx2"};
+    }
 #endif
-  static const Loops base = TFMPS_CONV_LOOPS(isa_base);
-  return base;
+    return Loops{TFMPS_CONV_LOOPS(isa_base, DepthwiseForwardRow), nullptr, nullptr, 0, 0, "base"};
+  }();
+  return loops;
 }
 
 // ------------------------------------------------------------------------ tuning
@@ -264,12 +393,81 @@ void Col2ImAdd(const Conv2DGeometry& g, const float* col, int64_t p0, int64_t ro
   }
 }
 
+// ------------------------------------------------------------------ indirect GEMM
+// Where the build has one (x86: AVX2 or AVX-512), the indirect GEMM computes every
+// convolution whose destination has at least half a tile of channels per group and
+// whose sums are long enough (taps * source channels per group) to pay for a tile's
+// pointer table (N64 28x28 C1->32 3x3: k = 9, forward 0.95 ms against BLAS's 0.71);
+// the BLAS paths below take the rest (and everything on other processors).
+constexpr int64_t kIgemmMinSum = 32;
+bool UseIgemm(int64_t dst_channels_per_group, int64_t sum_length) {
+  return L().igemm_units != nullptr && 2 * dst_channels_per_group >= L().igemm_nr && sum_length >= kIgemmMinSum;
+}
+
+int64_t IgemmPackedFloats(int64_t groups, int64_t taps, int64_t cin, int64_t cout, int nr) {
+  return groups * CeilDiv(cout, nr) * taps * cin * nr;
+}
+// A row of zeros as long as a source pixel, rounded to keep what follows aligned.
+int64_t ZerosFloats(int64_t src_c) { return CeilDiv(src_c, 16) * 16; }
+int64_t TilesPerUnit(int64_t pixels, int mr, int threads) {
+  return std::clamp<int64_t>(CeilDiv(CeilDiv(pixels, mr), kBlocksPerThread * threads), 1, 16);
+}
+// A unit's pointer tables (IgemmUnits): [tile][tap][MR] sources and [tile][MR] destinations.
+int64_t IgemmSlotFloats(int64_t tiles_per_unit, int64_t taps, int mr) {
+  constexpr int64_t kFloatsPerPointer = sizeof(void*) / sizeof(float);
+  return tiles_per_unit * (taps + 1) * mr * kFloatsPerPointer;
+}
+
+// Runs jobs (one ParallelFor over all their units) with scratch slots from `slots`.
+void RunIgemm(const std::vector<IgemmJob>& jobs, float* slots, int64_t slot_floats, int slot_count,
+              const CpuContext& cpu) {
+  const int mr = L().igemm_mr;
+  std::vector<int64_t> first_unit(jobs.size() + 1, 0);
+  double madds = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const IgemmJob& job = jobs[j];
+    const int64_t pixels = job.batch * job.grid_a * job.grid_b;
+    first_unit[j + 1] = first_unit[j] + CeilDiv(CeilDiv(pixels, mr), job.tiles_per_unit);
+    madds += double(pixels) * job.taps_a * job.taps_b * job.cin * job.cout * job.groups;
+  }
+  const int64_t units = first_unit.back();
+  if (units == 0) return;
+  SlotPool pool(slots, slot_floats, slot_count);
+  const auto run = L().igemm_units;
+  cpu.parallel(units, GemmCost(madds / units), [&](int64_t u0, int64_t u1) {
+    Lease lease(&pool);
+    for (size_t j = 0; j < jobs.size() && u0 < u1; ++j) {
+      const int64_t a = std::max(u0, first_unit[j]), b = std::min(u1, first_unit[j + 1]);
+      if (a < b) run(jobs[j], a - first_unit[j], b - first_unit[j], lease.data());
+    }
+  });
+}
+
+// packed[g][ob][k][j] = w[k*O + g*Og + ob*NR + j] (0 past Og): the forward's filter,
+// [KH*KW*Cg, O] in HWIO, cut into NR-column panels per group.
+void PackForward(const Conv2DGeometry& g, const float* w, float* packed, const CpuContext& cpu) {
+  const int64_t nr = L().igemm_nr, og = g.out_c_per_group, K = g.patch(), O = g.out_c;
+  const int64_t oblocks = CeilDiv(og, nr);
+  cpu.parallel(g.groups * oblocks, K * nr, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t grp = u / oblocks, ob = u % oblocks, cols = std::min(nr, og - ob * nr);
+      float* dst = packed + u * K * nr;
+      const float* src = w + grp * og + ob * nr;
+      for (int64_t k = 0; k < K; ++k, dst += nr) {
+        for (int64_t j = 0; j < cols; ++j) dst[j] = src[k * O + j];
+        for (int64_t j = cols; j < nr; ++j) dst[j] = 0.0f;
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------------ forward
 struct ForwardPlan {
-  bool depthwise = false, pointwise = false;
+  bool depthwise = false, pointwise = false, igemm = false;
   int64_t rows = 0, blocks = 0, slot_floats = 0;
   int slots = 0;
-  int64_t workspace() const { return slot_floats * slots; }
+  int64_t packed = 0, zeros = 0, tiles_per_unit = 0;  // igemm
+  int64_t workspace() const { return packed + zeros + slot_floats * slots; }
 };
 
 // Depthwise when each group has one input channel and the loops beat GEMM: always for
@@ -286,6 +484,16 @@ ForwardPlan PlanForward(const Conv2DGeometry& g, int threads) {
     p.depthwise = true;
     return p;
   }
+  if (UseIgemm(g.out_c_per_group, g.patch())) {
+    const int nr = L().igemm_nr, mr = L().igemm_mr;
+    p.igemm = true;
+    p.packed = IgemmPackedFloats(g.groups, g.k_h * g.k_w, g.in_c_per_group, g.out_c_per_group, nr);
+    p.zeros = ZerosFloats(g.in_c);
+    p.tiles_per_unit = TilesPerUnit(g.out_pixels(), mr, threads);
+    p.slot_floats = IgemmSlotFloats(p.tiles_per_unit, g.k_h * g.k_w, mr);
+    p.slots = Slots(threads);
+    return p;
+  }
   p.pointwise = Pointwise(g);
   p.rows = BlockRows(g.out_pixels(), g.patch(), threads);
   p.blocks = CeilDiv(g.out_pixels(), p.rows);
@@ -293,6 +501,24 @@ ForwardPlan PlanForward(const Conv2DGeometry& g, int threads) {
   p.slots = Slots(threads);
   if (!p.pointwise) p.slot_floats = p.rows * g.patch();
   return p;
+}
+
+void ForwardIgemm(const Conv2DGeometry& g, const ForwardPlan& plan, const float* x, const float* w,
+                  const float* bias, bool relu, float* y, float* workspace, const CpuContext& cpu) {
+  float* packed = workspace;
+  float* zeros = packed + plan.packed;
+  ZeroFloats(zeros, plan.zeros);
+  PackForward(g, w, packed, cpu);
+  std::vector<int64_t> off_a(g.k_h), off_b(g.k_w);
+  for (int64_t kh = 0; kh < g.k_h; ++kh) off_a[kh] = kh * g.dilation_h - g.pad_top;
+  for (int64_t kw = 0; kw < g.k_w; ++kw) off_b[kw] = kw * g.dilation_w - g.pad_left;
+  IgemmJob job{g.batch, g.out_h, g.out_w,
+               y, g.out_h, g.out_w, g.out_c, 0, 1, 0, 1,
+               x, g.in_h, g.in_w, g.in_c, g.stride_h, g.stride_w,
+               off_a.data(), off_b.data(), g.k_h, g.k_w,
+               g.groups, g.in_c_per_group, g.out_c_per_group,
+               packed, bias, relu, zeros, plan.tiles_per_unit};
+  RunIgemm({job}, zeros + plan.zeros, plan.slot_floats, plan.slots, cpu);
 }
 
 void ForwardGemm(const Conv2DGeometry& g, const ForwardPlan& plan, const float* x, const float* w,
@@ -338,20 +564,46 @@ void RunForward(const Conv2DGeometry& g, const ForwardPlan& plan, const float* x
   if (g.out_pixels() == 0) return;
   if (plan.depthwise) {
     ForwardDepthwise(g, x, w, bias, relu, y, cpu);
+  } else if (plan.igemm) {
+    ForwardIgemm(g, plan, x, w, bias, relu, y, workspace, cpu);
   } else {
     ForwardGemm(g, plan, x, w, bias, relu, y, workspace, cpu);
   }
 }
 
 // ---------------------------------------------------------------- input gradient
+// One stride phase of the input gradient (indirect GEMM): the dx pixels
+// (rh + sh*qh, rw + sw*qw) receive dy from exactly the taps kh with
+// (rh + pt - kh*dh) = 0 mod sh (likewise kw), at dy row qh + (rh + pt - kh*dh) / sh.
+struct InputPhase {
+  int64_t rh, rw, grid_a, grid_b;
+  std::vector<int64_t> kh, kw, off_a, off_b;
+  int64_t packed_offset;
+};
+
 struct InputPlan {
-  enum class Path { kEmpty, kDepthwise, kPointwise, kGather, kScatter } path = Path::kEmpty;
+  enum class Path { kEmpty, kDepthwise, kPointwise, kIgemm, kGather, kScatter } path = Path::kEmpty;
   Conv2DGeometry flipped{};  // kGather: the forward convolution computing dx
   ForwardPlan forward;       // kGather: its plan
+  std::vector<InputPhase> phases;  // kIgemm
+  int64_t packed = 0, zeros = 0, tiles_per_unit = 0;  // kIgemm
   int64_t rows = 0, blocks_per_image = 0, slot_floats = 0;
   int slots = 0;
   int64_t workspace = 0;
 };
+
+// The taps t < k whose source offset (r + pad - t*d) is a multiple of s, and their
+// offsets (r + pad - t*d) / s.
+void PhaseTaps(int64_t r, int64_t pad, int64_t k, int64_t d, int64_t s, std::vector<int64_t>* taps,
+               std::vector<int64_t>* offsets) {
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t num = r + pad - t * d;
+    if (((num % s) + s) % s == 0) {
+      taps->push_back(t);
+      offsets->push_back(num / s);
+    }
+  }
+}
 
 // dx as a forward convolution (stride 1): input dy [N, OH, OW, O], filter [KH, KW, Og, C]
 // flipped, output [N, H, W, C]: dx[h] = sum_kh dy[h + pt - kh*dh] w[kh] = sum_kh'
@@ -387,6 +639,28 @@ InputPlan PlanInput(const Conv2DGeometry& g, int threads) {
     } else {
       p.path = InputPlan::Path::kDepthwise;
     }
+    return p;
+  }
+  // (A stride phase sums fewer taps; the full filter's count decides.)
+  if (UseIgemm(g.in_c_per_group, g.k_h * g.k_w * g.out_c_per_group)) {
+    p.path = InputPlan::Path::kIgemm;
+    const int nr = L().igemm_nr, mr = L().igemm_mr;
+    p.tiles_per_unit = TilesPerUnit(g.in_pixels(), mr, threads);
+    for (int64_t rh = 0; rh < std::min(g.stride_h, g.in_h); ++rh) {
+      for (int64_t rw = 0; rw < std::min(g.stride_w, g.in_w); ++rw) {
+        InputPhase ph{rh, rw, CeilDiv(g.in_h - rh, g.stride_h), CeilDiv(g.in_w - rw, g.stride_w), {}, {}, {}, {},
+                      p.packed};
+        PhaseTaps(rh, g.pad_top, g.k_h, g.dilation_h, g.stride_h, &ph.kh, &ph.off_a);
+        PhaseTaps(rw, g.pad_left, g.k_w, g.dilation_w, g.stride_w, &ph.kw, &ph.off_b);
+        const int64_t taps = static_cast<int64_t>(ph.kh.size() * ph.kw.size());
+        p.packed += IgemmPackedFloats(g.groups, taps, g.out_c_per_group, g.in_c_per_group, nr);
+        p.slot_floats = std::max(p.slot_floats, IgemmSlotFloats(p.tiles_per_unit, taps, mr));
+        p.phases.push_back(std::move(ph));
+      }
+    }
+    p.zeros = ZerosFloats(g.out_c);
+    p.slots = Slots(threads);
+    p.workspace = p.packed + p.zeros + p.slot_floats * p.slots;
     return p;
   }
   if (Pointwise(g)) {
@@ -438,11 +712,16 @@ void FlipFilter(const Conv2DGeometry& g, const float* w, float* wf, const CpuCon
 
 // ---------------------------------------------------------------- filter gradient
 struct FilterPlan {
-  bool depthwise = false, pointwise = false;
+  bool depthwise = false, pointwise = false, igemm = false;
   int64_t rows = 0, blocks = 0, units = 0, slot_floats = 0, partial_floats = 0;
   int slots = 0;
-  int64_t workspace() const { return slot_floats * slots + units * partial_floats; }
+  int64_t zeros = 0;  // igemm
+  int64_t workspace() const { return zeros + slot_floats * slots + units * partial_floats; }
 };
+
+// Pixels per block of the filter gradient's indirect GEMM: dy's block rows stay in L1/L2
+// while every (tap, channel tile, output block) runs over them.
+constexpr int64_t kFilterBlockPixels = 256;
 
 FilterPlan PlanFilter(const Conv2DGeometry& g, int threads, bool bias) {
   FilterPlan p;
@@ -454,11 +733,20 @@ FilterPlan PlanFilter(const Conv2DGeometry& g, int threads, bool bias) {
     p.units = std::min({g.batch * g.out_h, kUnitsPerThread * threads, max_units});
     return p;
   }
+  p.slots = Slots(threads);
+  if (L().igemm_filter_units != nullptr && UseIgemm(g.out_c_per_group, g.patch())) {
+    p.igemm = true;
+    p.rows = std::min(kFilterBlockPixels, g.out_pixels());
+    p.blocks = CeilDiv(g.out_pixels(), p.rows);
+    p.units = std::min({p.blocks, kUnitsPerThread * threads, max_units});
+    p.zeros = ZerosFloats(g.in_c);
+    p.slot_floats = g.k_h * g.k_w * p.rows * static_cast<int64_t>(sizeof(void*) / sizeof(float));
+    return p;
+  }
   p.pointwise = Pointwise(g);
   p.rows = BlockRows(g.out_pixels(), g.patch(), threads);
   p.blocks = CeilDiv(g.out_pixels(), p.rows);
   p.units = std::min({p.blocks, kUnitsPerThread * threads, max_units});
-  p.slots = Slots(threads);
   if (!p.pointwise) p.slot_floats = p.rows * g.patch();
   return p;
 }
@@ -532,6 +820,41 @@ void Conv2DBackpropInputCpu(const Conv2DGeometry& g, const Conv2DBackpropInputAr
       });
       return;
     }
+    case InputPlan::Path::kIgemm: {
+      // Per phase: packed[g][ob][(ta*|kw| + tb)*Og + o][j] = w[kh[ta], kw[tb], ob*NR + j, g*Og + o].
+      const int64_t nr = L().igemm_nr, oblocks = CeilDiv(cg, nr);
+      float* packed = cpu.workspace;
+      float* zeros = packed + plan.packed;
+      ZeroFloats(zeros, plan.zeros);
+      std::vector<IgemmJob> jobs;
+      for (const InputPhase& ph : plan.phases) {
+        const int64_t ta_n = static_cast<int64_t>(ph.kh.size()), tb_n = static_cast<int64_t>(ph.kw.size());
+        float* dst = packed + ph.packed_offset;
+        const int64_t block = ta_n * tb_n * og * nr;
+        cpu.parallel(G * oblocks, block, [&](int64_t u0, int64_t u1) {
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t grp = u / oblocks, ob = u % oblocks, cols = std::min(nr, cg - ob * nr);
+            float* d = dst + u * block;
+            for (int64_t ta = 0; ta < ta_n; ++ta) {
+              for (int64_t tb = 0; tb < tb_n; ++tb) {
+                const float* src = a.filter + (ph.kh[ta] * g.k_w + ph.kw[tb]) * cg * O + grp * og;
+                for (int64_t o = 0; o < og; ++o, d += nr) {
+                  for (int64_t j = 0; j < cols; ++j) d[j] = src[(ob * nr + j) * O + o];
+                  for (int64_t j = cols; j < nr; ++j) d[j] = 0.0f;
+                }
+              }
+            }
+          }
+        });
+        jobs.push_back(IgemmJob{g.batch, ph.grid_a, ph.grid_b,
+                                a.input_backprop, g.in_h, g.in_w, C, ph.rh, g.stride_h, ph.rw, g.stride_w,
+                                a.out_backprop, g.out_h, g.out_w, O, 1, 1,
+                                ph.off_a.data(), ph.off_b.data(), ta_n, tb_n,
+                                G, og, cg, dst, nullptr, false, zeros, plan.tiles_per_unit});
+      }
+      RunIgemm(jobs, zeros + plan.zeros, plan.slot_floats, plan.slots, cpu);
+      return;
+    }
     case InputPlan::Path::kGather: {
       float* wf = cpu.workspace;
       FlipFilter(g, a.filter, wf, cpu);
@@ -574,10 +897,28 @@ void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilter
     return;
   }
   // Partials of unit u at partials + u * stride: [filter | bias].
-  float* partials = cpu.workspace + plan.slot_floats * plan.slots;
+  float* partials = cpu.workspace + plan.zeros + plan.slot_floats * plan.slots;
   const int64_t stride = plan.partial_floats;
   const Loops& loops = L();
-  if (plan.depthwise) {
+  if (plan.igemm) {
+    float* zeros = cpu.workspace;
+    ZeroFloats(zeros, plan.zeros);
+    std::vector<int64_t> off_a(g.k_h), off_b(g.k_w);
+    for (int64_t kh = 0; kh < g.k_h; ++kh) off_a[kh] = kh * g.dilation_h - g.pad_top;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) off_b[kw] = kw * g.dilation_w - g.pad_left;
+    const IgemmFilterJob job{g.batch, g.out_h, g.out_w,
+                             a.input, g.in_h, g.in_w, g.in_c, g.stride_h, g.stride_w,
+                             off_a.data(), off_b.data(), g.k_h, g.k_w,
+                             a.out_backprop, g.groups, g.in_c_per_group, g.out_c_per_group,
+                             zeros, plan.rows, plan.blocks, plan.units, partials, stride, bias};
+    SlotPool pool(zeros + plan.zeros, plan.slot_floats, plan.slots);
+    const auto run = loops.igemm_filter_units;
+    const int64_t cost = GemmCost(double(plan.blocks) / plan.units * plan.rows * g.patch() * g.out_c);
+    cpu.parallel(plan.units, cost, [&](int64_t u0, int64_t u1) {
+      Lease lease(&pool);
+      run(job, u0, u1, lease.data());
+    });
+  } else if (plan.depthwise) {
     const int64_t rows = g.batch * g.out_h, units = plan.units;
     cpu.parallel(units, rows / units * g.out_w * O * g.k_h * g.k_w, [&](int64_t u0, int64_t u1) {
       for (int64_t u = u0; u < u1; ++u) {
@@ -623,7 +964,7 @@ void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilter
   if (bias) SumPartials(partials + filter, stride, plan.units, O, a.bias_backprop, cpu);
 }
 
-const char* ConvCpuIsa() { return UseAvx2Build() ? "avx2+fma" : "base"; }
+const char* ConvCpuIsa() { return L().name; }
 
 }  // namespace conv
 }  // namespace tfmps

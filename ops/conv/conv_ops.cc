@@ -18,6 +18,7 @@
 
 #include "ops/common/tf_glue.h"
 #include "ops/conv/conv.h"
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -312,8 +313,25 @@ Gradient of MpsConv2D with respect to its filter (of shape filter_sizes) and, wh
 num_bias is 1, its bias (the sum of out_backprop over batch, height and width).
 )doc");
 
+// Which build of the CPU backend's vectorized code runs ("avx512", "avx2" or "base"),
+// chosen once per process (TFMPS_CONV_ISA narrows it). For reports and tests.
+TFMPS_REGISTER_OP("MpsConvCpuIsa")
+    .Output("isa: string")
+    .SetShapeFn(tensorflow::shape_inference::ScalarShape)
+    .Doc("The build of the conv family's CPU kernels this process runs: avx512, avx2 or base.");
+
 // -------------------------------------------------------------------------- kernels
 namespace {
+
+class ConvCpuIsaOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tensorflow::tstring>()() = ConvCpuIsa();
+  }
+};
 
 // Attributes, the CPU context and the checks every conv kernel shares.
 class ConvKernel : public OpKernel {
@@ -497,6 +515,7 @@ REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropInput").Device(DEVICE_CPU).TypeCo
                         Conv2DBackpropInputOp);
 REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropFilter").Device(DEVICE_CPU).TypeConstraint<float>("T"),
                         Conv2DBackpropFilterOp);
+REGISTER_KERNEL_BUILDER(Name("MpsConvCpuIsa").Device(DEVICE_CPU), ConvCpuIsaOp);
 #endif  // TFMPS_DEVICE_KERNELS
 
 }  // namespace
