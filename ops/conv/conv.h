@@ -80,11 +80,14 @@ std::string ComputeOutputSize(const char* dim, int64_t in, int64_t k, int64_t st
                               int64_t* after, int64_t* out);
 
 // ------------------------------------------------------------------ CPU backend
-// Float32 throughout. The CPU backend parallelizes over `parallel` (TF's intra-op pool)
-// itself and runs BLAS single-threaded (OpenBLAS's own threads spin and compete with
-// TF's for the same cores). It needs a scratch buffer of the size its *Workspace
-// function returns (floats), for `threads` = the most calls of `parallel`'s function
-// that can run at once; the glue allocates it (TF's allocator caches it).
+// Float32 throughout. On x86, indirect-GEMM micro-kernels (AVX-512 or AVX2, chosen once
+// per process); elsewhere and for narrow channel counts, im2col + BLAS sgemm; depthwise
+// as direct loops (conv_cpu.cc says which takes what, and why). The backend parallelizes
+// over `parallel` (TF's intra-op pool) itself and runs BLAS single-threaded (OpenBLAS's
+// own threads spin and compete with TF's for the same cores). It needs a scratch buffer
+// of the size its *Workspace function returns (floats), for `threads` = the most calls
+// of `parallel`'s function that can run at once; the glue allocates it (TF's allocator
+// caches it).
 struct CpuContext {
   ParallelFor parallel;
   int threads = 1;

@@ -11,9 +11,12 @@ gradient is registered: ``MpsConv2DBackpropInput`` (dx) and ``MpsConv2DBackpropF
 (dw and, with a bias, ``db = sum over n, i, j of dy``), after the activation's derivative
 (relu: ``dy * (y > 0)``); the backprop ops have gradients too (second order).
 
-On the CPU the ops run tf-mps's own backend (ops/conv/conv_cpu.cc): im2col blocks and
-single-threaded BLAS sgemm per block spread over TensorFlow's intra-op threads, 1x1
-convolutions straight to sgemm, depthwise convolutions as vectorized loops.
+On the CPU the ops run tf-mps's own backend (ops/conv/conv_cpu.cc) on TensorFlow's
+intra-op threads: on x86 indirect-GEMM micro-kernels (AVX-512 or AVX2; no im2col copy)
+for the convolution and both gradients, elsewhere (and for narrow channel counts) im2col
+blocks with one single-threaded BLAS sgemm each; depthwise convolutions as vectorized
+loops. The filter gradient sums fixed work units in a fixed order: the same inputs give
+the same bits on every run (for a given thread count). float32 only.
 """
 
 from __future__ import annotations
