@@ -9,10 +9,24 @@
 #include <vector>
 
 #include "ops/common/backend.h"
+#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+
+// Op definitions of a family's *_ops.cc. The file is built a second time into the device
+// kernels library (ops/device/, with TFMPS_DEVICE_KERNELS): there the ops are the op
+// library's, so the definitions are built but not registered again.
+#ifdef TFMPS_DEVICE_KERNELS
+#define TFMPS_CAT2(a, b) a##b
+#define TFMPS_CAT(a, b) TFMPS_CAT2(a, b)
+#define TFMPS_REGISTER_OP(name)                                                                           \
+  [[maybe_unused]] static ::tensorflow::register_op::OpDefBuilderWrapper TFMPS_CAT(tfmps_op_, __COUNTER__) = \
+      ::tensorflow::register_op::OpDefBuilderWrapper(name)
+#else
+#define TFMPS_REGISTER_OP(name) REGISTER_OP(name)
+#endif
 
 namespace tfmps {
 namespace tfglue {

@@ -23,18 +23,6 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
-#ifdef TFMPS_DEVICE_KERNELS
-// Built a second time into the device kernels library (ops/device/) once the family has
-// device kernels: there the ops are the op library's, so the definitions here are built
-// but not registered.
-#define TFMPS_CAT2(a, b) a##b
-#define TFMPS_CAT(a, b) TFMPS_CAT2(a, b)
-#define TFMPS_REGISTER_OP(name)                                                                \
-  [[maybe_unused]] static ::tensorflow::register_op::OpDefBuilderWrapper TFMPS_CAT(tfmps_op_, __COUNTER__) = \
-      ::tensorflow::register_op::OpDefBuilderWrapper(name)
-#else
-#define TFMPS_REGISTER_OP(name) REGISTER_OP(name)
-#endif
 
 namespace tfmps {
 namespace conv {

@@ -30,16 +30,9 @@
 
 #ifdef TFMPS_DEVICE_KERNELS
 // Built a second time into the device kernels library (ops/device/): the ops are the op
-// library's, so the definitions here are built but not registered, and the kernels are
-// registered for the device at load time (RegisterDeviceKernels at the end).
+// library's (TFMPS_REGISTER_OP, tf_glue.h), and the kernels are registered for the device
+// at load time (RegisterDeviceKernels at the end).
 #include "ops/device/device_kernels_glue.h"
-#define TFMPS_CAT2(a, b) a##b
-#define TFMPS_CAT(a, b) TFMPS_CAT2(a, b)
-#define TFMPS_REGISTER_OP(name)                                                                \
-  [[maybe_unused]] static ::tensorflow::register_op::OpDefBuilderWrapper TFMPS_CAT(tfmps_op_, __COUNTER__) = \
-      ::tensorflow::register_op::OpDefBuilderWrapper(name)
-#else
-#define TFMPS_REGISTER_OP(name) REGISTER_OP(name)
 #endif
 
 namespace tfmps {
