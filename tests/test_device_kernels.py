@@ -84,6 +84,16 @@ def test_ordering_under_stress():
     assert seen["after_over_limit"] == [2.0] * 3
 
 
+@pytest.mark.parametrize("case", ["function_constant", "keras_optimizer_built_in_function"])
+@pytest.mark.parametrize("debug", ["0", "1"])
+def test_host_writes_wait_for_kernels_queued_on_other_streams(case, debug):
+    """A copy into device memory runs on the host: it must wait for the compute stream's
+    queued kernels, which may still use that memory (found by CI: Keras's RMSprop built
+    in a tf.function overwrote a Dense kernel with the initializer's minval)."""
+    seen, _ = _child("sweep.py", "host_writes", case, env={"TFMPS_METAL_EMU_DEBUG": debug})
+    assert seen == {case: True}
+
+
 def test_bad_input_on_device_kernels_is_invalid_argument_naming_the_op():
     seen, _ = _child("sweep.py", "stress")
     e = seen["errors"]

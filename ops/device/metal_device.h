@@ -12,7 +12,8 @@
 // command buffer through a ScopedStream; it is committed after kMaxEncodesPerCommit
 // encodes too, so that the GPU starts on a long run of kernels before the next sync
 // point. Copies, fills and host callbacks run on the host after the stream's queued work
-// completed (unified memory: one wait per such call).
+// completed (unified memory: one wait per such call); copies and fills that write
+// device memory wait for every stream's queued work (SynchronizeBeforeHostWrite).
 #ifndef TFMPS_DEVICE_METAL_DEVICE_H_
 #define TFMPS_DEVICE_METAL_DEVICE_H_
 
@@ -68,6 +69,14 @@ std::string BlockHostFor(Event* e);
 
 // Every stream's work, and all of it completed.
 std::string SynchronizeAll();
+// Before the host writes device memory on stream s's behalf (a copy from the host, a
+// copy inside the device, a fill): every stream's queued work has completed, because
+// the destination may be memory TF's allocator just took back from a tensor that
+// queued kernels of another stream (the compute stream) still read or write. TF does
+// not always order such a copy after the compute stream (a function's constants are
+// copied on the host-to-device stream with no wait for it), and a GPU-side copy would
+// wait on the GPU, where this one, on the host, must wait here. "" or s's own error.
+std::string SynchronizeBeforeHostWrite(Stream* s);
 
 // While one lives, the calling thread's Metal work (metal::Submit in the backends, and
 // Encode below) goes into the stream's open command buffer instead of a command buffer

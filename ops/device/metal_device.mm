@@ -311,6 +311,16 @@ std::string BlockHostFor(Event* e) {
   return "timed out after 60 s waiting for a Metal event";
 }
 
+std::string SynchronizeBeforeHostWrite(Stream* s) {
+  {
+    std::lock_guard<std::mutex> lock(S().mu);
+    for (Stream* other : S().all) {
+      if (other != s) Synchronize(other);  // its errors are its own stream's to report
+    }
+  }
+  return Synchronize(s);
+}
+
 std::string SynchronizeAll() {
   // Under the list's lock, so that no stream is deleted while it is waited for.
   std::lock_guard<std::mutex> lock(S().mu);

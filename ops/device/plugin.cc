@@ -260,9 +260,13 @@ void StopTimer(const SP_Device*, SP_Stream stream, SP_Timer timer, TF_Status* st
 uint64_t TimerNs(SP_Timer timer) { return timer->stop_ns - timer->start_ns; }
 
 // ------------------------------------------------------------------ copies and fills
-// Memory is unified: a copy is a host memcpy once the stream's queued work (which may
-// write the source or read the destination) has completed. The host source of an
-// asynchronous htod copy is read before the call returns, so TF may reuse it at once.
+// Memory is unified: a copy is a host memcpy once the queued work that may write the
+// source or use the destination has completed: the stream's own for a copy to the host
+// (TF orders it after the producing stream with create_stream_dependency), every
+// stream's for a write into device memory (SynchronizeBeforeHostWrite: the destination
+// may be memory just freed by a tensor that queued compute-stream kernels still use).
+// The host source of an asynchronous htod copy is read before the call returns, so TF
+// may reuse it at once.
 void MemcpyDtoH(const SP_Device*, SP_Stream stream, void* dst, const SP_DeviceMemoryBase* src, uint64_t size,
                 TF_Status* status) {
   const std::string e = tfmps::device::Synchronize(stream->stream);
@@ -271,13 +275,13 @@ void MemcpyDtoH(const SP_Device*, SP_Stream stream, void* dst, const SP_DeviceMe
 }
 void MemcpyHtoD(const SP_Device*, SP_Stream stream, SP_DeviceMemoryBase* dst, const void* src, uint64_t size,
                 TF_Status* status) {
-  const std::string e = tfmps::device::Synchronize(stream->stream);
+  const std::string e = tfmps::device::SynchronizeBeforeHostWrite(stream->stream);
   if (e.empty() && size != 0) std::memcpy(dst->opaque, src, size);
   Fail(status, e);
 }
 void MemcpyDtoD(const SP_Device*, SP_Stream stream, SP_DeviceMemoryBase* dst, const SP_DeviceMemoryBase* src,
                 uint64_t size, TF_Status* status) {
-  const std::string e = tfmps::device::Synchronize(stream->stream);
+  const std::string e = tfmps::device::SynchronizeBeforeHostWrite(stream->stream);
   if (e.empty() && size != 0) std::memmove(dst->opaque, src->opaque, size);
   Fail(status, e);
 }
@@ -299,7 +303,7 @@ void SyncMemcpyDtoD(const SP_Device*, SP_DeviceMemoryBase* dst, const SP_DeviceM
 }
 void Memset(const SP_Device*, SP_Stream stream, SP_DeviceMemoryBase* location, uint8_t pattern, uint64_t size,
             TF_Status* status) {
-  const std::string e = tfmps::device::Synchronize(stream->stream);
+  const std::string e = tfmps::device::SynchronizeBeforeHostWrite(stream->stream);
   if (e.empty() && size != 0) std::memset(location->opaque, pattern, size);
   Fail(status, e);
 }
@@ -309,7 +313,7 @@ void MemZero(const SP_Device* d, SP_Stream stream, SP_DeviceMemoryBase* location
 // size is in bytes (a multiple of 4), as StreamExecutor's Memset32 takes it.
 void Memset32(const SP_Device*, SP_Stream stream, SP_DeviceMemoryBase* location, uint32_t pattern, uint64_t size,
               TF_Status* status) {
-  const std::string e = tfmps::device::Synchronize(stream->stream);
+  const std::string e = tfmps::device::SynchronizeBeforeHostWrite(stream->stream);
   if (e.empty()) {
     auto* p = static_cast<uint32_t*>(location->opaque);
     for (uint64_t i = 0; i < size / 4; ++i) p[i] = pattern;

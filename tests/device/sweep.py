@@ -1,6 +1,7 @@
 """Run in a child process by tests/test_device_kernels.py, with the tf-mps device on the
 Metal emulation: every device kernel against TensorFlow's CPU kernel on random inputs
-(mode "sweep"), or the ordering stress cases (mode "stress"). Prints one JSON object."""
+(mode "sweep"), the ordering stress cases (mode "stress"), or host writes after queued
+kernels in a fresh process (mode "host_writes"). Prints one JSON object."""
 
 import hashlib
 import json
@@ -13,7 +14,7 @@ import tensorflow as tf
 import tf_mps.device
 
 DEV = tf_mps.device.load()
-rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 0)
 
 
 def f32(*shape, low=-3.0, high=3.0):
@@ -267,6 +268,42 @@ def stress():
     return out
 
 
+def host_writes():
+    """Each case first in a fresh process (argv[2] names it): the device's queued kernels,
+    then a tf.function whose constant TF copies in on the host-to-device stream without
+    ordering it after the compute stream, into memory just freed by a tensor the queued
+    kernels still use."""
+    case = sys.argv[2]
+    if case == "function_constant":
+        x = np.linspace(0, 1, 16, dtype=np.float32).reshape(16, 1)
+        a = tf.constant(x) + 0.0  # on the device: the next ops are queued, not run
+        y = a * 2.0 - 0.5  # the product is freed once the subtraction is queued
+
+        @tf.function
+        def const():
+            return tf.zeros((16, 1))
+
+        const()
+        return {case: y.numpy().ravel().tolist() == (x * 2.0 - 0.5).ravel().tolist()}
+    # The same through Keras: an optimizer built inside a tf.function (its zeros copied
+    # in) after a model's initializers were queued (this overwrote a Dense kernel with
+    # the initializer's minval).
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    opt = keras.optimizers.RMSprop(0.01)
+
+    @tf.function
+    def build():
+        opt.build(m.trainable_variables)
+        return 1
+
+    build()
+    k = m.get_weights()[2]
+    return {case: bool(np.unique(k).size == k.size)}
+
+
 def graph():
     @tf.function
     def f(x):
@@ -278,4 +315,4 @@ def graph():
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps({"sweep": sweep, "stress": stress, "graph": graph}[mode]()))
+    print(json.dumps({"sweep": sweep, "stress": stress, "graph": graph, "host_writes": host_writes}[mode]()))
