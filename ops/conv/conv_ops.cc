@@ -507,5 +507,10 @@ REGISTER_KERNEL_BUILDER(Name("MpsConvCpuIsa").Device(DEVICE_CPU), ConvCpuIsaOp);
 #endif  // TFMPS_DEVICE_KERNELS
 
 }  // namespace
+
+#ifdef TFMPS_DEVICE_KERNELS
+// The device's conv kernels (none yet: on the device the ops run on the CPU device).
+void RegisterDeviceKernels(const char* /*type*/) {}
+#endif  // TFMPS_DEVICE_KERNELS
 }  // namespace conv
 }  // namespace tfmps

@@ -883,6 +883,10 @@ bool RegisterDeviceKernels() {
   if (type == nullptr) return false;
   RegisterStandard(type);
   optim::RegisterDeviceKernels(type);
+  conv::RegisterDeviceKernels(type);
+  pool::RegisterDeviceKernels(type);
+  norm::RegisterDeviceKernels(type);
+  dense::RegisterDeviceKernels(type);
   return true;
 }
 

@@ -37,9 +37,22 @@ bool RegisterDeviceKernels();
 
 }  // namespace device_glue
 
+// Each family's device kernels, defined in its *_ops.cc compiled with TFMPS_DEVICE_KERNELS.
 namespace optim {
-void RegisterDeviceKernels(const char* device_type);  // optim_ops.cc, TFMPS_DEVICE_KERNELS
+void RegisterDeviceKernels(const char* device_type);
 }  // namespace optim
+namespace conv {
+void RegisterDeviceKernels(const char* device_type);
+}  // namespace conv
+namespace pool {
+void RegisterDeviceKernels(const char* device_type);
+}  // namespace pool
+namespace norm {
+void RegisterDeviceKernels(const char* device_type);
+}  // namespace norm
+namespace dense {
+void RegisterDeviceKernels(const char* device_type);
+}  // namespace dense
 
 }  // namespace tfmps
 

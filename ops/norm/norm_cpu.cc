@@ -1,0 +1,1 @@
+// The CPU backend of batch and instance normalization (being written).

@@ -1,0 +1,11 @@
+// TF glue of batch and instance normalization: op definitions, validation, kernels (being written).
+// Compiled twice: into the op library, and with TFMPS_DEVICE_KERNELS into the device's.
+#ifdef TFMPS_DEVICE_KERNELS
+#include "ops/device/device_kernels_glue.h"
+
+namespace tfmps {
+namespace norm {
+void RegisterDeviceKernels(const char* /*type*/) {}
+}  // namespace norm
+}  // namespace tfmps
+#endif  // TFMPS_DEVICE_KERNELS

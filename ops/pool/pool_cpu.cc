@@ -1,0 +1,1 @@
+// The CPU backend of max and average pooling (being written).
