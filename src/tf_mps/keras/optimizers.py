@@ -34,19 +34,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tf_mps.keras._xla import in_xla_context as _in_xla_context
 from tf_mps.ops import optim as _optim
-
-try:  # TensorFlow's own test for "this graph is being compiled by XLA".
-    from tensorflow.python.framework import ops as _tf_ops
-    from tensorflow.python.ops import control_flow_util as _cfu
-
-    def _in_xla_context() -> bool:
-        return bool(_cfu.GraphOrParentsInXlaContext(_tf_ops.get_default_graph()))
-
-except ImportError:  # pragma: no cover - TensorFlow moved it: assume no XLA
-    def _in_xla_context() -> bool:
-        return False
-
 
 _FUSED_KWARGS = ("semantics", "gradient_rescale", "gradient_clip", "regularization", "regularization_scale")
 
