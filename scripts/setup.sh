@@ -3,7 +3,8 @@
 # environment in .venv with TensorFlow, the BLAS wheel and the build tools, then builds
 # and installs tf-mps into it. Idempotent: a second run rebuilds only what changed.
 #
-#   scripts/setup.sh            # the package
+#   scripts/setup.sh            # the package, and what the demo needs (matplotlib, the
+#                               # Fashion-MNIST data from Debian)
 #   scripts/setup.sh --test     # plus the test tools (pytest, hypothesis, pybind11), and
 #                               # clang-19 with what the Metal emulation needs, which it
 #                               # then builds (build/emulation, tools/build_emulation.sh)
@@ -16,7 +17,7 @@ with_test=0
 for arg in "$@"; do
   case "$arg" in
     --test) with_test=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +44,8 @@ if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1; then
     compgen -G "/usr/lib/llvm-19/lib/clang/19/lib/linux/libclang_rt.asan*" >/dev/null || missing+=(libclang-rt-19-dev)
   fi
   command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+  # The demo's data (demo/object_classification.py): Fashion-MNIST, 30 MB.
+  [[ -d /usr/share/datasets/fashion-mnist ]] || missing+=(dataset-fashion-mnist)
   if ((${#missing[@]})); then
     echo "== installing ${missing[*]} (apt)"
     sudo_cmd=""
@@ -67,8 +70,8 @@ case "$(uname -s)" in
 esac
 "${pip[@]}" install -q "${tf_pkgs[@]}" "scikit-build-core>=0.10" cmake ninja
 
-extras=""
-[[ "$with_test" == 1 ]] && extras="[test]"
+extras="[demo]"
+[[ "$with_test" == 1 ]] && extras="[test,demo]"
 echo "== building and installing tf-mps$extras (at most 2 compile jobs)"
 # No build isolation: the build must see the very TensorFlow it will load into.
 "${pip[@]}" install -q --no-build-isolation ".$extras"
