@@ -461,18 +461,22 @@ BAD_INPUT = {
     "out_backprop_shape_filter_grad": (lambda: filter_grad(dy=tf.ones((1, 5, 5, 2))),
                                        r"MpsConv2DBackpropFilter: out_backprop must have the shape of the "
                                        r"convolution's output, \[1,3,3,2\] .* got \[1,5,5,2\]"),
-    # dtypes (the op definitions allow float32 only; int32 size vectors)
+    # dtypes (the op definitions allow float16 and float32; int32 size vectors)
     "dtype_raw_op": (lambda: conv(x=tf.ones((1, 5, 5, 4), tf.float64), f=tf.ones((3, 3, 4, 2), tf.float64)),
-                     r"(?s)Value for attr 'T' of double is not in the list of allowed values: float.*MpsConv2D"),
+                     r"(?s)Value for attr 'T' of double is not in the list of allowed values: half, float"
+                     r".*MpsConv2D"),
+    "dtype_raw_op_mixed": (lambda: conv(x=tf.ones((1, 5, 5, 4), tf.float16), f=F),
+                           r"MpsConv2D as input #1\(zero-based\) was expected to be a half tensor but is a float "
+                           r"tensor"),
     "dtype_input_sizes": (lambda: lib.mps_conv2d_backprop_input(
         input_sizes=tf.constant([1, 5, 5, 4], tf.int64), filter=F, out_backprop=DY, strides=S1, padding="VALID"),
         r"MpsConv2DBackpropInput as input #0\(zero-based\) was expected to be a int32 tensor but is a int64"),
     "dtype_wrapper_x": (lambda: tf_mps.ops.conv2d(tf.ones((1, 5, 5, 4), tf.float64), F),
-                        r"conv2d: x must be float32, got float64"),
+                        r"conv2d: x must be float32 or float16, got float64"),
     "dtype_wrapper_filters": (lambda: tf_mps.ops.conv2d(X, tf.ones((3, 3, 4, 2), tf.float16)),
-                              r"conv2d: filters must be float32, got float16"),
+                              r"conv2d: filters must have x's dtype float32, got float16"),
     "dtype_wrapper_bias": (lambda: tf_mps.ops.conv2d(X, F, bias=tf.ones(2, tf.float64)),
-                           r"conv2d: bias must be float32, got float64"),
+                           r"conv2d: bias must be float32 or float16, got float64"),
     # the Python wrapper's arguments
     "wrapper_strides": (lambda: tf_mps.ops.conv2d(X, F, strides=[1, 2, 3]),
                         r"conv2d: strides must be an int or a list of 1, 2 or 4 ints, got \[1, 2, 3\]"),
@@ -506,12 +510,6 @@ def test_huge_strides_and_dilations_are_exact(device):
     np.testing.assert_array_equal(y.numpy(), np.full((1, 1, 5, 2), 8.0, np.float32))
 
 
-def test_float16_accumulation_is_unimplemented(device):
-    with pytest.raises(tf.errors.UnimplementedError,
-                       match=r"MpsConv2D: accumulator_precision='float16' is not implemented yet"):
-        tf_mps.ops.conv2d(X, F, accumulator_precision="float16")
-
-
 def test_shape_function_reports_at_trace_time(device):
     # Graph construction runs the shape function: the same message, as TF's ValueError.
     @tf.function
@@ -524,3 +522,523 @@ def test_shape_function_reports_at_trace_time(device):
         fn.get_concrete_function(tf.TensorSpec((None, 2, 5, 4)), tf.TensorSpec((3, 3, 4, 2)))
     with pytest.raises(ValueError, match=r"MpsConv2D: input must be 4-D"):
         fn.get_concrete_function(tf.TensorSpec((5, 5, 4)), tf.TensorSpec((3, 3, 4, 2)))
+
+
+# ================================================================ float16
+# Half's unit roundoff: the rounding error of one operation is at most U * |result|.
+U = 2.0**-11
+
+
+def _rand16(shape, seed, scale=1.0):
+    return tf.constant((np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float16))
+
+
+def _to64(t):
+    return tf.constant(np.asarray(t).astype(np.float64))
+
+
+def _pads(size, k, stride, dilation, padding, axis):
+    """(pad before, output size) of one spatial dimension under TF's rules."""
+    eff = (k - 1) * dilation + 1
+    if padding == "SAME":
+        out = -(-size // stride)
+        return max((out - 1) * stride + eff - size, 0) // 2, out
+    before, after = (0, 0) if padding == "VALID" else padding[axis]
+    return before, (size + before + after - eff) // stride + 1
+
+
+def _pair2(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _geometry(x_shape, f_shape, strides, padding, dilations):
+    (sh, sw), (dh, dw) = _pair2(strides), _pair2(dilations)
+    pt, oh = _pads(x_shape[1], f_shape[0], sh, dh, padding, 0)
+    pl, ow = _pads(x_shape[2], f_shape[1], sw, dw, padding, 1)
+    return sh, sw, dh, dw, pt, pl, oh, ow
+
+
+# ---------------------------------------------- the half-accumulation model in NumPy
+# Written from the model's statement (conv.h), independently of the kernels: each step
+# adds the exact product in float64 and rounds to float16 (NumPy rounds float64 to half
+# directly, to nearest even; a float64 sum that is not exact is off by less than 2^-52
+# of acc's size, far from half's rounding boundaries, so it rounds the same).
+def _half_step(acc, term):
+    return (acc.astype(np.float64) + term).astype(np.float16)
+
+
+def half_model_forward(x, w, strides=1, padding="SAME", dilations=1):
+    """acc[n, i, j, o]: terms (kh, kw, c) increasing, taps in the padding skipped."""
+    x, w = np.asarray(x).astype(np.float64), np.asarray(w).astype(np.float64)
+    n, h, wd, c = x.shape
+    kh_n, kw_n, cg, o = w.shape
+    og = o // (c // cg)
+    sh, sw, dh, dw, pt, pl, oh, ow = _geometry(x.shape, w.shape, strides, padding, dilations)
+    group_of = np.arange(o) // og
+    acc = np.zeros((n, oh, ow, o), np.float16)
+    for kh in range(kh_n):
+        rows = np.arange(oh) * sh - pt + kh * dh
+        vr = (rows >= 0) & (rows < h)
+        for kw in range(kw_n):
+            cols = np.arange(ow) * sw - pl + kw * dw
+            valid = (vr[:, None] & ((cols >= 0) & (cols < wd))[None, :])[None, :, :, None]
+            xs = x[:, np.clip(rows, 0, h - 1)][:, :, np.clip(cols, 0, wd - 1)]
+            for ci in range(cg):
+                acc = np.where(valid, _half_step(acc, xs[..., group_of * cg + ci] * w[kh, kw, ci]), acc)
+    return acc
+
+
+def half_model_input_grad(dy, w, x_shape, strides=1, padding="SAME", dilations=1):
+    """acc[n, h, v, c]: terms (kh, kw, o) increasing over the taps that reach (h, v)."""
+    dy, w = np.asarray(dy).astype(np.float64), np.asarray(w).astype(np.float64)
+    n, h, wd, c = x_shape
+    kh_n, kw_n, cg, o = w.shape
+    og = o // (c // cg)
+    sh, sw, dh, dw, pt, pl, oh, ow = _geometry(x_shape, w.shape, strides, padding, dilations)
+    group_of, within = np.arange(c) // cg, np.arange(c) % cg
+    acc = np.zeros(x_shape, np.float16)
+    for kh in range(kh_n):
+        num = np.arange(h) + pt - kh * dh
+        vr = (num % sh == 0) & (num // sh >= 0) & (num // sh < oh)
+        for kw in range(kw_n):
+            num_c = np.arange(wd) + pl - kw * dw
+            vc = (num_c % sw == 0) & (num_c // sw >= 0) & (num_c // sw < ow)
+            valid = (vr[:, None] & vc[None, :])[None, :, :, None]
+            ys = dy[:, np.clip(num // sh, 0, oh - 1)][:, :, np.clip(num_c // sw, 0, ow - 1)]
+            for k in range(og):
+                term = ys[..., group_of * og + k] * w[kh, kw, within, group_of * og + k]
+                acc = np.where(valid, _half_step(acc, term), acc)
+    return acc
+
+
+def half_model_filter_grad(x, dy, f_shape, strides=1, padding="SAME", dilations=1):
+    """(dw, db): terms (n, i, j) increasing; dw skips the pixels whose tap is in the padding."""
+    x, dy = np.asarray(x).astype(np.float64), np.asarray(dy).astype(np.float64)
+    n_n, h, wd, c = x.shape
+    kh_n, kw_n, cg, o = f_shape
+    og = o // (c // cg)
+    sh, sw, dh, dw, pt, pl, oh, ow = _geometry(x.shape, f_shape, strides, padding, dilations)
+    chan = (np.arange(o) // og)[None, :] * cg + np.arange(cg)[:, None]  # [cg, O]: x's channel
+    acc = np.zeros(f_shape, np.float16)
+    db = np.zeros(o, np.float16)
+    for n in range(n_n):
+        for i in range(oh):
+            rows = i * sh - pt + np.arange(kh_n) * dh
+            for j in range(ow):
+                cols = j * sw - pl + np.arange(kw_n) * dw
+                valid = (((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < wd))[None, :])[..., None, None]
+                xs = x[n, np.clip(rows, 0, h - 1)][:, np.clip(cols, 0, wd - 1)]  # [KH, KW, C]
+                term = xs[:, :, chan] * dy[n, i, j]
+                acc = np.where(valid, _half_step(acc, term), acc)
+                db = _half_step(db, dy[n, i, j])
+    return acc, db
+
+
+def _epilogue(acc, bias, relu, dtype):
+    out = acc.astype(np.float32)
+    if bias is not None:
+        out = out + np.asarray(bias).astype(np.float32)
+    out = out.astype(dtype)
+    return np.where(out < 0, np.zeros((), dtype), out) if relu else out
+
+
+def _halves(t):
+    """The half values the model's operands take (float32 data is rounded first)."""
+    return np.asarray(t).astype(np.float16)
+
+
+def _assert_bits(actual, expected, what):
+    actual = np.asarray(actual)
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} vs {expected.dtype}"
+    # assert_array_equal: +0 == -0 (a skipped padding term would add one or the other),
+    # NaN == NaN, and every other value bit for bit.
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+HALF_CASES = [
+    # (x shape, filter shape, kwargs)
+    ((2, 5, 6, 3), (3, 3, 3, 5), dict(padding="SAME")),
+    ((2, 7, 6, 4), (3, 2, 2, 6), dict(strides=[2, 1], padding=[[1, 0], [2, 1]], dilations=[1, 2], groups=2)),
+    ((2, 6, 7, 4), (3, 3, 1, 8), dict(strides=2, padding="VALID", groups=4)),  # depthwise, multiplier 2
+    ((1, 4, 5, 20), (1, 1, 20, 37), dict(padding="VALID")),  # 1x1, blocks of 16 lanes and a tail
+    ((2, 9, 8, 3), (3, 3, 3, 4), dict(strides=3, padding="SAME")),  # stride phases in dx
+]
+
+
+def _run_all(x, f, dy, bias, relu, precision, kw):
+    """Forward (with bias and relu), dx and (dw, db) of the ops, with the given dtype."""
+    groups = kw.get("groups", 1)
+    attrs = dict(strides=_pair("strides", kw.get("strides", 1)), dilations=_pair("dilations", kw.get("dilations", 1)))
+    padding, explicit = _padding_attr(kw.get("padding", "SAME"))
+    attrs.update(padding=padding, explicit_paddings=explicit, accumulator_precision=precision)
+    y = tf_mps.ops.conv2d(x, f, strides=kw.get("strides", 1), padding=kw.get("padding", "SAME"),
+                          dilations=kw.get("dilations", 1), groups=groups, bias=bias,
+                          activation="relu" if relu else None, accumulator_precision=precision)
+    dx = lib.mps_conv2d_backprop_input(input_sizes=x.shape, filter=f, out_backprop=dy, **attrs)
+    dw, (db,) = lib.mps_conv2d_backprop_filter(input=x, filter_sizes=f.shape, out_backprop=dy, num_bias=1, **attrs)
+    return y, dx, dw, db
+
+
+def _pair(name, v):
+    from tf_mps.ops import conv as conv_module
+    return conv_module._pair(name, v)
+
+
+def _padding_attr(p):
+    from tf_mps.ops import conv as conv_module
+    return conv_module._padding(p)
+
+
+def _model_all(x, f, dy, bias, relu, dtype, kw):
+    args = dict(strides=kw.get("strides", 1), padding=kw.get("padding", "SAME"), dilations=kw.get("dilations", 1))
+    xh, fh, dyh = _halves(x), _halves(f), _halves(dy)
+    y = _epilogue(half_model_forward(xh, fh, **args), bias, relu, dtype)
+    dx = half_model_input_grad(dyh, fh, xh.shape, **args).astype(dtype)
+    dw, db = half_model_filter_grad(xh, dyh, fh.shape, **args)
+    return y, dx, dw.astype(dtype), db.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("case", range(len(HALF_CASES)))
+def test_half_accumulation_is_the_model_bit_for_bit(device, case, dtype):
+    xs, fs, kw = HALF_CASES[case]
+    x, f = _rand16(xs, 30 + case), _rand16(fs, 40 + case)
+    bias = _rand16((fs[-1],), 50 + case)
+    y_shape = half_model_forward(_halves(x), _halves(f), strides=kw.get("strides", 1),
+                                 padding=kw.get("padding", "SAME"), dilations=kw.get("dilations", 1)).shape
+    dy = _rand16(y_shape, 60 + case)
+    if dtype == np.float32:  # float32 data: the op rounds it to half itself; give it more bits
+        x, f, dy, bias = (tf.cast(t, tf.float32) * 1.0001 for t in (x, f, dy, bias))
+    ours = _run_all(x, f, dy, bias, True, "float16", kw)
+    model = _model_all(x, f, dy, bias, True, dtype, kw)
+    for name, a, b in zip(["output", "d_input", "d_filter", "d_bias"], ours, model):
+        _assert_bits(a, b, name)
+
+
+def test_half_accumulation_stagnates_and_overflows(device):
+    # 1x1 convolutions where half accumulation and float32 differ by design.
+    # 4096 terms of 1: the half sum stops at 2048 (2048 + 1 rounds to even, 2048).
+    x = tf.ones((1, 1, 1, 4096), tf.float16)
+    f = tf.ones((1, 1, 4096, 1), tf.float16)
+    assert tf_mps.ops.conv2d(x, f, accumulator_precision="float16").numpy().item() == 2048
+    assert tf_mps.ops.conv2d(x, f).numpy().item() == 4096
+    # +40000 +40000 -40000 -40000: the half partial sum overflows to inf and stays there;
+    # in float32 the sum is 0.
+    x = tf.ones((1, 1, 1, 4), tf.float16)
+    f = tf.constant([40000, 40000, -40000, -40000], tf.float16, shape=(1, 1, 4, 1))
+    assert tf_mps.ops.conv2d(x, f, accumulator_precision="float16").numpy().item() == np.inf
+    assert tf_mps.ops.conv2d(x, f).numpy().item() == 0
+    # The order matters: -40000 first ends at -inf.
+    f = tf.reverse(f, [2])
+    assert tf_mps.ops.conv2d(x, f, accumulator_precision="float16").numpy().item() == -np.inf
+    # The bias is added in float32 after the sum: 2048 (half) + 0.5 rounds to float32 2048.5.
+    x32, f32 = tf.ones((1, 1, 1, 4096)), tf.ones((1, 1, 4096, 1))
+    y = tf_mps.ops.conv2d(x32, f32, bias=tf.constant([0.5]), accumulator_precision="float16")
+    assert y.dtype == tf.float32 and y.numpy().item() == 2048.5
+
+
+def test_float32_data_is_rounded_to_half_for_half_accumulation(device):
+    # 1 + 2^-12 is not a half: rounded to 1 before the product.
+    x = tf.fill((1, 1, 1, 1), 1.0 + 2.0**-12)
+    f = tf.ones((1, 1, 1, 1))
+    assert tf_mps.ops.conv2d(x, f, accumulator_precision="float16").numpy().item() == 1.0
+    assert tf_mps.ops.conv2d(x, f).numpy().item() == np.float32(1.0 + 2.0**-12)
+
+
+def _abs_conv64(x, f, kw):
+    """conv(|x|, |f|) in float64: the scale of the rounding error bound."""
+    return reference(tf.abs(_to64(x)), tf.abs(_to64(f)), kw.get("strides", 1), kw.get("padding", "SAME"),
+                     kw.get("dilations", 1), kw.get("groups", 1)).numpy()
+
+
+@pytest.mark.parametrize("case", range(len(HALF_CASES)))
+def test_float16_matches_tf_in_float64(device, case):
+    # float16 data, both accumulations, against tf.nn.conv2d in float64 on the same halves.
+    # float32 accumulation rounds once: |err| <= U |y| (+ float32's rounding, far below).
+    # Half accumulation rounds each of the K = KH*KW*Cg terms' partial sums: the classic
+    # bound of recursive summation, |err| <= K U / (1 - K U) * conv(|x|, |w|), plus U |y|.
+    xs, fs, kw = HALF_CASES[case]
+    x, f = _rand16(xs, 70 + case), _rand16(fs, 71 + case)
+    ref = reference(_to64(x), _to64(f), kw.get("strides", 1), kw.get("padding", "SAME"), kw.get("dilations", 1),
+                    kw.get("groups", 1)).numpy()
+    y32 = tf_mps.ops.conv2d(x, f, **kw).numpy().astype(np.float64)
+    assert np.all(np.abs(y32 - ref) <= U * np.abs(ref) * (1 + 1e-4) + 1e-30)
+    y16 = tf_mps.ops.conv2d(x, f, accumulator_precision="float16", **kw).numpy().astype(np.float64)
+    k = fs[0] * fs[1] * fs[2]
+    bound = k * U / (1 - k * U) * _abs_conv64(x, f, kw) + U * np.abs(ref) + 1e-30
+    assert np.all(np.abs(y16 - ref) <= bound)
+
+
+@pytest.mark.parametrize("case", range(len(HALF_CASES)))
+def test_float16_gradients_match_tf_in_float64(device, case):
+    # float16 data with float32 accumulation: gradients computed in float32, rounded once.
+    xs, fs, kw = HALF_CASES[case]
+    x, f, b = _rand16(xs, 80 + case), _rand16(fs, 81 + case), _rand16((fs[-1],), 82 + case)
+    srcs64 = [_to64(t) for t in (x, f, b)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, f, b] + srcs64)
+        y = tf_mps.ops.conv2d(x, f, bias=b, **kw)
+        z = reference(*srcs64[:2], kw.get("strides", 1), kw.get("padding", "SAME"), kw.get("dilations", 1),
+                      kw.get("groups", 1), srcs64[2])
+    assert y.dtype == tf.float16
+    dy = _rand16(y.shape, 83 + case)
+    ours = tape.gradient(y, [x, f, b], output_gradients=dy)
+    theirs = tape.gradient(z, srcs64, output_gradients=_to64(dy))
+    for name, a, t in zip(["d_input", "d_filter", "d_bias"], ours, theirs):
+        assert a.dtype == tf.float16, name
+        assert_rel_close(a, t, 2 * U, name)
+
+
+# ================================================================ conv2d_transpose
+conv2d_transpose = tf_mps.ops.conv.conv2d_transpose
+
+
+def _out_size(size, k, stride, dilation, padding):
+    """The largest transposed output size whose convolution gives `size` (TF's choice in
+    Keras: VALID (size-1)*s + eff, SAME size*s)."""
+    eff = (k - 1) * dilation + 1
+    return size * stride if padding == "SAME" else (size - 1) * stride + eff
+
+
+TRANSPOSE_CASES = [
+    # (x shape, filter shape [h, w, out, in], strides, padding, dilations, output_shape or None)
+    ((2, 4, 5, 6), (3, 3, 7, 6), 1, "SAME", 1, None),
+    ((2, 4, 5, 6), (3, 3, 7, 6), 2, "SAME", 1, None),
+    ((2, 4, 5, 6), (3, 3, 7, 6), 2, "SAME", 1, (2, 7, 9, 7)),  # the other size stride 2 allows
+    ((1, 3, 4, 5), (3, 2, 4, 5), [2, 3], "VALID", 1, None),
+    ((2, 5, 5, 3), (3, 3, 2, 3), 1, "VALID", 2, None),  # dilated
+    ((2, 6, 6, 20), (2, 2, 18, 20), 2, "VALID", 1, None),  # wide channels (indirect GEMM on x86)
+]
+
+
+def _transpose_case(i, dtype=np.float32):
+    xs, fs, s, padding, d, out = TRANSPOSE_CASES[i]
+    (sh, sw), (dh, dw) = _pair2(s), _pair2(d)
+    if out is None:
+        out = (xs[0], _out_size(xs[1], fs[0], sh, dh, padding), _out_size(xs[2], fs[1], sw, dw, padding), fs[2])
+    rng = np.random.default_rng(90 + i)
+    x = tf.constant(rng.standard_normal(xs).astype(dtype))
+    f = tf.constant(rng.standard_normal(fs).astype(dtype))
+    b = tf.constant(rng.standard_normal(fs[2]).astype(dtype))
+    return x, f, b, list(out), dict(strides=s, padding=padding, dilations=d)
+
+
+def _tf_transpose(x, f, out, kw):
+    # TF's float64 conv2d_transpose takes no dilations on the CPU: a dilated filter instead.
+    return tf.nn.conv2d_transpose(x, _dilate(f, kw["dilations"]), out, kw["strides"], kw["padding"])
+
+
+@pytest.mark.parametrize("case", range(len(TRANSPOSE_CASES)))
+def test_transpose_matches_tf(device, case):
+    x, f, b, out, kw = _transpose_case(case)
+    srcs64 = [_to64(t) for t in (x, f, b)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, f, b] + srcs64)
+        y = conv2d_transpose(x, f, out, bias=b, activation="relu", **kw)
+        z = _tf_transpose(srcs64[0], srcs64[1], out, kw) + srcs64[2]
+    assert y.shape == out
+    assert_rel_close(y, tf.nn.relu(z), RTOL, "output")
+    dy = _rand(y.shape, 100 + case)
+    ours = tape.gradient(y, [x, f, b], output_gradients=dy)
+    theirs = tape.gradient(z, srcs64, output_gradients=_to64(dy * tf.cast(y > 0, tf.float32)))
+    for name, a, t in zip(["d_input", "d_filter", "d_bias"], ours, theirs):
+        assert_rel_close(a, t, RTOL, name)
+
+
+@pytest.mark.parametrize("case", [0, 1, 3])
+def test_transpose_float16(device, case):
+    x, f, b, out, kw = _transpose_case(case, np.float16)
+    ref = (_tf_transpose(_to64(x), _to64(f), out, kw) + _to64(b)).numpy()
+    y = conv2d_transpose(x, f, out, bias=b, **kw)
+    assert y.dtype == tf.float16
+    assert_rel_close(y, ref, 2 * U, "float32 accumulation")
+    # Half accumulation: the model's dx plus the bias in float32, bit for bit.
+    (sh, sw), (dh, dw) = _pair2(kw["strides"]), _pair2(kw["dilations"])
+    acc = half_model_input_grad(x.numpy(), f.numpy(), tuple(out), kw["strides"], kw["padding"], kw["dilations"])
+    yh = conv2d_transpose(x, f, out, bias=b, accumulator_precision="float16", **kw)
+    _assert_bits(yh, _epilogue(acc, b.numpy(), False, np.float16), "half accumulation")
+    # and its gradients are the half-accumulated conv2d and filter gradient
+    with tf.GradientTape() as tape:
+        tape.watch([x, f])
+        yh = conv2d_transpose(x, f, out, accumulator_precision="float16", **kw)
+    dy = _rand16(yh.shape, 110 + case)
+    dx, df = tape.gradient(yh, [x, f], output_gradients=dy)
+    args = dict(strides=kw["strides"], padding=kw["padding"], dilations=kw["dilations"])
+    _assert_bits(dx, half_model_forward(dy.numpy(), f.numpy(), **args), "d_input")
+    _assert_bits(df, half_model_filter_grad(dy.numpy(), x.numpy(), f.shape, **args)[0], "d_filter")
+
+
+@pytest.mark.parametrize("case", [1, 3])
+def test_transpose_compute_gradient(device, case):
+    x, f, b, out, kw = _transpose_case(case)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x, f, b: conv2d_transpose(x, f, out, bias=b, **kw), [x, f, b], delta=1e-2)
+    for name, t, n in zip(["input", "filter", "bias"], theoretical, numerical):
+        assert_rel_close(t, n, RTOL_NUMERIC_GRADIENT, name)
+
+
+def test_transpose_in_tf_function(device):
+    x, f, _, out, kw = _transpose_case(1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 5, 6]), tf.TensorSpec(None, tf.int32)])
+    def fn(x, shape):
+        return conv2d_transpose(x, f, shape, **kw)
+
+    y = fn(x, tf.constant(out))
+    assert_rel_close(y, _tf_transpose(_to64(x), _to64(f), out, kw), RTOL, "output")
+    shape = fn.get_concrete_function().outputs[0].shape
+    assert shape.rank == 4
+
+
+@st.composite
+def transpose_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    d = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    padding = draw(st.sampled_from(["SAME", "VALID"]))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    cin, cout = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    # Any output size whose convolution gives (h, w): from the largest, up to stride - 1 less.
+    out_h = _out_size(h, kh, s[0], d[0], padding) - draw(st.integers(0, s[0] - 1))
+    out_w = _out_size(w, kw, s[1], d[1], padding) - draw(st.integers(0, s[1] - 1))
+    if padding == "VALID":
+        out_h, out_w = max(out_h, (kh - 1) * d[0] + 1), max(out_w, (kw - 1) * d[1] + 1)
+    return dict(x=(n, h, w, cin), f=(kh, kw, cout, cin), out=[n, out_h, out_w, cout], strides=s, dilations=d,
+                padding=padding, seed=draw(st.integers(0, 2**16)))
+
+
+@hypothesis_settings
+@given(case=transpose_cases())
+def test_transpose_random_shapes(device, case):
+    kw = dict(strides=case["strides"], padding=case["padding"], dilations=case["dilations"])
+    sh, sw, dh, dw, pt, pl, oh, ow = _geometry(case["out"], case["f"], kw["strides"], kw["padding"], kw["dilations"])
+    if (oh, ow) != case["x"][1:3]:  # VALID with a size below the largest may not convolve back
+        return
+    x, f = _rand(case["x"], case["seed"]), _rand(case["f"], case["seed"] + 1)
+    srcs64 = [_to64(x), _to64(f)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, f] + srcs64)
+        y = conv2d_transpose(x, f, case["out"], **kw)
+        z = _tf_transpose(*srcs64, case["out"], kw)
+    assert_rel_close(y, z, RTOL, "output")
+    dy = _rand(y.shape, case["seed"] + 2)
+    for name, a, t in zip(["d_input", "d_filter"], tape.gradient(y, [x, f], output_gradients=dy),
+                          tape.gradient(z, srcs64, output_gradients=_to64(dy))):
+        assert_rel_close(a, t, RTOL, name)
+
+
+@st.composite
+def half_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.integers(1, 4)), draw(st.integers(1, 20))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    s = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    d = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    padding = draw(st.sampled_from(["SAME", "VALID"]))
+    h = draw(st.integers((kh - 1) * d[0] + 1, 7))
+    w = draw(st.integers((kw - 1) * d[1] + 1, 7))
+    return dict(x=(draw(st.integers(1, 2)), h, w, groups * cg), f=(kh, kw, cg, groups * og),
+                kw=dict(strides=s, dilations=d, padding=padding, groups=groups),
+                scale=draw(st.sampled_from([1.0, 30.0, 1e-3])), seed=draw(st.integers(0, 2**16)))
+
+
+@hypothesis_settings
+@given(case=half_cases())
+def test_half_accumulation_random_shapes(device, case):
+    s, kw = case["seed"], case["kw"]
+    x, f = _rand16(case["x"], s, case["scale"]), _rand16(case["f"], s + 1, case["scale"])
+    b = _rand16((case["f"][-1],), s + 2)
+    y_shape = half_model_forward(x.numpy(), f.numpy(), kw["strides"], kw["padding"], kw["dilations"]).shape
+    dy = _rand16(y_shape, s + 3)
+    ours = _run_all(x, f, dy, b, False, "float16", kw)
+    for name, a, m in zip(["output", "d_input", "d_filter", "d_bias"], ours,
+                          _model_all(x, f, dy, b, False, np.float16, kw)):
+        _assert_bits(a, m, name)
+
+
+# ---------------------------------------------------------------- transpose: bad input
+XT = tf.ones((1, 3, 3, 2))  # the convolution of a [1, 5, 5, 4] image by FT, VALID
+FT = tf.ones((3, 3, 4, 2))  # [h, w, out, in]
+
+
+def transpose(x=XT, f=FT, shape=(1, 5, 5, 4), bias=(), strides=S1, padding="VALID", **kw):
+    return lib.mps_conv2d_transpose(input=x, filter=f, output_shape=tf.constant(shape, tf.int32), bias=list(bias),
+                                    strides=strides, padding=padding, **kw)
+
+
+BAD_TRANSPOSE = {
+    "input_rank": (lambda: transpose(x=tf.ones((3, 3, 2))),
+                   r"MpsConv2DTranspose: input must be 4-D \[batch, height, width, channels\] \(NHWC\), got shape "
+                   r"\[3,3,2\]"),
+    "filter_rank": (lambda: transpose(f=tf.ones((3, 3, 4))),
+                    r"MpsConv2DTranspose: filter must be 4-D \[filter_height, filter_width, out_channels / groups, "
+                    r"in_channels\] \(tf.nn.conv2d_transpose's\), got shape \[3,3,4\]"),
+    "output_shape_length": (lambda: transpose(shape=(1, 5, 5)),
+                            r"MpsConv2DTranspose: output_shape must be a 1-D tensor of 4 elements, got shape \[3\]"),
+    "output_shape_mismatch": (lambda: transpose(shape=(1, 6, 5, 4)),
+                              r"MpsConv2DTranspose: input must have the shape that convolving an image of "
+                              r"output_shape \[1, 6, 5, 4\] with filter \[3, 3, 4, 2\] under these strides, dilations "
+                              r"and padding gives .*expected \[1,4,3,2\], got \[1,3,3,2\]"),
+    "output_shape_batch": (lambda: transpose(shape=(2, 5, 5, 4)),
+                           r"MpsConv2DTranspose: input must have the shape .* expected \[2,3,3,2\], got \[1,3,3,2\]"),
+    "filter_in_channels": (lambda: transpose(f=tf.ones((3, 3, 4, 3))),
+                           r"MpsConv2DTranspose: input must have the shape .*expected \[1,3,3,3\], got \[1,3,3,2\]"),
+    "output_channels": (lambda: transpose(shape=(1, 5, 5, 6)),
+                        r"MpsConv2DTranspose: input depth must be evenly divisible by filter depth: 6 vs 4 .*"
+                        r"\(output_shape \[1, 5, 5, 6\], filter \[3, 3, 4, 2\]\)"),
+    "output_shape_negative": (lambda: transpose(shape=(1, -5, 5, 4)),
+                              r"MpsConv2DTranspose: input must have a batch >= 0 and positive height"),
+    "filter_larger_than_output": (lambda: transpose(shape=(1, 2, 5, 4)),
+                                  r"MpsConv2DTranspose: the filter is larger than the padded input"),
+    "strides": (lambda: transpose(strides=[1, 0, 1, 1]),
+                r"MpsConv2DTranspose: strides must be >= 1 in height and width, got \[1, 0, 1, 1\]"),
+    "bias_size": (lambda: transpose(bias=[tf.ones(2)]),
+                  r"MpsConv2DTranspose: bias must be 1-D with one value per output channel \(output_shape's last "
+                  r"entry, 4\), got shape \[2\]"),
+    "bias_list_length": (lambda: transpose(bias=[tf.ones(4), tf.ones(4)]),
+                         r"MpsConv2DTranspose: bias must be a list of 0 or 1 tensors, got 2"),
+    "dtype_output_shape": (lambda: lib.mps_conv2d_transpose(input=XT, filter=FT, output_shape=tf.constant(
+        [1, 5, 5, 4], tf.int64), bias=[], strides=S1, padding="VALID"),
+        r"MpsConv2DTranspose as input #2\(zero-based\) was expected to be a int32 tensor but is a int64"),
+    "wrapper_dtype": (lambda: conv2d_transpose(tf.ones((1, 3, 3, 2), tf.float64), FT, [1, 5, 5, 4]),
+                      r"conv2d_transpose: x must be float32 or float16, got float64"),
+    "wrapper_filter_dtype": (lambda: conv2d_transpose(XT, tf.cast(FT, tf.float16), [1, 5, 5, 4]),
+                             r"conv2d_transpose: filters must have x's dtype float32, got float16"),
+    "wrapper_output_shape": (lambda: conv2d_transpose(XT, FT, [1, 5, 5]),
+                             r"conv2d_transpose: output_shape must be 4 ints \[batch, height, width, channels\], "
+                             r"got shape \(3,\)"),
+    "wrapper_output_shape_type": (lambda: conv2d_transpose(XT, FT, [1.5, 5, 5, 4]),
+                                  r"conv2d_transpose: output_shape must be int32 or int64, got float32"),
+    "wrapper_accumulator": (lambda: conv2d_transpose(XT, FT, [1, 5, 5, 4], accumulator_precision="half"),
+                            r"conv2d_transpose: accumulator_precision must be 'float32' or 'float16', got 'half'"),
+    "wrapper_padding": (lambda: conv2d_transpose(XT, FT, [1, 5, 5, 4], padding="FULL"),
+                        r"conv2d: padding must be 'SAME', 'VALID'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TRANSPOSE))
+def test_transpose_bad_input(device, name):
+    fn, pattern = BAD_TRANSPOSE[name]
+    with pytest.raises(INVALID, match=pattern):
+        fn()
+
+
+def test_transpose_shape_function_reports_at_trace_time(device):
+    @tf.function
+    def fn(x):
+        return lib.mps_conv2d_transpose(input=x, filter=FT, output_shape=[1, 6, 5, 4], bias=[], strides=S1,
+                                        padding="VALID")
+
+    with pytest.raises(ValueError, match=r"MpsConv2DTranspose: input must have the shape that convolving"):
+        fn.get_concrete_function(tf.TensorSpec((1, 3, 3, 2)))
+    assert fn.get_concrete_function(tf.TensorSpec((1, 4, 3, 2))).outputs[0].shape == [1, 6, 5, 4]
+
+
+def test_float16_bad_inputs_name_the_argument(device):
+    x16, f16 = tf.cast(X, tf.float16), tf.cast(F, tf.float16)
+    with pytest.raises(INVALID, match=r"MpsConv2D: bias must be 1-D .* got shape \[3\]"):
+        conv(x=x16, f=f16, bias=[tf.ones(3, tf.float16)], accumulator_precision="float16")
+    with pytest.raises(INVALID, match=r"MpsConv2DBackpropFilter: out_backprop must have the shape"):
+        filter_grad(x=x16, dy=tf.ones((1, 5, 5, 2), tf.float16), accumulator_precision="float16")
+    with pytest.raises(INVALID, match=r"conv2d: bias must have x's dtype float16, got float32"):
+        tf_mps.ops.conv2d(x16, f16, bias=tf.ones(2))

@@ -124,6 +124,49 @@ void Conv2DForwardCpu(const Conv2DGeometry& g, const Conv2DForwardArgs& a, const
 void Conv2DBackpropInputCpu(const Conv2DGeometry& g, const Conv2DBackpropInputArgs& a, const CpuContext& cpu);
 void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilterArgs& a, const CpuContext& cpu);
 
+// ------------------------------------------------- float16 and half accumulation
+// float16 data. The glue converts float16 tensors to float32 (exact) and back (round to
+// nearest even, overflow to inf), so every backend function above also serves float16
+// with accumulator_precision "float32": computed in float32, rounded once at the end.
+//
+// accumulator_precision "float16" (Metal's MPSNNConvolutionAccumulatorPrecisionOptionHalf),
+// emulated exactly by the *HalfAcc* functions below, one model for every reduction:
+//   acc = +0 (half); for each term t of the reduction in its fixed order:
+//     acc = round_to_half(acc + x_t * w_t)
+// where x_t * w_t, a product of two halves, is exact in float32, the sum is rounded
+// once from its exact value (round to nearest even, overflow to +-inf), and terms whose
+// input pixel lies in the padding are skipped (they would add +-0). The orders:
+//   forward    y[n,i,j,o]:   kh, kw, then c < Cg, increasing (taps inside the image)
+//   dx         dx[n,h,v,c]:  kh, kw, then o < Og, increasing (taps that reach (h, v))
+//   dw         dw[kh,kw,c,o]: n, i, j increasing (output pixels whose tap is inside)
+//   db         db[o]:        n, i, j increasing, terms dy * 1
+// Then (forward only) out = float32(acc) + bias[o] in float32, rounded to the output
+// dtype by the glue, then the activation. Inputs must hold half values (the glue rounds
+// float32 data to half first). Outputs are float32 holding half values (acc), or the
+// float32 sum with the bias. No BLAS: vectorized over the output channels (forward, dw,
+// db) or the input channels (dx) of a block, the reduction order kept per lane; F16C
+// on x86 (conv_cpu_half.inc). A study tool: it shows on Linux what half accumulation
+// does to a layer before running it on a Mac (docs/fp16-accumulation.md).
+int64_t Conv2DForwardHalfAccCpuWorkspace(const Conv2DGeometry& g, int threads);
+int64_t Conv2DBackpropInputHalfAccCpuWorkspace(const Conv2DGeometry& g, int threads);
+int64_t Conv2DBackpropFilterHalfAccCpuWorkspace(const Conv2DGeometry& g, int threads, bool bias);
+void Conv2DForwardHalfAccCpu(const Conv2DGeometry& g, const Conv2DForwardArgs& a, const CpuContext& cpu);
+void Conv2DBackpropInputHalfAccCpu(const Conv2DGeometry& g, const Conv2DBackpropInputArgs& a, const CpuContext& cpu);
+void Conv2DBackpropFilterHalfAccCpu(const Conv2DGeometry& g, const Conv2DBackpropFilterArgs& a,
+                                    const CpuContext& cpu);
+
+// Element-wise helpers for the glue (IEEE binary16 bit patterns as uint16_t), on
+// `cpu.parallel`: exact half -> float; float -> half rounded to nearest even (overflow
+// to inf, NaN stays NaN); and float -> nearest half value, kept as float.
+void HalfToFloatCpu(const uint16_t* in, float* out, int64_t n, const CpuContext& cpu);
+void FloatToHalfCpu(const float* in, uint16_t* out, int64_t n, const CpuContext& cpu);
+void RoundToHalfCpu(const float* in, float* out, int64_t n, const CpuContext& cpu);
+
+// y[r, :] = act(y[r, :] + bias) for rows r of a [rows, cols] array (bias: [cols] or
+// nullptr): the transposed convolution's fused epilogue.
+void BiasActivationCpu(float* y, int64_t rows, int64_t cols, const float* bias, Activation activation,
+                       const CpuContext& cpu);
+
 // Which build of the vectorized code runs: "avx512" (indirect GEMM on AVX-512, loops on
 // AVX2), "avx2" or "base" (BLAS and portable loops); TFMPS_CONV_ISA=base|avx2 narrows it.
 const char* ConvCpuIsa();

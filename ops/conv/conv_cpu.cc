@@ -41,6 +41,7 @@
 // blocks also beat one whole-layer sgemm per core (88-97 against 70-85 GFLOP/s).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -102,9 +103,50 @@ struct IgemmFilterJob {
   bool bias;
 };
 
+// One destination grid of the half-accumulation gather (conv_cpu_half.inc): pixel
+// (n, a, b) of dst [batch, dst_h, dst_w, dst_c] sums, per group and lane, the terms
+// (tap a, tap b, source channel k < cin) in increasing order, reading source pixel
+// (n, src_a, src_b) of src [batch, src_h, src_w, src_c] with src_a = a*stride_a +
+// ta*dil_a - pad_a (forward) or (a + pad_a - ta*dil_a) / stride_a where that divides
+// (transposed: the input gradient); likewise b. packed[g][block][ta*k_b + tb][k][lane]
+// holds the filter, kHalfLanes lanes per block, zero past cout.
+constexpr int kHalfLanes = 16;
+struct HalfGatherJob {
+  bool transposed;
+  int64_t batch, dst_h, dst_w, dst_c;
+  float* dst;
+  const float* src;
+  int64_t src_h, src_w, src_c;
+  int64_t k_a, k_b, stride_a, stride_b, dil_a, dil_b, pad_a, pad_b;
+  int64_t groups, cin, cout;
+  const float* packed;
+  const float* bias;  // [groups * cout] or nullptr (forward)
+  bool relu;
+};
+
 namespace isa_base {
 #include "ops/conv/conv_cpu_loops.inc"  // NOLINT(build/include)
+#include "ops/conv/conv_cpu_half.inc"   // NOLINT(build/include)
 }  // namespace isa_base
+
+#if defined(TFMPS_CONV_HAVE_X86_BUILDS)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+namespace isa_f16c {
+#define TFMPS_CONV_F16C 1
+#include "ops/conv/conv_cpu_half.inc"  // NOLINT(build/include)
+#undef TFMPS_CONV_F16C
+}  // namespace isa_f16c
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
 
 #if defined(TFMPS_CONV_HAVE_X86_BUILDS)
 #if defined(__clang__)
@@ -962,6 +1004,175 @@ void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilter
   }
   SumPartials(partials, stride, plan.units, filter, a.filter_backprop, cpu);
   if (bias) SumPartials(partials + filter, stride, plan.units, O, a.bias_backprop, cpu);
+}
+
+// ============================================================ float16 (conv.h)
+namespace {
+
+// The half loops of one build: F16C where the processor has it (and TFMPS_CONV_ISA is
+// not "base"), else portable. Both round exactly: the same bits.
+struct HalfLoops {
+  decltype(&isa_base::HalfToFloatRange) to_float;
+  decltype(&isa_base::FloatToHalfRange) to_half;
+  decltype(&isa_base::RoundToHalfRange) round;
+  decltype(&isa_base::HalfGatherUnits) gather;
+  decltype(&isa_base::HalfFilterRows) filter_rows;
+  decltype(&isa_base::HalfBiasBlocks) bias_blocks;
+};
+
+const HalfLoops& H() {
+  static const HalfLoops loops = [] {
+#if defined(TFMPS_CONV_HAVE_X86_BUILDS)
+    const char* env = std::getenv("TFMPS_CONV_ISA");
+    if ((env == nullptr || std::string(env) != "base") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("f16c")) {
+      return HalfLoops{isa_f16c::HalfToFloatRange, isa_f16c::FloatToHalfRange, isa_f16c::RoundToHalfRange,
+                       isa_f16c::HalfGatherUnits,  isa_f16c::HalfFilterRows,   isa_f16c::HalfBiasBlocks};
+    }
+#endif
+    return HalfLoops{isa_base::HalfToFloatRange, isa_base::FloatToHalfRange, isa_base::RoundToHalfRange,
+                     isa_base::HalfGatherUnits,  isa_base::HalfFilterRows,   isa_base::HalfBiasBlocks};
+  }();
+  return loops;
+}
+
+// Cycles of one half-accumulation step per lane block (ParallelFor's split).
+constexpr int64_t kHalfStepCycles = 12;
+constexpr int64_t kConvertChunk = 16384;
+
+int64_t HalfBlocks(int64_t channels) { return CeilDiv(channels, kHalfLanes); }
+
+// Floats of the packed filter of a gather job: [G][blocks(cout)][taps][cin][kHalfLanes].
+int64_t HalfPackedFloats(int64_t groups, int64_t taps, int64_t cin, int64_t cout) {
+  return groups * HalfBlocks(cout) * taps * cin * kHalfLanes;
+}
+
+// packed[g][blk][tap][k][l] = w[tap][c][o] with (c, o) = (k, g*Og + blk*L + l) (forward:
+// lanes over output channels) or (blk*L + l, g*Og + k) (input gradient: lanes over input
+// channels); 0 past the group's channels.
+void PackHalfGather(const Conv2DGeometry& g, const float* w, bool transposed, float* packed, const CpuContext& cpu) {
+  const int64_t taps = g.k_h * g.k_w, cg = g.in_c_per_group, og = g.out_c_per_group, O = g.out_c;
+  const int64_t cin = transposed ? og : cg, cout = transposed ? cg : og, blocks = HalfBlocks(cout);
+  const int64_t unit = taps * cin * kHalfLanes;
+  cpu.parallel(g.groups * blocks, unit, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t grp = u / blocks, blk = u % blocks;
+      float* d = packed + u * unit;
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t k = 0; k < cin; ++k, d += kHalfLanes) {
+          for (int64_t l = 0; l < kHalfLanes; ++l) {
+            const int64_t lane = blk * kHalfLanes + l;
+            if (lane >= cout) {
+              d[l] = 0.0f;
+            } else if (transposed) {
+              d[l] = w[(t * cg + lane) * O + grp * og + k];
+            } else {
+              d[l] = w[(t * cg + k) * O + grp * og + lane];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void RunHalfGather(const HalfGatherJob& job, const CpuContext& cpu) {
+  const int64_t pixels = job.batch * job.dst_h * job.dst_w;
+  const int64_t cost = job.k_a * job.k_b * job.cin * HalfBlocks(job.cout) * job.groups * kHalfStepCycles + 1;
+  const auto run = H().gather;
+  cpu.parallel(pixels, cost, [&](int64_t p0, int64_t p1) { run(job, p0, p1); });
+}
+
+}  // namespace
+
+int64_t Conv2DForwardHalfAccCpuWorkspace(const Conv2DGeometry& g, int /*threads*/) {
+  return g.out_pixels() == 0 ? 0 : HalfPackedFloats(g.groups, g.k_h * g.k_w, g.in_c_per_group, g.out_c_per_group);
+}
+
+int64_t Conv2DBackpropInputHalfAccCpuWorkspace(const Conv2DGeometry& g, int /*threads*/) {
+  return g.in_pixels() == 0 ? 0 : HalfPackedFloats(g.groups, g.k_h * g.k_w, g.out_c_per_group, g.in_c_per_group);
+}
+
+int64_t Conv2DBackpropFilterHalfAccCpuWorkspace(const Conv2DGeometry& /*g*/, int /*threads*/, bool /*bias*/) {
+  return 0;
+}
+
+void Conv2DForwardHalfAccCpu(const Conv2DGeometry& g, const Conv2DForwardArgs& a, const CpuContext& cpu) {
+  if (g.out_pixels() == 0) return;
+  PackHalfGather(g, a.filter, false, cpu.workspace, cpu);
+  const HalfGatherJob job{false,     g.batch,     g.out_h,      g.out_w,      g.out_c,      a.output,
+                          a.input,   g.in_h,      g.in_w,       g.in_c,       g.k_h,        g.k_w,
+                          g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.pad_top,    g.pad_left,
+                          g.groups,  g.in_c_per_group, g.out_c_per_group, cpu.workspace, a.bias,
+                          a.activation == Activation::kRelu};
+  RunHalfGather(job, cpu);
+}
+
+void Conv2DBackpropInputHalfAccCpu(const Conv2DGeometry& g, const Conv2DBackpropInputArgs& a, const CpuContext& cpu) {
+  if (g.in_pixels() == 0) return;
+  if (g.out_pixels() == 0) {  // nothing reaches dx
+    ZeroFloats(a.input_backprop, g.in_pixels() * g.in_c);
+    return;
+  }
+  PackHalfGather(g, a.filter, true, cpu.workspace, cpu);
+  const HalfGatherJob job{true,           g.batch,      g.in_h,       g.in_w,       g.in_c,    a.input_backprop,
+                          a.out_backprop, g.out_h,      g.out_w,      g.out_c,      g.k_h,     g.k_w,
+                          g.stride_h,     g.stride_w,   g.dilation_h, g.dilation_w, g.pad_top, g.pad_left,
+                          g.groups,       g.out_c_per_group, g.in_c_per_group, cpu.workspace, nullptr, false};
+  RunHalfGather(job, cpu);
+}
+
+void Conv2DBackpropFilterHalfAccCpu(const Conv2DGeometry& g, const Conv2DBackpropFilterArgs& a,
+                                    const CpuContext& cpu) {
+  const int64_t rows = g.k_h * g.k_w * g.in_c_per_group, O = g.out_c;
+  const int64_t steps = std::max<int64_t>(g.out_pixels(), 1);
+  const auto filter_rows = H().filter_rows;
+  cpu.parallel(rows, GemmCost(0) + steps * g.groups * HalfBlocks(g.out_c_per_group) * kHalfStepCycles,
+               [&](int64_t u0, int64_t u1) {
+                 if (g.out_pixels() == 0) {
+                   ZeroFloats(a.filter_backprop + u0 * O, (u1 - u0) * O);
+                 } else {
+                   filter_rows(g, a.input, a.out_backprop, u0, u1, a.filter_backprop);
+                 }
+               });
+  if (a.bias_backprop != nullptr) {
+    const auto bias_blocks = H().bias_blocks;
+    cpu.parallel(HalfBlocks(O), steps * kHalfStepCycles, [&](int64_t b0, int64_t b1) {
+      bias_blocks(a.out_backprop, g.out_pixels(), O, b0, b1, a.bias_backprop);
+    });
+  }
+}
+
+void HalfToFloatCpu(const uint16_t* in, float* out, int64_t n, const CpuContext& cpu) {
+  const auto f = H().to_float;
+  cpu.parallel(CeilDiv(n, kConvertChunk), kConvertChunk, [&](int64_t c0, int64_t c1) {
+    f(in + c0 * kConvertChunk, out + c0 * kConvertChunk, std::min(n, c1 * kConvertChunk) - c0 * kConvertChunk);
+  });
+}
+
+void FloatToHalfCpu(const float* in, uint16_t* out, int64_t n, const CpuContext& cpu) {
+  const auto f = H().to_half;
+  cpu.parallel(CeilDiv(n, kConvertChunk), kConvertChunk, [&](int64_t c0, int64_t c1) {
+    f(in + c0 * kConvertChunk, out + c0 * kConvertChunk, std::min(n, c1 * kConvertChunk) - c0 * kConvertChunk);
+  });
+}
+
+void RoundToHalfCpu(const float* in, float* out, int64_t n, const CpuContext& cpu) {
+  const auto f = H().round;
+  cpu.parallel(CeilDiv(n, kConvertChunk), kConvertChunk, [&](int64_t c0, int64_t c1) {
+    f(in + c0 * kConvertChunk, out + c0 * kConvertChunk, std::min(n, c1 * kConvertChunk) - c0 * kConvertChunk);
+  });
+}
+
+void BiasActivationCpu(float* y, int64_t rows, int64_t cols, const float* bias, Activation activation,
+                       const CpuContext& cpu) {
+  if (bias == nullptr && activation == Activation::kNone) return;
+  const Loops& loops = L();
+  const int64_t per = std::max<int64_t>(1, kConvertChunk / std::max<int64_t>(cols, 1));
+  cpu.parallel(CeilDiv(rows, per), per * cols, [&](int64_t b0, int64_t b1) {
+    const int64_t r0 = b0 * per, r1 = std::min(rows, b1 * per);
+    loops.bias_activation(y + r0 * cols, r1 - r0, cols, cols, bias, activation == Activation::kRelu);
+  });
 }
 
 const char* ConvCpuIsa() { return L().name; }

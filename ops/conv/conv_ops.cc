@@ -5,14 +5,19 @@
 //   MpsConv2DBackpropInput(input_sizes (4 x int32), filter, out_backprop) -> [N,H,W,C]
 //   MpsConv2DBackpropFilter(input, filter_sizes (4 x int32), out_backprop)
 //       -> filter_backprop [KH,KW,C/G,O], bias_backprop: num_bias x [O]
+//   MpsConv2DTranspose(input [N,OH,OW,O], filter [KH,KW,C/G,O] (tf.nn.conv2d_transpose's
+//       [h, w, out, in]), output_shape (4 x int32) = [N,H,W,C], bias: 0 or 1 x [C])
+//       -> act(MpsConv2DBackpropInput(output_shape, filter, input) + bias) [N,H,W,C]
 //
 // Attributes follow tf.nn.conv2d's raw op (Conv2D): strides and dilations are 4-element
 // NHWC lists whose batch and depth entries are 1; padding SAME/VALID/EXPLICIT with
 // explicit_paddings as 8 values (before/after per NHWC dimension, batch and depth 0).
 // The groups count is the shapes': G = C / filter's third dimension (TF's rule).
-// activation ("none"/"relu") is fused into the forward op only; its gradient is applied
-// to out_backprop by the caller (tf_mps/ops/conv.py). accumulator_precision "float16"
-// is reserved for the float16 slice of issue 11 and rejected (Unimplemented) for now.
+// activation ("none"/"relu") is fused into the forward and transposed ops; its gradient
+// is applied to out_backprop by the caller (tf_mps/ops/conv.py). T is float32 or float16;
+// accumulator_precision "float32" computes in float32 and rounds once, "float16" runs the
+// exact half-accumulation model of conv.h (float32 data rounded to half first).
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +28,9 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
+#ifdef TFMPS_DEVICE_KERNELS
+#include "ops/device/device_kernels_glue.h"
+#endif
 
 namespace tfmps {
 namespace conv {
@@ -38,7 +46,7 @@ using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-constexpr char kAttrT[] = "T: {float}";
+constexpr char kAttrT[] = "T: {half, float}";
 constexpr char kAttrStrides[] = "strides: list(int)";
 constexpr char kAttrDilations[] = "dilations: list(int) = [1, 1, 1, 1]";
 constexpr char kAttrPadding[] = "padding: {'SAME', 'VALID', 'EXPLICIT'}";
@@ -49,9 +57,12 @@ constexpr char kAttrAccumulator[] = "accumulator_precision: {'float32', 'float16
 enum ForwardInput { kFwdInput, kFwdFilter, kFwdBias };
 enum InputGradInput { kBinSizes, kBinFilter, kBinOutBackprop };
 enum FilterGradInput { kBfInput, kBfSizes, kBfOutBackprop };
+enum TransposeInput { kTrInput, kTrFilter, kTrOutputShape, kTrBias };
 
 const char kInputLayout[] = "[batch, height, width, channels] (NHWC)";
 const char kFilterLayout[] = "[filter_height, filter_width, in_channels / groups, out_channels] (HWIO)";
+const char kTransposeFilterLayout[] =
+    "[filter_height, filter_width, out_channels / groups, in_channels] (tf.nn.conv2d_transpose's)";
 
 // The attributes every conv op shares, read and validated once.
 struct ConvAttrs {
@@ -267,6 +278,32 @@ absl::Status BackpropFilterShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status TransposeShape(InferenceContext* c) {
+  const std::string op = "MpsConv2DTranspose";
+  ConvAttrs a;
+  TF_RETURN_IF_ERROR(ReadAttrs(c, op, &a));
+  int64_t num_bias = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_bias", &num_bias));
+  if (num_bias > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": bias must be a list of 0 or 1 tensors, got ", num_bias));
+  }
+  ShapeHandle x, f, out, expected;
+  TF_RETURN_IF_ERROR(RequireRank(c, kTrInput, 4, op, "input", kInputLayout, &x));
+  TF_RETURN_IF_ERROR(RequireRank(c, kTrFilter, 4, op, "filter", kTransposeFilterLayout, &f));
+  TF_RETURN_IF_ERROR(SizesShape(c, op, kTrOutputShape, "output_shape", &out));
+  // The convolution of an output_shape image by the filter must give the input's shape.
+  TF_RETURN_IF_ERROR(OutputShape(c, op, a, out, f, &expected));
+  ShapeHandle merged;
+  if (!c->Merge(x, expected, &merged).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": input must have the shape that convolving an image of output_shape ", c->DebugString(out),
+        " with filter ", c->DebugString(f), " under these strides, dilations and padding gives, expected ",
+        c->DebugString(expected), ", got ", c->DebugString(x)));
+  }
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // -------------------------------------------------------------------------- ops
@@ -301,6 +338,19 @@ Gradient of MpsConv2D with respect to its filter (of shape filter_sizes) and, wh
 num_bias is 1, its bias (the sum of out_backprop over batch, height and width).
 )doc");
 
+TFMPS_REGISTER_OP("MpsConv2DTranspose")
+    .Input("input: T").Input("filter: T").Input("output_shape: int32").Input("bias: num_bias * T")
+    .Output("output: T")
+    .Attr(kAttrT).Attr("num_bias: int >= 0 = 0")
+    .Attr(kAttrStrides).Attr(kAttrDilations).Attr(kAttrPadding).Attr(kAttrExplicit)
+    .Attr("activation: {'none', 'relu'} = 'none'").Attr(kAttrAccumulator)
+    .SetShapeFn(TransposeShape)
+    .Doc(R"doc(
+Transposed 2-D convolution (tf.nn.conv2d_transpose): the input gradient of the convolution
+whose input has output_shape, with filter [h, w, out_channels / groups, in_channels],
+plus an optional fused bias [out_channels] and activation. See tf_mps.ops.conv2d_transpose.
+)doc");
+
 // Which build of the CPU backend's vectorized code runs ("avx512", "avx2" or "base"),
 // chosen once per process (TFMPS_CONV_ISA narrows it). For reports and tests.
 TFMPS_REGISTER_OP("MpsConvCpuIsa")
@@ -321,19 +371,35 @@ class ConvCpuIsaOp : public OpKernel {
   }
 };
 
-// Attributes, the CPU context and the checks every conv kernel shares.
+// A float32 view of one float input for the backends: the tensor itself (float32 data,
+// float32 accumulation), its exact float32 copy (float16 data), or its values rounded to
+// half (float32 data, float16 accumulation: the model's operands are halves).
+struct FloatIn {
+  const Tensor* src = nullptr;
+  Tensor temp;
+  const float* data = nullptr;
+  enum class Make { kAsIs, kFromHalf, kRoundToHalf } make = Make::kAsIs;
+};
+
+// The backends' float32 result for one output: the tensor itself (float32) or a float32
+// temporary rounded into the float16 tensor at the end.
+struct FloatOut {
+  Tensor* dst = nullptr;
+  Tensor temp;
+  float* data = nullptr;
+  bool to_half = false;
+};
+
+// Attributes, the CPU context and the checks every conv kernel shares. One class per op
+// serves float32 and float16 (the dtype is the tensors'); the backends compute in
+// float32, or with the exact half-accumulation model (accumulator_precision 'float16').
 class ConvKernel : public OpKernel {
  public:
-  explicit ConvKernel(OpKernelConstruction* c) : OpKernel(c) {
-    OP_REQUIRES_OK(c, ReadAttrs(c, type_string(), &attrs_));
-    OP_REQUIRES(c, !attrs_.float16_accumulation,
-                absl::UnimplementedError(absl::StrCat(
-                    type_string(), ": accumulator_precision='float16' is not implemented yet on the CPU backend "
-                                   "(its exact emulation, partial sums rounded to half, comes with float16 support); "
-                                   "use 'float32'")));
-  }
+  explicit ConvKernel(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, ReadAttrs(c, type_string(), &attrs_)); }
 
  protected:
+  bool half_acc() const { return attrs_.float16_accumulation; }
+
   // Shapes of a rank-4 tensor input, or an error naming it.
   absl::Status Rank4(OpKernelContext* ctx, int index, const char* name, const char* layout, int64_t dims[4]) const {
     const TensorShape& s = ctx->input(index).shape();
@@ -345,7 +411,7 @@ class ConvKernel : public OpKernel {
     return absl::OkStatus();
   }
 
-  // A size vector input (input_sizes, filter_sizes): int32, 4 entries.
+  // A size vector input (input_sizes, filter_sizes, output_shape): int32, 4 entries.
   absl::Status Sizes(OpKernelContext* ctx, int index, const char* name, int64_t dims[4]) const {
     const Tensor& t = ctx->input(index);
     if (!tensorflow::TensorShapeUtils::IsVector(t.shape()) || t.NumElements() != 4) {
@@ -378,9 +444,51 @@ class ConvKernel : public OpKernel {
         " under these strides, dilations and padding; got ", got.DebugString()));
   }
 
-  // Runs fn(cpu) with a workspace of `floats` floats from TF's allocator.
-  template <typename Fn>
-  void RunCpu(OpKernelContext* ctx, int64_t floats, Fn fn) const {
+  // Prepares the float32 view of input `index` (rounded to half under half accumulation
+  // when `operand`: the bias is added in float32 and keeps its value).
+  absl::Status In(OpKernelContext* ctx, int index, bool operand, FloatIn* in) const {
+    const Tensor& t = ctx->input(index);
+    in->src = &t;
+    if (t.dtype() == tensorflow::DT_FLOAT && !(operand && half_acc())) {
+      in->data = t.flat<float>().data();
+      return absl::OkStatus();
+    }
+    in->make = t.dtype() == tensorflow::DT_HALF ? FloatIn::Make::kFromHalf : FloatIn::Make::kRoundToHalf;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, t.shape(), &in->temp));
+    in->data = in->temp.flat<float>().data();
+    return absl::OkStatus();
+  }
+
+  absl::Status Out(OpKernelContext* ctx, int index, const TensorShape& shape, FloatOut* out) const {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(index, shape, &out->dst));
+    if (out->dst->dtype() == tensorflow::DT_FLOAT) {
+      out->data = out->dst->flat<float>().data();
+      return absl::OkStatus();
+    }
+    out->to_half = true;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, shape, &out->temp));
+    out->data = out->temp.flat<float>().data();
+    return absl::OkStatus();
+  }
+
+  static void Make(const FloatIn& in, const CpuContext& cpu) {
+    const int64_t n = in.src->NumElements();
+    if (in.make == FloatIn::Make::kFromHalf) {
+      HalfToFloatCpu(reinterpret_cast<const uint16_t*>(in.src->data()), const_cast<float*>(in.data), n, cpu);
+    } else if (in.make == FloatIn::Make::kRoundToHalf) {
+      RoundToHalfCpu(in.src->flat<float>().data(), const_cast<float*>(in.data), n, cpu);
+    }
+  }
+  static void Finish(const FloatOut& out, const CpuContext& cpu) {
+    if (out.to_half) {
+      FloatToHalfCpu(out.data, reinterpret_cast<uint16_t*>(out.dst->data()), out.dst->NumElements(), cpu);
+    }
+  }
+
+  // Runs fn(cpu) with a workspace of `floats` floats from TF's allocator: on the CPU
+  // device directly; on the tf-mps device after the stream's queued work (the Metal
+  // backend, conv_metal.mm, is not wired in yet: it declines every call).
+  void Launch(OpKernelContext* ctx, int64_t floats, const std::function<void(const CpuContext&)>& fn) const {
     CpuContext cpu;
     cpu.parallel = tfglue::CpuParallelFor(ctx);
     cpu.threads = Threads(ctx);  // the count the workspace was sized for
@@ -390,7 +498,13 @@ class ConvKernel : public OpKernel {
       cpu.workspace = scratch.flat<float>().data();
       cpu.workspace_size = floats;
     }
+#ifdef TFMPS_DEVICE_KERNELS
+    device_glue::Run(
+        ctx, [] { return BackendStatus::Unsupported("conv: no Metal backend wired in yet"); },
+        [&] { fn(cpu); });
+#else
     fn(cpu);
+#endif
   }
 
   int Threads(OpKernelContext* ctx) const {
@@ -400,9 +514,11 @@ class ConvKernel : public OpKernel {
   ConvAttrs attrs_;
 };
 
-class Conv2DOp : public ConvKernel {
+// The forward convolution (MpsConv2D) and the transposed one (MpsConv2DTranspose) read
+// a fused bias and activation.
+class FusedKernel : public ConvKernel {
  public:
-  explicit Conv2DOp(OpKernelConstruction* c) : ConvKernel(c) {
+  explicit FusedKernel(OpKernelConstruction* c) : ConvKernel(c) {
     std::string activation;
     OP_REQUIRES_OK(c, c->GetAttr("num_bias", &num_bias_));
     OP_REQUIRES_OK(c, c->GetAttr("activation", &activation));
@@ -412,35 +528,56 @@ class Conv2DOp : public ConvKernel {
     activation_ = activation == "relu" ? Activation::kRelu : Activation::kNone;
   }
 
+ protected:
+  // The bias input, if any: 1-D, `channels` values (`what` names them in the message).
+  absl::Status Bias(OpKernelContext* ctx, int index, int64_t channels, const char* what, FloatIn* bias) const {
+    if (num_bias_ == 0) return absl::OkStatus();
+    const Tensor& b = ctx->input(index);
+    if (b.dims() != 1 || b.dim_size(0) != channels) {
+      return absl::InvalidArgumentError(absl::StrCat(type_string(), ": bias must be 1-D with one value per output "
+                                                     "channel (", what, ", ", channels, "), got shape ",
+                                                     b.shape().DebugString()));
+    }
+    return In(ctx, index, /*operand=*/false, bias);
+  }
+
+  int64_t num_bias_ = 0;
+  Activation activation_ = Activation::kNone;
+};
+
+class Conv2DOp : public FusedKernel {
+ public:
+  using FusedKernel::FusedKernel;
+
   void Compute(OpKernelContext* ctx) override {
     int64_t in[4], f[4];
     OP_REQUIRES_OK(ctx, Rank4(ctx, kFwdInput, "input", kInputLayout, in));
     OP_REQUIRES_OK(ctx, Rank4(ctx, kFwdFilter, "filter", kFilterLayout, f));
     Conv2DGeometry g;
     OP_REQUIRES_OK(ctx, Geometry(in, f, "input", "filter", &g));
-    const float* bias = nullptr;
-    if (num_bias_ == 1) {
-      const Tensor& b = ctx->input(kFwdBias);
-      OP_REQUIRES(ctx, b.dims() == 1 && b.dim_size(0) == g.out_c,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      type_string(), ": bias must be 1-D with one value per output channel (the filter's last "
-                                     "dimension, ",
-                      g.out_c, "), got shape ", b.shape().DebugString())));
-      bias = b.flat<float>().data();
-    }
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}), &out));
-    if (out->NumElements() == 0) return;
-    const Conv2DForwardArgs args{ctx->input(kFwdInput).flat<float>().data(),
-                                 ctx->input(kFwdFilter).flat<float>().data(), bias, activation_,
-                                 out->flat<float>().data()};
-    RunCpu(ctx, Conv2DForwardCpuWorkspace(g, Threads(ctx)),
-           [&](const CpuContext& cpu) { Conv2DForwardCpu(g, args, cpu); });
+    FloatIn x, w, b;
+    OP_REQUIRES_OK(ctx, Bias(ctx, kFwdBias, g.out_c, "the filter's last dimension", &b));
+    FloatOut y;
+    OP_REQUIRES_OK(ctx, Out(ctx, 0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}), &y));
+    if (y.dst->NumElements() == 0) return;
+    OP_REQUIRES_OK(ctx, In(ctx, kFwdInput, true, &x));
+    OP_REQUIRES_OK(ctx, In(ctx, kFwdFilter, true, &w));
+    const int threads = Threads(ctx);
+    const int64_t floats = half_acc() ? Conv2DForwardHalfAccCpuWorkspace(g, threads)
+                                      : Conv2DForwardCpuWorkspace(g, threads);
+    Launch(ctx, floats, [&](const CpuContext& cpu) {
+      Make(x, cpu);
+      Make(w, cpu);
+      if (b.src != nullptr) Make(b, cpu);
+      const Conv2DForwardArgs args{x.data, w.data, b.data, activation_, y.data};
+      if (half_acc()) {
+        Conv2DForwardHalfAccCpu(g, args, cpu);
+      } else {
+        Conv2DForwardCpu(g, args, cpu);
+      }
+      Finish(y, cpu);
+    });
   }
-
- private:
-  int64_t num_bias_ = 0;
-  Activation activation_ = Activation::kNone;
 };
 
 class Conv2DBackpropInputOp : public ConvKernel {
@@ -455,13 +592,27 @@ class Conv2DBackpropInputOp : public ConvKernel {
     Conv2DGeometry g;
     OP_REQUIRES_OK(ctx, Geometry(in, f, "input_sizes", "filter", &g));
     OP_REQUIRES_OK(ctx, CheckOutBackprop(ctx, kBinOutBackprop, g, "input_sizes", in, f));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({in[0], in[1], in[2], in[3]}), &out));
-    if (out->NumElements() == 0) return;
-    const Conv2DBackpropInputArgs args{ctx->input(kBinFilter).flat<float>().data(),
-                                       ctx->input(kBinOutBackprop).flat<float>().data(), out->flat<float>().data()};
-    RunCpu(ctx, Conv2DBackpropInputCpuWorkspace(g, Threads(ctx)),
-           [&](const CpuContext& cpu) { Conv2DBackpropInputCpu(g, args, cpu); });
+    FloatOut dx;
+    OP_REQUIRES_OK(ctx, Out(ctx, 0, TensorShape({in[0], in[1], in[2], in[3]}), &dx));
+    if (dx.dst->NumElements() == 0) return;
+    FloatIn w, d;
+    OP_REQUIRES_OK(ctx, In(ctx, kBinFilter, true, &w));
+    OP_REQUIRES_OK(ctx, In(ctx, kBinOutBackprop, true, &d));
+    const int threads = Threads(ctx);
+    Launch(ctx,
+           half_acc() ? Conv2DBackpropInputHalfAccCpuWorkspace(g, threads)
+                      : Conv2DBackpropInputCpuWorkspace(g, threads),
+           [&](const CpuContext& cpu) {
+             Make(w, cpu);
+             Make(d, cpu);
+             const Conv2DBackpropInputArgs args{w.data, d.data, dx.data};
+             if (half_acc()) {
+               Conv2DBackpropInputHalfAccCpu(g, args, cpu);
+             } else {
+               Conv2DBackpropInputCpu(g, args, cpu);
+             }
+             Finish(dx, cpu);
+           });
   }
 };
 
@@ -482,35 +633,127 @@ class Conv2DBackpropFilterOp : public ConvKernel {
     Conv2DGeometry g;
     OP_REQUIRES_OK(ctx, Geometry(in, f, "input", "filter_sizes", &g));
     OP_REQUIRES_OK(ctx, CheckOutBackprop(ctx, kBfOutBackprop, g, "input", in, f));
-    Tensor* dw = nullptr;
-    Tensor* db = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({f[0], f[1], f[2], f[3]}), &dw));
-    if (num_bias_ == 1) OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({f[3]}), &db));
-    const Conv2DBackpropFilterArgs args{ctx->input(kBfInput).flat<float>().data(),
-                                        ctx->input(kBfOutBackprop).flat<float>().data(), dw->flat<float>().data(),
-                                        db != nullptr ? db->flat<float>().data() : nullptr};
-    RunCpu(ctx, Conv2DBackpropFilterCpuWorkspace(g, Threads(ctx), db != nullptr),
-           [&](const CpuContext& cpu) { Conv2DBackpropFilterCpu(g, args, cpu); });
+    FloatOut dw, db;
+    OP_REQUIRES_OK(ctx, Out(ctx, 0, TensorShape({f[0], f[1], f[2], f[3]}), &dw));
+    if (num_bias_ == 1) OP_REQUIRES_OK(ctx, Out(ctx, 1, TensorShape({f[3]}), &db));
+    FloatIn x, d;
+    OP_REQUIRES_OK(ctx, In(ctx, kBfInput, true, &x));
+    OP_REQUIRES_OK(ctx, In(ctx, kBfOutBackprop, true, &d));
+    const int threads = Threads(ctx);
+    const bool bias = num_bias_ == 1;
+    Launch(ctx,
+           half_acc() ? Conv2DBackpropFilterHalfAccCpuWorkspace(g, threads, bias)
+                      : Conv2DBackpropFilterCpuWorkspace(g, threads, bias),
+           [&](const CpuContext& cpu) {
+             Make(x, cpu);
+             Make(d, cpu);
+             const Conv2DBackpropFilterArgs args{x.data, d.data, dw.data, bias ? db.data : nullptr};
+             if (half_acc()) {
+               Conv2DBackpropFilterHalfAccCpu(g, args, cpu);
+             } else {
+               Conv2DBackpropFilterCpu(g, args, cpu);
+             }
+             Finish(dw, cpu);
+             if (bias) Finish(db, cpu);
+           });
   }
 
  private:
   int64_t num_bias_ = 0;
 };
 
+// y = act(conv2d_backprop_input(output_shape, filter, input) + bias): the input
+// gradient's backend with the input as out_backprop, then the fused epilogue (under half
+// accumulation the bias is added in float32 to the half sums, as in the forward op).
+class Conv2DTransposeOp : public FusedKernel {
+ public:
+  using FusedKernel::FusedKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    int64_t x[4], f[4], out[4];
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kTrInput, "input", kInputLayout, x));
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kTrFilter, "filter", kTransposeFilterLayout, f));
+    OP_REQUIRES_OK(ctx, Sizes(ctx, kTrOutputShape, "output_shape", out));
+    Conv2DGeometry g;
+    OP_REQUIRES_OK(ctx, Geometry(out, f, "output_shape", "filter", &g));
+    const TensorShape expected({g.batch, g.out_h, g.out_w, g.out_c});
+    OP_REQUIRES(ctx, ctx->input(kTrInput).shape() == expected,
+                absl::InvalidArgumentError(absl::StrCat(
+                    type_string(), ": input must have the shape that convolving an image of output_shape ",
+                    DimsString(out), " with filter ", DimsString(f),
+                    " under these strides, dilations and padding gives (the filter's last dimension is the input's "
+                    "channels), expected ",
+                    expected.DebugString(), ", got ", ctx->input(kTrInput).shape().DebugString())));
+    FloatIn d, w, b;
+    OP_REQUIRES_OK(ctx, Bias(ctx, kTrBias, out[3], "output_shape's last entry", &b));
+    FloatOut y;
+    OP_REQUIRES_OK(ctx, Out(ctx, 0, TensorShape({out[0], out[1], out[2], out[3]}), &y));
+    if (y.dst->NumElements() == 0) return;
+    OP_REQUIRES_OK(ctx, In(ctx, kTrInput, true, &d));
+    OP_REQUIRES_OK(ctx, In(ctx, kTrFilter, true, &w));
+    const int threads = Threads(ctx);
+    Launch(ctx,
+           half_acc() ? Conv2DBackpropInputHalfAccCpuWorkspace(g, threads)
+                      : Conv2DBackpropInputCpuWorkspace(g, threads),
+           [&](const CpuContext& cpu) {
+             Make(d, cpu);
+             Make(w, cpu);
+             if (b.src != nullptr) Make(b, cpu);
+             const Conv2DBackpropInputArgs args{w.data, d.data, y.data};
+             if (half_acc()) {
+               Conv2DBackpropInputHalfAccCpu(g, args, cpu);
+             } else {
+               Conv2DBackpropInputCpu(g, args, cpu);
+             }
+             BiasActivationCpu(y.data, g.in_pixels(), g.in_c, b.data, activation_, cpu);
+             Finish(y, cpu);
+           });
+  }
+};
+
 #ifndef TFMPS_DEVICE_KERNELS
-REGISTER_KERNEL_BUILDER(Name("MpsConv2D").Device(DEVICE_CPU).TypeConstraint<float>("T"), Conv2DOp);
-REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropInput").Device(DEVICE_CPU).TypeConstraint<float>("T"),
-                        Conv2DBackpropInputOp);
-REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropFilter").Device(DEVICE_CPU).TypeConstraint<float>("T"),
-                        Conv2DBackpropFilterOp);
+#define TFMPS_REGISTER_CONV(T)                                                                                   \
+  REGISTER_KERNEL_BUILDER(Name("MpsConv2D").Device(DEVICE_CPU).TypeConstraint<T>("T"), Conv2DOp);              \
+  REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropInput").Device(DEVICE_CPU).TypeConstraint<T>("T"),            \
+                          Conv2DBackpropInputOp);                                                              \
+  REGISTER_KERNEL_BUILDER(Name("MpsConv2DBackpropFilter").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
+                          Conv2DBackpropFilterOp);                                                             \
+  REGISTER_KERNEL_BUILDER(Name("MpsConv2DTranspose").Device(DEVICE_CPU).TypeConstraint<T>("T"), Conv2DTransposeOp)
+TFMPS_REGISTER_CONV(float);
+TFMPS_REGISTER_CONV(Eigen::half);
+#undef TFMPS_REGISTER_CONV
 REGISTER_KERNEL_BUILDER(Name("MpsConvCpuIsa").Device(DEVICE_CPU), ConvCpuIsaOp);
 #endif  // TFMPS_DEVICE_KERNELS
 
 }  // namespace
 
 #ifdef TFMPS_DEVICE_KERNELS
-// The device's conv kernels (none yet: on the device the ops run on the CPU device).
-void RegisterDeviceKernels(const char* /*type*/) {}
+namespace {
+// The size vectors are read on the host (Sizes): TensorFlow copies them there first.
+template <typename Kernel, typename T>
+void RegisterOne(const char* name, const char* type, const char* host_input) {
+  tensorflow::register_kernel::Name b(name);
+  b.Device(type).TypeConstraint<T>("T");
+  if (host_input != nullptr) b.HostMemory(host_input);
+  new tensorflow::kernel_factory::OpKernelRegistrar(b.Build(), name,
+                                                    [](OpKernelConstruction* c) -> OpKernel* { return new Kernel(c); });
+}
+template <typename T>
+void RegisterType(const char* type) {
+  RegisterOne<Conv2DOp, T>("MpsConv2D", type, nullptr);
+  RegisterOne<Conv2DBackpropInputOp, T>("MpsConv2DBackpropInput", type, "input_sizes");
+  RegisterOne<Conv2DBackpropFilterOp, T>("MpsConv2DBackpropFilter", type, "filter_sizes");
+  RegisterOne<Conv2DTransposeOp, T>("MpsConv2DTranspose", type, "output_shape");
+}
+}  // namespace
+
+// The device's conv kernels, float32 and float16: the glue above, whose backend runs on
+// the CPU after the stream's queued work until conv_metal.mm is wired in (Launch). Runs
+// during the device library's static initialization: string literals only.
+void RegisterDeviceKernels(const char* type) {
+  RegisterType<float>(type);
+  RegisterType<Eigen::half>(type);
+}
 #endif  // TFMPS_DEVICE_KERNELS
 }  // namespace conv
 }  // namespace tfmps
