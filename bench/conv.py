@@ -8,9 +8,16 @@ both meet the same machine; on a shared VM the speed drifts within a minute):
     the oneDNN kernels of TensorFlow's CPU build.
 Both inside tf.function. "fwd+bwd" is one forward pass and both gradients (input and
 filter) for a given output gradient: 3 convolutions' worth of multiply-adds, counted as
-2 * N * OH * OW * O * KH * KW * C/groups FLOPs each (the same count for both).
+2 * N * OH * OW * O * KH * KW * C/groups FLOPs each (the same count for both). The
+transposed case compares tf_mps.ops.conv.conv2d_transpose with tf.nn.conv2d_transpose
+(its FLOPs: those of the convolution it transposes).
 
-    python bench/conv.py [--repeats 7] [--calls 5] [--cases all]
+--dtype float16 runs both on float16 data (tf-mps: float32 accumulation, rounded once;
+TF: its float16 kernels, Eigen's unless oneDNN has an AVX-512 build); add
+--accumulator-precision float16 for tf-mps's exact half-accumulation emulation (much
+slower: a study tool, docs/fp16-accumulation.md; use --cases to pick small ones).
+
+    python bench/conv.py [--repeats 7] [--calls 5] [--cases all] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ import numpy as np
 
 from _common import cores, time_interleaved
 
-# name, N, H, W, C, O, K, depthwise
+# name, N, H, W, C, O, K, kind ("conv", "depthwise", or "transpose": H, W, C are the
+# transposed op's output, O its input channels, stride 2)
 CASES = [
-    ("N32 32x32 C64->64 3x3", 32, 32, 32, 64, 64, 3, False),
-    ("N64 28x28 C1->32 3x3", 64, 28, 28, 1, 32, 3, False),
-    ("N16 56x56 C64->128 3x3", 16, 56, 56, 64, 128, 3, False),
-    ("depthwise N32 56x56 C64 3x3", 32, 56, 56, 64, 64, 3, True),
+    ("N32 32x32 C64->64 3x3", 32, 32, 32, 64, 64, 3, "conv"),
+    ("N64 28x28 C1->32 3x3", 64, 28, 28, 1, 32, 3, "conv"),
+    ("N16 56x56 C64->128 3x3", 16, 56, 56, 64, 128, 3, "conv"),
+    ("depthwise N32 56x56 C64 3x3", 32, 56, 56, 64, 64, 3, "depthwise"),
+    ("transpose N16 28->56 C128->64 3x3 s2", 16, 56, 56, 64, 128, 3, "transpose"),
 ]
 
 
@@ -38,6 +47,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds; the median is kept (default 7)")
     parser.add_argument("--calls", type=int, default=5, help="calls per contender per round (default 5)")
     parser.add_argument("--cases", default="all", help="comma-separated case numbers (1-based) or 'all'")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="data type (float32)")
+    parser.add_argument("--accumulator-precision", choices=["float32", "float16"], default="float32",
+                        help="tf-mps's accumulator_precision (float32)")
     args = parser.parse_args(argv)
     if min(args.repeats, args.calls) < 1:
         parser.error("--repeats and --calls must be >= 1")
@@ -52,28 +64,50 @@ def main(argv=None) -> int:
     print(f"tf-mps {tf_mps.__version__} | TensorFlow {tf.__version__} | {cores()} cores | "
           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
     print(f"BLAS: {info['blas']}")
-    print(f"median of {args.repeats} interleaved rounds x {args.calls} calls, float32, SAME padding, stride 1\n")
-    header = (f"{'case':<30} {'GFLOP':>6} | {'tf-mps fwd':>10} {'TF fwd':>8} {'ratio':>6} | "
+    print(f"median of {args.repeats} interleaved rounds x {args.calls} calls, {args.dtype} (tf-mps accumulates in "
+          f"{args.accumulator_precision}), SAME padding, stride 1 (transpose: 2)\n")
+    dtype = np.dtype(args.dtype)
+    prec = args.accumulator_precision
+    # Agreement checked before timing: float32 to 1e-4; float16 to a few half ulps (and
+    # half accumulation to its sqrt(K) growth, docs/fp16-accumulation.md).
+    tolerance = 1e-4 if args.dtype == "float32" else (5e-3 if prec == "float32" else 5e-2)
+    header = (f"{'case':<38} {'GFLOP':>6} | {'tf-mps fwd':>10} {'TF fwd':>8} {'ratio':>6} | "
               f"{'tf-mps f+b':>10} {'TF f+b':>8} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
-    for name, n, h, w, c, o, k, depthwise in cases:
-        x = tf.constant(rng.standard_normal((n, h, w, c)).astype(np.float32))
-        f = tf.constant(rng.standard_normal((k, k, 1 if depthwise else c, o)).astype(np.float32) * 0.1)
-        dy = tf.constant(rng.standard_normal((n, h, w, o)).astype(np.float32))
+    for name, n, h, w, c, o, k, kind in cases:
+        depthwise = kind == "depthwise"
+        if kind == "transpose":
+            # y [n, h, w, c] = conv2d_transpose(x [n, h/2, w/2, o], filter [k, k, c, o])
+            x = tf.constant(rng.standard_normal((n, h // 2, w // 2, o)).astype(dtype))
+            f = tf.constant((rng.standard_normal((k, k, c, o)) * 0.1).astype(dtype))
+            dy = tf.constant(rng.standard_normal((n, h, w, c)).astype(dtype))
+            out_shape = [n, h, w, c]
+
+            def tf_conv(x, f=f):
+                return tf.nn.conv2d_transpose(x, f, out_shape, 2, "SAME")
+
+            def ours_conv(x, f=f):
+                return tf_mps.ops.conv.conv2d_transpose(x, f, out_shape, strides=2, padding="SAME",
+                                                        accumulator_precision=prec)
+        else:
+            x = tf.constant(rng.standard_normal((n, h, w, c)).astype(dtype))
+            f = tf.constant((rng.standard_normal((k, k, 1 if depthwise else c, o)) * 0.1).astype(dtype))
+            dy = tf.constant(rng.standard_normal((n, h, w, o)).astype(dtype))
         groups = c if depthwise else 1
         if depthwise:
             tf_filter = tf.reshape(f, (k, k, c, o // c))
 
             def tf_conv(x, f=tf_filter):
                 return tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
-        else:
+        elif kind == "conv":
             def tf_conv(x, f=f):
                 return tf.nn.conv2d(x, f, 1, "SAME")
 
-        def ours_conv(x, f=f, groups=groups):
-            return tf_mps.ops.conv2d(x, f, strides=1, padding="SAME", groups=groups)
+        if kind != "transpose":
+            def ours_conv(x, f=f, groups=groups):
+                return tf_mps.ops.conv2d(x, f, strides=1, padding="SAME", groups=groups, accumulator_precision=prec)
 
         def step(conv, filt):
             @tf.function
@@ -95,17 +129,19 @@ def main(argv=None) -> int:
         # Same results first: the benchmark compares equal work.
         ref, got = tf_fb(x), ours_fb(x)
         for a, b in zip(got, ref):
-            b = tf.reshape(b, a.shape)
+            a, b = tf.cast(a, tf.float64), tf.cast(tf.reshape(b, a.shape), tf.float64)
             err = float(tf.reduce_max(tf.abs(a - b)) / tf.reduce_max(tf.abs(b)))
-            assert err < 1e-4, f"{name}: tf-mps and TF disagree (relative {err:.2g})"
+            assert err < tolerance, f"{name}: tf-mps and TF disagree (relative {err:.2g})"
 
         times = time_interleaved({"ours_f": lambda: ours_f(x), "tf_f": lambda: tf_f(x),
                                   "ours_fb": lambda: ours_fb(x), "tf_fb": lambda: tf_fb(x)},
                                  args.calls, args.repeats)
         t = {key: statistics.median(v) for key, v in times.items()}
         flops = 2.0 * n * h * w * o * k * k * (1 if depthwise else c)
+        if kind == "transpose":
+            flops /= 4  # the transposed convolution's input is the stride-2 grid
         gf = lambda seconds, mult=1: mult * flops / seconds / 1e9  # noqa: E731
-        print(f"{name:<30} {flops / 1e9:6.3f} | {gf(t['ours_f']):10.1f} {gf(t['tf_f']):8.1f} "
+        print(f"{name:<38} {flops / 1e9:6.3f} | {gf(t['ours_f']):10.1f} {gf(t['tf_f']):8.1f} "
               f"{t['tf_f'] / t['ours_f']:5.2f}x | {gf(t['ours_fb'], 3):10.1f} {gf(t['tf_fb'], 3):8.1f} "
               f"{t['tf_fb'] / t['ours_fb']:5.2f}x", flush=True)
     print("\nGFLOP/s columns; ratio = TF time / tf-mps time (> 1: tf-mps is faster). f+b = forward and both "
