@@ -12,8 +12,9 @@
 #   $OBJC -fobjc-arc -c emulation/metal/metal.mm
 #   $OBJC -fobjc-arc -c emulation/mps/mps.mm
 #   $OBJC -fobjc-arc -c emulation/mps/mps_optimizers.mm
+#   $OBJC -fobjc-arc -c emulation/mps/mps_cnn.mm
 # and the objects link into one shared library with emulation/runtime/image_register.c,
-# the runtime, ops/optim/optim_cpu.cc (the optimizers compute with it), -lBlocksRuntime
+# the runtime, the CPU backends (ops/optim/optim_cpu.cc, ops/conv/conv_*.cc: the fakes compute with them), -lBlocksRuntime
 # and -lpthread.
 
 get_filename_component(_tfmps_fakes_dir "${CMAKE_CURRENT_LIST_DIR}" ABSOLUTE)
@@ -24,6 +25,7 @@ set(TFMPS_EMU_FAKE_SOURCES
   ${_tfmps_fakes_dir}/metal/metal.mm
   ${_tfmps_fakes_dir}/mps/mps.mm
   ${_tfmps_fakes_dir}/mps/mps_optimizers.mm
+  ${_tfmps_fakes_dir}/mps/mps_cnn.mm
   ${_tfmps_fakes_dir}/shaders/shaders.cc
   ${_tfmps_fakes_dir}/shaders/kernels.cc)
 
@@ -42,6 +44,7 @@ set_source_files_properties(
   ${_tfmps_fakes_dir}/metal/metal.mm
   ${_tfmps_fakes_dir}/mps/mps.mm
   ${_tfmps_fakes_dir}/mps/mps_optimizers.mm
+  ${_tfmps_fakes_dir}/mps/mps_cnn.mm
   ${_tfmps_fakes_dir}/tests/fakes_test.mm
   PROPERTIES COMPILE_OPTIONS "${_tfmps_fakes_objc};-fobjc-arc")
 

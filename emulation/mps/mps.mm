@@ -429,16 +429,7 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device) {
 
 @end
 
-// What the copy kernels need of an image, beyond Apple's API.
-@interface MPSImage ()
-- (uint8_t*)gpuBytes;
-- (size_t)elementBytes;
-- (NSUInteger)slices;
-- (void)beginGpuWrite;
-- (void)endGpuWrite;
-- (size_t)indexOfImage:(NSUInteger)n channel:(NSUInteger)c row:(NSUInteger)h column:(NSUInteger)w;
-@end
-
+// (MPSImage's emulation-only methods are declared in mps_emu.h.)
 @implementation MPSImage {
   id<MTLDevice> _device;
   NSUInteger _width, _height, _featureChannels, _numberOfImages;

@@ -1,9 +1,10 @@
-// The MPS emulation's internal helpers, shared by mps.mm and mps_optimizers.mm (and the
+// The MPS emulation's internal helpers, shared by mps.mm, mps_optimizers.mm and mps_cnn.mm (and the
 // fakes' tests). Never included by ops/.
 #ifndef TFMPS_EMULATION_MPS_MPS_EMU_H_
 #define TFMPS_EMULATION_MPS_MPS_EMU_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
@@ -32,6 +33,18 @@ EmuByteRange EmuRangeOf(MPSVector* v);
   NSString* _label;
 }
 - (instancetype)initEmuWithDevice:(id<MTLDevice>)device;
+@end
+
+// What the kernels (mps.mm's copies, mps_cnn.mm's convolutions) need of an image, beyond
+// Apple's API: the GPU copy in convert.h's kImage order, and the pending-write count that
+// refuses CPU access while encoded GPU writes have not run.
+@interface MPSImage ()
+- (uint8_t*)gpuBytes;
+- (size_t)elementBytes;
+- (NSUInteger)slices;
+- (void)beginGpuWrite;
+- (void)endGpuWrite;
+- (size_t)indexOfImage:(NSUInteger)n channel:(NSUInteger)c row:(NSUInteger)h column:(NSUInteger)w;
 @end
 
 #endif  // TFMPS_EMULATION_MPS_MPS_EMU_H_

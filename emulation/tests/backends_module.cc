@@ -1,5 +1,6 @@
 // _tfmps_metal_emu: the Python tests' handle on the project's Metal backends
-// (ops/optim/optim_metal.mm, ops/convert/convert_metal.mm, ops/common/metal_context.mm)
+// (ops/optim/optim_metal.mm, ops/convert/convert_metal.mm, ops/conv/conv_metal.mm,
+// ops/common/metal_context.mm)
 // running on the emulation. Plain C++: the backends' entry points are C++ functions of
 // the backend seam (optim.h, convert.h, metal_context.h); only MPSImage handling needs
 // Objective-C (backends_images.mm).
@@ -14,6 +15,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -25,6 +27,9 @@
 #include "emulation/runtime/objc_emu.h"
 #include "emulation/tests/backends_images.h"
 #include "ops/common/metal_context.h"
+#include "ops/conv/conv.h"
+#include "ops/conv/conv_metal.h"
+#include "ops/conv/conv_repack.h"
 #include "ops/convert/convert.h"
 #include "ops/optim/optim.h"
 
@@ -285,6 +290,132 @@ py::tuple FromImage(tfmps_test::Image& image, py::array dst, const std::string& 
   return Result(s);
 }
 
+// ------------------------------------------------------------------ convolution
+// The geometry as the conv glue computes it (conv.h's ComputeGeometry), from NHWC input
+// and HWIO filter shapes; a ValueError with ComputeGeometry's message if invalid.
+tfmps::conv::Conv2DGeometry ConvGeometry(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                         const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations,
+                                         const std::string& padding, const std::vector<int64_t>& pads) {
+  if (x.size() != 4 || w.size() != 4 || strides.size() != 2 || dilations.size() != 2) {
+    throw std::invalid_argument("conv: x and w must have 4 dimensions, strides and dilations 2");
+  }
+  tfmps::conv::Conv2DSpec s;
+  s.batch = x[0];
+  s.in_h = x[1];
+  s.in_w = x[2];
+  s.in_c = x[3];
+  s.k_h = w[0];
+  s.k_w = w[1];
+  s.filter_in_c = w[2];
+  s.out_c = w[3];
+  s.stride_h = strides[0];
+  s.stride_w = strides[1];
+  s.dilation_h = dilations[0];
+  s.dilation_w = dilations[1];
+  if (padding == "VALID") {
+    s.padding = tfmps::conv::Padding::kValid;
+  } else if (padding == "SAME") {
+    s.padding = tfmps::conv::Padding::kSame;
+  } else if (padding == "EXPLICIT") {
+    if (pads.size() != 4) throw std::invalid_argument("conv: EXPLICIT needs 4 pads (top, bottom, left, right)");
+    s.padding = tfmps::conv::Padding::kExplicit;
+    for (int i = 0; i < 4; ++i) s.explicit_pads[i] = pads[i];
+  } else {
+    throw std::invalid_argument("conv: padding must be VALID, SAME or EXPLICIT");
+  }
+  tfmps::conv::Conv2DGeometry g{};
+  const std::string error = tfmps::conv::ComputeGeometry(s, &g);
+  if (!error.empty()) throw std::invalid_argument("conv: " + error);
+  return g;
+}
+
+std::vector<int64_t> ShapeOf(const F32& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+py::tuple ConvForward(F32 x, F32 w, F32 bias, bool relu, std::vector<int64_t> strides, std::vector<int64_t> dilations,
+                      const std::string& padding, std::vector<int64_t> pads, size_t offset, bool half_accumulation) {
+  const auto g = ConvGeometry(ShapeOf(x), ShapeOf(w), strides, dilations, padding, pads);
+  F32 y(std::vector<py::ssize_t>{g.batch, g.out_h, g.out_w, g.out_c});
+  std::fill(y.mutable_data(), y.mutable_data() + y.size(), 0.0f);
+  Stage stage{offset, {}};
+  tfmps::conv::Conv2DForwardArgs a{};
+  a.input = stage.Add(x, /*optional=*/true);
+  a.filter = w.data();  // read on the CPU by the data source: host memory is fine
+  a.bias = bias.size() == 0 ? nullptr : bias.data();
+  a.activation = relu ? tfmps::conv::Activation::kRelu : tfmps::conv::Activation::kNone;
+  a.output = stage.Add(y, /*optional=*/true);
+  const auto acc = half_accumulation ? tfmps::conv::Accumulator::kFloat16 : tfmps::conv::Accumulator::kFloat32;
+  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DForwardMetal(g, a, acc); });
+  if (s.ok()) stage.Commit();
+  return py::make_tuple(Result(s), y);
+}
+
+py::tuple ConvBackpropInput(std::vector<int64_t> x_shape, F32 w, F32 dy, std::vector<int64_t> strides,
+                            std::vector<int64_t> dilations, const std::string& padding, std::vector<int64_t> pads,
+                            size_t offset) {
+  const auto g = ConvGeometry(x_shape, ShapeOf(w), strides, dilations, padding, pads);
+  if (ShapeOf(dy) != std::vector<int64_t>{g.batch, g.out_h, g.out_w, g.out_c}) {
+    throw std::invalid_argument("conv: dy has the wrong shape");
+  }
+  F32 dx(std::vector<py::ssize_t>(x_shape.begin(), x_shape.end()));
+  std::fill(dx.mutable_data(), dx.mutable_data() + dx.size(), 0.0f);
+  Stage stage{offset, {}};
+  tfmps::conv::Conv2DBackpropInputArgs a{};
+  a.filter = w.data();
+  a.out_backprop = stage.Add(dy, /*optional=*/true);
+  a.input_backprop = stage.Add(dx, /*optional=*/true);
+  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DBackpropInputMetal(g, a); });
+  if (s.ok()) stage.Commit();
+  return py::make_tuple(Result(s), dx);
+}
+
+py::tuple ConvBackpropFilter(F32 x, std::vector<int64_t> w_shape, F32 dy, bool bias, std::vector<int64_t> strides,
+                             std::vector<int64_t> dilations, const std::string& padding, std::vector<int64_t> pads,
+                             size_t offset) {
+  const auto g = ConvGeometry(ShapeOf(x), w_shape, strides, dilations, padding, pads);
+  if (ShapeOf(dy) != std::vector<int64_t>{g.batch, g.out_h, g.out_w, g.out_c}) {
+    throw std::invalid_argument("conv: dy has the wrong shape");
+  }
+  F32 dw(std::vector<py::ssize_t>(w_shape.begin(), w_shape.end()));
+  F32 db(std::vector<py::ssize_t>{bias ? g.out_c : 0});
+  Stage stage{offset, {}};
+  tfmps::conv::Conv2DBackpropFilterArgs a{};
+  a.input = stage.Add(x, /*optional=*/true);
+  a.out_backprop = stage.Add(dy, /*optional=*/true);
+  a.filter_backprop = dw.mutable_data();  // written on the CPU (repacked from MPS's layout)
+  a.bias_backprop = bias ? db.mutable_data() : nullptr;
+  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DBackpropFilterMetal(g, a); });
+  return py::make_tuple(Result(s), dw, db);
+}
+
+// conv_repack.h on a HWIO (to_ohwi) or OHWI array of float32 or float16.
+py::array Repack(py::array a, bool to_ohwi) {
+  a = py::array::ensure(a, py::array::c_style);
+  if (a.ndim() != 4) throw std::invalid_argument("repack: a 4-D array expected");
+  tfmps::conv::FilterShape s;
+  if (to_ohwi) {  // [KH, KW, Cg, O]
+    s.k_h = a.shape(0), s.k_w = a.shape(1), s.in_c_per_group = a.shape(2), s.out_c = a.shape(3);
+  } else {  // [O, KH, KW, Cg]
+    s.out_c = a.shape(0), s.k_h = a.shape(1), s.k_w = a.shape(2), s.in_c_per_group = a.shape(3);
+  }
+  std::vector<py::ssize_t> shape = to_ohwi ? std::vector<py::ssize_t>{s.out_c, s.k_h, s.k_w, s.in_c_per_group}
+                                           : std::vector<py::ssize_t>{s.k_h, s.k_w, s.in_c_per_group, s.out_c};
+  py::array out(a.dtype(), shape);
+  if (a.dtype().is(py::dtype::of<float>())) {
+    const auto* src = static_cast<const float*>(a.data());
+    auto* dst = static_cast<float*>(out.mutable_data());
+    to_ohwi ? tfmps::conv::HwioToOhwi(s, src, dst) : tfmps::conv::OhwiToHwio(s, src, dst);
+  } else if (a.dtype().kind() == 'f' && a.dtype().itemsize() == 2) {
+    const auto* src = static_cast<const uint16_t*>(a.data());
+    auto* dst = static_cast<uint16_t*>(out.mutable_data());
+    to_ohwi ? tfmps::conv::HwioToOhwi(s, src, dst) : tfmps::conv::OhwiToHwio(s, src, dst);
+  } else {
+    throw std::invalid_argument("repack: float32 or float16 expected");
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_tfmps_metal_emu, m) {
@@ -327,4 +458,17 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
   m.def("image_to_matrix", [](tfmps_test::Image& i, py::array dst, const std::string& layout,
                               size_t offset) { return FromImage(i, dst, layout, true, offset); },
         py::arg("image"), py::arg("dst"), py::arg("layout"), py::arg("offset") = 0);
+  m.def("conv2d_forward", &ConvForward, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("relu"),
+        py::arg("strides"), py::arg("dilations"), py::arg("padding"), py::arg("pads") = std::vector<int64_t>(),
+        py::arg("offset") = 0, py::arg("half_accumulation") = false,
+        "Conv2DForwardMetal: ((code, message), y)");
+  m.def("conv2d_backprop_input", &ConvBackpropInput, py::arg("x_shape"), py::arg("w"), py::arg("dy"),
+        py::arg("strides"), py::arg("dilations"), py::arg("padding"), py::arg("pads") = std::vector<int64_t>(),
+        py::arg("offset") = 0, "Conv2DBackpropInputMetal: ((code, message), dx)");
+  m.def("conv2d_backprop_filter", &ConvBackpropFilter, py::arg("x"), py::arg("w_shape"), py::arg("dy"),
+        py::arg("bias"), py::arg("strides"), py::arg("dilations"), py::arg("padding"),
+        py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0,
+        "Conv2DBackpropFilterMetal: ((code, message), dw, db)");
+  m.def("hwio_to_ohwi", [](py::array a) { return Repack(a, true); });
+  m.def("ohwi_to_hwio", [](py::array a) { return Repack(a, false); });
 }

@@ -319,4 +319,174 @@ extern "C" BOOL MPSSupportsMTLDevice(id<MTLDevice> device);
            resultValuesVector:(MPSVector*)resultValuesVector;
 @end
 
+// ============================================================ CNN: convolution (MPSNeuralNetwork)
+// MPSCoreTypes.h: a signed pixel offset (x, y) and the first image of a batch (z).
+typedef struct {
+  NSInteger x;
+  NSInteger y;
+  NSInteger z;
+} MPSOffset;
+
+// MPSCoreTypes.h: what a kernel reads outside the source image. MPSCNNKernel's default
+// is Zero.
+typedef NS_ENUM(NSUInteger, MPSImageEdgeMode) {
+  MPSImageEdgeModeZero = 0,
+  MPSImageEdgeModeClamp = 1,
+};
+
+// MPSCNNNeuronType (MPSNeuralNetworkTypes.h), the two the project uses: ReLU is
+// f(x) = x >= 0 ? x : a * x.
+typedef NS_ENUM(int32_t, MPSCNNNeuronType) {
+  MPSCNNNeuronTypeNone = 0,
+  MPSCNNNeuronTypeReLU = 1,
+};
+
+// MPSCNNConvolution.h (macOS 10.14): the precision of the convolution's sums. Apple's
+// default for MPSCNNConvolution is Half, so float32 results need Float set explicitly.
+typedef NS_OPTIONS(NSUInteger, MPSNNConvolutionAccumulatorPrecisionOption) {
+  MPSNNConvolutionAccumulatorPrecisionOptionHalf = 0,
+  MPSNNConvolutionAccumulatorPrecisionOptionFloat = 1,
+};
+
+// MPSCNNConvolution.h (macOS 10.13.4): which gradients MPSCNNConvolutionGradient computes.
+typedef NS_OPTIONS(NSUInteger, MPSCNNConvolutionGradientOption) {
+  MPSCNNConvolutionGradientOptionGradientWithData = 1,
+  MPSCNNConvolutionGradientOptionGradientWithWeightsAndBias = 2,
+  MPSCNNConvolutionGradientOptionAll = 3,
+};
+
+// MPSCNNNeuron.h (macOS 10.14).
+@interface MPSNNNeuronDescriptor : NSObject <NSCopying>
+@property(readwrite, nonatomic) MPSCNNNeuronType neuronType;
+@property(readwrite, nonatomic) float a;
+@property(readwrite, nonatomic) float b;
+@property(readwrite, nonatomic) float c;
++ (MPSNNNeuronDescriptor*)cnnNeuronDescriptorWithType:(MPSCNNNeuronType)neuronType;
++ (MPSNNNeuronDescriptor*)cnnNeuronDescriptorWithType:(MPSCNNNeuronType)neuronType a:(float)a;
+@end
+
+// MPSCNNConvolution.h (macOS 10.13). The kernel window of output pixel (x, y) has its left
+// edge at offset.x + x * strideInPixelsX - (kernelWidth >> 1) (and likewise in y);
+// groups > 1 needs inputFeatureChannels / groups and outputFeatureChannels / groups to be
+// multiples of 4.
+@interface MPSCNNConvolutionDescriptor : NSObject <NSCopying>
+@property(readwrite, nonatomic) NSUInteger kernelWidth;
+@property(readwrite, nonatomic) NSUInteger kernelHeight;
+@property(readwrite, nonatomic) NSUInteger inputFeatureChannels;
+@property(readwrite, nonatomic) NSUInteger outputFeatureChannels;
+@property(readwrite, nonatomic) NSUInteger strideInPixelsX;
+@property(readwrite, nonatomic) NSUInteger strideInPixelsY;
+@property(readwrite, nonatomic) NSUInteger groups;
+@property(readwrite, nonatomic) NSUInteger dilationRateX;
+@property(readwrite, nonatomic) NSUInteger dilationRateY;
+// macOS 10.14: a neuron applied to the result (nil: none).
+@property(readwrite, nonatomic, retain) MPSNNNeuronDescriptor* fusedNeuronDescriptor;
++ (instancetype)cnnConvolutionDescriptorWithKernelWidth:(NSUInteger)kernelWidth
+                                           kernelHeight:(NSUInteger)kernelHeight
+                                   inputFeatureChannels:(NSUInteger)inputFeatureChannels
+                                  outputFeatureChannels:(NSUInteger)outputFeatureChannels;
+@end
+
+// MPSCNNConvolution.h (macOS 10.13): depthwise convolution; groups must be 1, and only a
+// channel multiplier of 1 is supported (outputFeatureChannels == inputFeatureChannels).
+// Weights are [outputFeatureChannels][kernelHeight][kernelWidth].
+@interface MPSCNNDepthWiseConvolutionDescriptor : MPSCNNConvolutionDescriptor
+@property(readonly, nonatomic) NSUInteger channelMultiplier;
+@end
+
+// MPSCNNConvolution.h: where MPSCNNConvolution gets its weights. weights are
+// [outputFeatureChannels][kernelHeight][kernelWidth][inputFeatureChannels / groups] of
+// dataType; biasTerms are outputFeatureChannels floats, or NULL. Each load is balanced by
+// a purge once MPS no longer needs the data.
+@protocol MPSCNNConvolutionDataSource <NSCopying, NSObject>
+@required
+- (MPSDataType)dataType;
+- (MPSCNNConvolutionDescriptor*)descriptor;
+- (void*)weights;
+- (float*)biasTerms;
+- (BOOL)load;
+- (void)purge;
+- (NSString*)label;
+@end
+
+// MPSState.h (macOS 10.13.4): what a forward kernel hands its gradient kernel.
+@interface MPSState : NSObject
+@end
+
+@interface MPSNNGradientState : MPSState
+@end
+
+@class MPSCNNConvolution;
+
+// MPSCNNConvolution.h (macOS 10.13.4): the gradients w.r.t. weights
+// ([outputFeatureChannels][kernelHeight][kernelWidth][inputFeatureChannels / groups]) and
+// biases ([outputFeatureChannels]) that MPSCNNConvolutionGradient writes.
+@interface MPSCNNConvolutionGradientState : MPSNNGradientState
+@property(readonly, nonatomic) id<MTLBuffer> gradientForWeights;
+@property(readonly, nonatomic) id<MTLBuffer> gradientForBiases;
+@property(readonly, retain, nonatomic) MPSCNNConvolution* convolution;
+@end
+
+// MPSCNNKernel.h (macOS 10.13): one source image, one destination image.
+@interface MPSCNNKernel : MPSKernel
+// clipRect.origin in source coordinates; z is the first source image of the batch.
+@property(readwrite, nonatomic) MPSOffset offset;
+@property(readwrite, nonatomic) MPSImageEdgeMode edgeMode;
+@property(readonly, nonatomic) NSUInteger kernelWidth;
+@property(readonly, nonatomic) NSUInteger kernelHeight;
+@property(readonly, nonatomic) NSUInteger strideInPixelsX;
+@property(readonly, nonatomic) NSUInteger strideInPixelsY;
+@property(readonly, nonatomic) NSUInteger dilationRateX;
+@property(readonly, nonatomic) NSUInteger dilationRateY;
+// The destination's size and the offset are the caller's (no padding policy runs).
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+             destinationImage:(MPSImage*)destinationImage;
+// macOS 10.13.4: the state this kernel would produce for these images (nil if none).
+- (MPSState*)resultStateForSourceImage:(MPSImage*)sourceImage
+                          sourceStates:(NSArray<MPSState*>*)sourceStates
+                      destinationImage:(MPSImage*)destinationImage;
+@end
+
+// MPSCNNConvolution.h (macOS 10.13).
+@interface MPSCNNConvolution : MPSCNNKernel
+@property(readonly, nonatomic) NSUInteger inputFeatureChannels;
+@property(readonly, nonatomic) NSUInteger outputFeatureChannels;
+@property(readonly, nonatomic) NSUInteger groups;
+// macOS 10.14; default Half.
+@property(readwrite, nonatomic) MPSNNConvolutionAccumulatorPrecisionOption accumulatorPrecisionOption;
+// Calls the data source's load, reads its descriptor, weights and biases, then purge.
+- (instancetype)initWithDevice:(id<MTLDevice>)device weights:(id<MPSCNNConvolutionDataSource>)weights;
+- (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
+- (MPSCNNConvolutionGradientState*)resultStateForSourceImage:(MPSImage*)sourceImage
+                                                sourceStates:(NSArray<MPSState*>*)sourceStates
+                                            destinationImage:(MPSImage*)destinationImage;
+@end
+
+// MPSCNNKernel.h (macOS 10.13.4): two sources (here a gradient and a forward source).
+@interface MPSCNNBinaryKernel : MPSKernel
+@end
+
+// MPSCNNKernel.h (macOS 10.13.4): the backward pass of an MPSCNNKernel.
+@interface MPSCNNGradientKernel : MPSCNNBinaryKernel
+@property(readwrite, nonatomic) NSInteger kernelOffsetX;
+@property(readwrite, nonatomic) NSInteger kernelOffsetY;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+                gradientState:(MPSState*)gradientState
+          destinationGradient:(MPSImage*)destinationGradient;
+@end
+
+// MPSCNNConvolution.h (macOS 10.13.4): dL/dsource into destinationGradient, dL/dweights
+// and dL/dbias into the gradient state's buffers, as gradientOption says.
+@interface MPSCNNConvolutionGradient : MPSCNNGradientKernel
+@property(readonly, nonatomic) NSUInteger sourceGradientFeatureChannels;
+@property(readonly, nonatomic) NSUInteger sourceImageFeatureChannels;
+@property(readonly, nonatomic) NSUInteger groups;
+@property(readwrite, nonatomic) MPSCNNConvolutionGradientOption gradientOption;
+- (instancetype)initWithDevice:(id<MTLDevice>)device weights:(id<MPSCNNConvolutionDataSource>)weights;
+- (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
+@end
+
 #endif  // TFMPS_STUB_METALPERFORMANCESHADERS_H_
