@@ -20,9 +20,10 @@
 //  * groups: inputFeatureChannels and outputFeatureChannels divisible by groups, and for
 //    groups > 1 the channels of each group a multiple of 4 (MPSCNNConvolutionDescriptor
 //    groups); MPSCNNDepthWiseConvolutionDescriptor: groups 1 and channel multiplier 1.
-//  * accumulatorPrecisionOption: Apple's default is Half. The fake computes in float32
-//    only and aborts on Half, so that code forgetting to ask for Float is caught here
-//    rather than giving half-precision sums on a Mac.
+//  * accumulatorPrecisionOption (macOS 10.13.4): the fake starts at Half (the option's
+//    zero value; Apple's pages do not state the kernel's default), computes in float32
+//    only and aborts on Half, so code that does not ask for Float explicitly is caught
+//    here rather than risking half-precision sums on a Mac.
 //  * fusedNeuronDescriptor: none, or ReLU with a = 0 (the CPU backend's relu); other
 //    neurons are not emulated. A gradient kernel's data source may not carry a neuron
 //    (MPS's training graph refuses them; the gradient of a fused neuron is not the
@@ -34,10 +35,10 @@
 //  * -resultStateForSourceImage:sourceStates:destinationImage: makes an
 //    MPSCNNConvolutionGradientState that records the convolution's parameters and offset
 //    at that moment (Apple: the state "contains information about the MPSCNNKernel
-//    parameters at the time it encoded"), with gradientForWeights ([O][KH][KW][Cg]
-//    float32) and, when the convolution has biases, gradientForBiases ([O] float32), in
-//    private storage (Apple leaves the storage mode unsaid; private is the stricter: the
-//    CPU must blit them out).
+//    parameters at the time it encoded", and it is an MPSImageSizeEncodingState), with
+//    gradientForWeights ([O][KH][KW][Cg] float32) and gradientForBiases ([O] float32),
+//    both nonnull as Apple declares them, in private storage (Apple leaves the storage
+//    mode unsaid; private is the stricter: the CPU must blit them out).
 //  * MPSCNNConvolutionGradient computes the exact adjoint of that recorded forward:
 //    dL/dsource into destinationGradient (GradientWithData) with its own data source's
 //    weights, and the sums over the batch of dL/dweights and dL/dbias into the state
@@ -179,9 +180,10 @@ void CheckFloatImage(const char* method, const char* name, MPSImage* image, id<M
   }
 }
 
-// Images [first, first + count) of an image as dense NHWC floats.
-std::vector<float> ReadNhwc(MPSImage* image, int64_t first, int64_t count) {
-  const int64_t H = [image height], W = [image width], C = [image featureChannels];
+// Images [first, first + count) of an image as dense NHWC floats, from row row0 and
+// column col0 on.
+std::vector<float> ReadNhwc(MPSImage* image, int64_t first, int64_t count, int64_t row0 = 0, int64_t col0 = 0) {
+  const int64_t H = [image height] - row0, W = [image width] - col0, C = [image featureChannels];
   std::vector<float> out(static_cast<size_t>(count * H * W * C));
   const uint8_t* src = [image gpuBytes];
   for (int64_t n = 0; n < count; ++n)
@@ -189,32 +191,43 @@ std::vector<float> ReadNhwc(MPSImage* image, int64_t first, int64_t count) {
       for (int64_t w = 0; w < W; ++w)
         for (int64_t c = 0; c < C; ++c)
           std::memcpy(&out[((n * H + h) * W + w) * C + c],
-                      src + [image indexOfImage:first + n channel:c row:h column:w] * sizeof(float), sizeof(float));
+                      src + [image indexOfImage:first + n channel:c row:row0 + h column:col0 + w] * sizeof(float),
+                      sizeof(float));
   return out;
 }
 
-// Writes images [0, count) from NHWC, zeroing the padding channels of the last slice.
-void WriteNhwc(MPSImage* image, int64_t count, const std::vector<float>& in) {
+// Writes images [0, count) from NHWC values of rows [row0, height) and columns
+// [col0, width) (zeros elsewhere), zeroing the padding channels of the last slice.
+void WriteNhwc(MPSImage* image, int64_t count, const std::vector<float>& in, int64_t row0 = 0, int64_t col0 = 0) {
   const int64_t H = [image height], W = [image width], C = [image featureChannels];
+  const int64_t h_in = H - row0, w_in = W - col0;
   uint8_t* dst = [image gpuBytes];
   for (int64_t n = 0; n < count; ++n)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t w = 0; w < W; ++w) {
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float),
-                      &in[((n * H + h) * W + w) * C + c], sizeof(float));
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = h >= row0 && w >= col0 ? in[((n * h_in + h - row0) * w_in + w - col0) * C + c] : 0.0f;
+          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), &v, sizeof(float));
+        }
         for (int64_t c = C; c % 4 != 0; ++c)
           std::memset(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), 0, sizeof(float));
       }
 }
 
-// The CPU backend's geometry for what MPS computes from `offset` over these images.
-tfmps::conv::Conv2DGeometry GeometryOf(const char* method, const ConvParams& p, MPSOffset offset, MPSImage* source,
-                                       MPSImage* destination) {
-  tfmps::conv::Conv2DGeometry g{};
+// The CPU backend's geometry for what MPS computes from `offset` over these images. An
+// offset that starts the first window inside the source (a negative padding) becomes a
+// source cropped from row0/col0 on: nothing before it is read.
+struct Placement {
+  tfmps::conv::Conv2DGeometry g;
+  int64_t first = 0, row0 = 0, col0 = 0;
+};
+
+Placement GeometryOf(const char* method, const ConvParams& p, MPSOffset offset, MPSImage* source,
+                     MPSImage* destination) {
+  Placement pl;
+  tfmps::conv::Conv2DGeometry& g = pl.g;
+  g = {};
   g.batch = static_cast<int64_t>([destination numberOfImages]);
-  g.in_h = [source height];
-  g.in_w = [source width];
   g.in_c = p.in_c;
   g.k_h = p.k_h;
   g.k_w = p.k_w;
@@ -230,10 +243,15 @@ tfmps::conv::Conv2DGeometry GeometryOf(const char* method, const ConvParams& p, 
   g.out_w = [destination width];
   g.pad_top = (p.k_h >> 1) * p.dilation_y - offset.y;
   g.pad_left = (p.k_w >> 1) * p.dilation_x - offset.x;
-  if (g.pad_top < 0 || g.pad_left < 0) {
-    EmuValidationFailure(method, "emulation limit: an offset (" + S(offset.x) + ", " + S(offset.y) +
-                                     ") that starts the first window inside the source (the fake's CPU "
-                                     "convolution takes paddings >= 0)");
+  pl.row0 = std::max<int64_t>(0, -g.pad_top);
+  pl.col0 = std::max<int64_t>(0, -g.pad_left);
+  g.pad_top = std::max<int64_t>(0, g.pad_top);
+  g.pad_left = std::max<int64_t>(0, g.pad_left);
+  g.in_h = static_cast<int64_t>([source height]) - pl.row0;
+  g.in_w = static_cast<int64_t>([source width]) - pl.col0;
+  if (g.in_h <= 0 || g.in_w <= 0) {
+    EmuValidationFailure(method, "emulation limit: offset (" + S(offset.x) + ", " + S(offset.y) +
+                                     ") starts every window past the source's edge");
   }
   g.pad_bottom = std::max<int64_t>(0, (g.out_h - 1) * g.stride_h + (g.k_h - 1) * g.dilation_h + 1 - g.in_h - g.pad_top);
   g.pad_right = std::max<int64_t>(0, (g.out_w - 1) * g.stride_w + (g.k_w - 1) * g.dilation_w + 1 - g.in_w - g.pad_left);
@@ -241,7 +259,8 @@ tfmps::conv::Conv2DGeometry GeometryOf(const char* method, const ConvParams& p, 
     EmuValidationFailure(method, "offset.z (" + S(offset.z) + ") + the destination's " + S(g.batch) +
                                      " images exceed the source's " + S([source numberOfImages]) + " images");
   }
-  return g;
+  pl.first = offset.z;
+  return pl;
 }
 
 tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats) {
@@ -382,9 +401,8 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
   id<MTLBuffer> _gradientForWeights;
   id<MTLBuffer> _gradientForBiases;
   MPSCNNConvolution* _convolution;
-  ConvParams _params;                     // the forward's, without the weights
-  tfmps::conv::Conv2DGeometry _geometry;  // as the forward's offset and images give it
-  int64_t _firstSource;                   // offset.z
+  ConvParams _params;    // the forward's, without the weights
+  Placement _placement;  // as the forward's offset and images give it
 }
 
 - (id<MTLBuffer>)gradientForWeights { return _gradientForWeights; }
@@ -488,8 +506,7 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
     EmuValidationFailure(method, "emulation limit: accumulatorPrecisionOption is Half (Apple's default); the fake "
                                  "sums in float32 only: set MPSNNConvolutionAccumulatorPrecisionOptionFloat");
   }
-  const tfmps::conv::Conv2DGeometry g = GeometryOf(method, _p, _offset, sourceImage, destinationImage);
-  const int64_t first = _offset.z;
+  const Placement pl = GeometryOf(method, _p, _offset, sourceImage, destinationImage);
   const std::vector<float> hwio = ToHwio(_p, _p.weights);
   const std::vector<float> bias = _p.bias;
   const bool relu = _p.relu;
@@ -498,8 +515,9 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
   [dst beginGpuWrite];
   EmuEncode(
       commandBuffer, method,
-      [g, first, hwio, bias, relu, src, dst] {
-        const std::vector<float> x = ReadNhwc(src, first, g.batch);
+      [pl, hwio, bias, relu, src, dst] {
+        const tfmps::conv::Conv2DGeometry& g = pl.g;
+        const std::vector<float> x = ReadNhwc(src, pl.first, g.batch, pl.row0, pl.col0);
         std::vector<float> y(static_cast<size_t>(g.out_pixels() * g.out_c));
         std::vector<float> workspace;
         const tfmps::conv::CpuContext cpu = SerialCpu(&workspace, tfmps::conv::Conv2DForwardCpuWorkspace(g, 1));
@@ -522,17 +540,13 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
   if (state == nil) return nil;
   state->_params = _p;
   state->_params.weights.clear();
-  state->_geometry = GeometryOf(method, _p, _offset, sourceImage, destinationImage);
-  state->_firstSource = _offset.z;
+  state->_placement = GeometryOf(method, _p, _offset, sourceImage, destinationImage);
   state->_convolution = self;
   const size_t weight_bytes = _p.weights.size() * sizeof(float);
   state->_gradientForWeights = [[self device] newBufferWithLength:weight_bytes options:MTLResourceStorageModePrivate];
-  if (state->_gradientForWeights == nil) return nil;
-  if (!_p.bias.empty()) {
-    state->_gradientForBiases = [[self device] newBufferWithLength:_p.bias.size() * sizeof(float)
-                                                           options:MTLResourceStorageModePrivate];
-    if (state->_gradientForBiases == nil) return nil;
-  }
+  state->_gradientForBiases = [[self device] newBufferWithLength:static_cast<size_t>(_p.out_c) * sizeof(float)
+                                                         options:MTLResourceStorageModePrivate];
+  if (state->_gradientForWeights == nil || state->_gradientForBiases == nil) return nil;
   return state;
 }
 
@@ -614,7 +628,9 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
     EmuValidationFailure(method, "emulation check: the gradient kernel's data source describes another "
                                  "convolution than the gradient state's");
   }
-  const tfmps::conv::Conv2DGeometry g = state->_geometry;
+  const Placement pl = state->_placement;
+  const tfmps::conv::Conv2DGeometry& g = pl.g;
+  const int64_t src_h = g.in_h + pl.row0, src_w = g.in_w + pl.col0;
   auto same = [](MPSImage* im, int64_t n, int64_t h, int64_t w, int64_t c) {
     return static_cast<int64_t>([im numberOfImages]) == n && static_cast<int64_t>([im height]) == h &&
            static_cast<int64_t>([im width]) == w && static_cast<int64_t>([im featureChannels]) == c;
@@ -623,14 +639,13 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
     EmuValidationFailure(method, "sourceGradient is not the size of the forward's destination (" + S(g.batch) +
                                      " images of " + S(g.out_h) + " x " + S(g.out_w) + " x " + S(g.out_c) + ")");
   }
-  const int64_t first = state->_firstSource;
-  if (static_cast<int64_t>([sourceImage numberOfImages]) < first + g.batch ||
-      static_cast<int64_t>([sourceImage height]) != g.in_h || static_cast<int64_t>([sourceImage width]) != g.in_w ||
+  if (static_cast<int64_t>([sourceImage numberOfImages]) < pl.first + g.batch ||
+      static_cast<int64_t>([sourceImage height]) != src_h || static_cast<int64_t>([sourceImage width]) != src_w ||
       static_cast<int64_t>([sourceImage featureChannels]) != g.in_c) {
-    EmuValidationFailure(method, "sourceImage is not the forward's source (" + S(g.in_h) + " x " + S(g.in_w) +
+    EmuValidationFailure(method, "sourceImage is not the forward's source (" + S(src_h) + " x " + S(src_w) +
                                      " x " + S(g.in_c) + ")");
   }
-  if (!same(destinationGradient, g.batch, g.in_h, g.in_w, g.in_c)) {
+  if (!same(destinationGradient, g.batch, src_h, src_w, g.in_c)) {
     EmuValidationFailure(method, "destinationGradient is not the size of the forward's source images");
   }
   if (destinationGradient == sourceGradient || destinationGradient == sourceImage) {
@@ -648,7 +663,8 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
   if (data) [dx_image beginGpuWrite];
   EmuEncode(
       commandBuffer, method,
-      [g, first, data, weights, hwio, shape, dy_image, x_image, dx_image, dw_buffer, db_buffer] {
+      [pl, data, weights, hwio, shape, dy_image, x_image, dx_image, dw_buffer, db_buffer] {
+        const tfmps::conv::Conv2DGeometry& g = pl.g;
         const std::vector<float> dy = ReadNhwc(dy_image, 0, g.batch);
         std::vector<float> workspace;
         if (data) {
@@ -657,20 +673,19 @@ tfmps::conv::CpuContext SerialCpu(std::vector<float>* workspace, int64_t floats)
               SerialCpu(&workspace, tfmps::conv::Conv2DBackpropInputCpuWorkspace(g, 1));
           tfmps::conv::Conv2DBackpropInputArgs a{hwio.data(), dy.data(), dx.data()};
           tfmps::conv::Conv2DBackpropInputCpu(g, a, cpu);
-          WriteNhwc(dx_image, g.batch, dx);
+          WriteNhwc(dx_image, g.batch, dx, pl.row0, pl.col0);
         }
         if (weights) {
-          const std::vector<float> x = ReadNhwc(x_image, first, g.batch);
+          const std::vector<float> x = ReadNhwc(x_image, pl.first, g.batch, pl.row0, pl.col0);
           std::vector<float> dw(static_cast<size_t>(g.patch() * g.out_c));
           std::vector<float> db(static_cast<size_t>(g.out_c));
-          const bool bias = db_buffer != nil;
           const tfmps::conv::CpuContext cpu =
-              SerialCpu(&workspace, tfmps::conv::Conv2DBackpropFilterCpuWorkspace(g, 1, bias));
-          tfmps::conv::Conv2DBackpropFilterArgs a{x.data(), dy.data(), dw.data(), bias ? db.data() : nullptr};
+              SerialCpu(&workspace, tfmps::conv::Conv2DBackpropFilterCpuWorkspace(g, 1, /*bias=*/true));
+          tfmps::conv::Conv2DBackpropFilterArgs a{x.data(), dy.data(), dw.data(), db.data()};
           tfmps::conv::Conv2DBackpropFilterCpu(g, a, cpu);
           const std::vector<float> ohwi = ToOhwi(shape, dw);
           std::memcpy(EmuBufferBytes(dw_buffer), ohwi.data(), ohwi.size() * sizeof(float));
-          if (bias) std::memcpy(EmuBufferBytes(db_buffer), db.data(), db.size() * sizeof(float));
+          std::memcpy(EmuBufferBytes(db_buffer), db.data(), db.size() * sizeof(float));
         }
       },
       [data, dx_image] {

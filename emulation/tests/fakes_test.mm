@@ -1319,4 +1319,231 @@ TEST_F(Fakes, OptimizerMisuseAbortsAndInitCanFail) {
   EXPECT_DEATH(sgd_encode(8, 16, MPSDataTypeFloat32), "overlap in memory");
 }
 
+// ------------------------------------------------------------------ MPSCNNConvolution
+// Expected values from Apple's placement rule (the window of output x starts at
+// offset.x + x*stride - (kernelWidth >> 1)), zero edges, computed here in double.
+
+}  // namespace
+
+// A data source of given OHWI weights that counts its loads and purges.
+@interface FakesConvSource : NSObject <MPSCNNConvolutionDataSource> {
+ @public
+  MPSCNNConvolutionDescriptor* desc;
+  std::vector<float> w, b;
+  int loads, purges;
+  BOOL loadResult;
+}
+@end
+
+@implementation FakesConvSource
+- (MPSDataType)dataType { return MPSDataTypeFloat32; }
+- (MPSCNNConvolutionDescriptor*)descriptor { return desc; }
+- (void*)weights { return w.data(); }
+- (float*)biasTerms { return b.empty() ? nullptr : b.data(); }
+- (BOOL)load { ++loads; return loadResult; }
+- (void)purge { ++purges; }
+- (NSString*)label { return @"fakes"; }
+- (id)copyWithZone:(NSZone*)zone { return self; }
+@end
+
+namespace {
+
+FakesConvSource* ConvSource(NSUInteger kw, NSUInteger kh, NSUInteger in, NSUInteger out, std::vector<float> w,
+                            std::vector<float> b = {}) {
+  FakesConvSource* s = [[FakesConvSource alloc] init];
+  s->desc = [MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:kw
+                                                                    kernelHeight:kh
+                                                            inputFeatureChannels:in
+                                                           outputFeatureChannels:out];
+  s->w = std::move(w);
+  s->b = std::move(b);
+  s->loadResult = YES;
+  return s;
+}
+
+// One image of w x h x c float32 from HWC values, written on the CPU.
+MPSImage* FloatImage(id<MTLDevice> device, NSUInteger w, NSUInteger h, NSUInteger c, const std::vector<float>& hwc) {
+  MPSImage* image = Image(device, MPSImageFeatureChannelFormatFloat32, w, h, c, 1);
+  if (!hwc.empty()) [image writeBytes:hwc.data() dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels imageIndex:0];
+  return image;
+}
+
+std::vector<float> ReadHwc(MPSImage* image) {
+  std::vector<float> v([image width] * [image height] * [image featureChannels]);
+  [image readBytes:v.data() dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels imageIndex:0];
+  return v;
+}
+
+// A single-channel correlation with zero edges: y[i][j] = sum w[kh][kw] x[r][c],
+// r = oy + i*s - (KH >> 1) + kh (no dilation).
+std::vector<float> Correlate(const std::vector<float>& x, int H, int W, const std::vector<float>& w, int KH, int KW,
+                             int ox, int oy, int s, int OH, int OW, double bias, bool relu) {
+  std::vector<float> y(OH * OW);
+  for (int i = 0; i < OH; ++i)
+    for (int j = 0; j < OW; ++j) {
+      double acc = bias;
+      for (int kh = 0; kh < KH; ++kh)
+        for (int kw = 0; kw < KW; ++kw) {
+          const int r = oy + i * s - (KH >> 1) + kh, c = ox + j * s - (KW >> 1) + kw;
+          if (r >= 0 && r < H && c >= 0 && c < W) acc += double(w[kh * KW + kw]) * x[r * W + c];
+        }
+      y[i * OW + j] = static_cast<float>(relu && acc < 0 ? 0.0 : acc);
+    }
+  return y;
+}
+
+void RunConv(id<MTLDevice> device, MPSCNNConvolution* conv, MPSImage* src, MPSImage* dst) {
+  id<MTLCommandBuffer> cb = [[device newCommandQueue] commandBuffer];
+  [conv encodeToCommandBuffer:cb sourceImage:src destinationImage:dst];
+  [dst synchronizeOnCommandBuffer:cb];
+  [cb commit];
+  [cb waitUntilCompleted];
+}
+
+TEST_F(Fakes, ConvolutionPlacesTheWindowAsApplesOffsetRuleSays) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  const int H = 5, W = 6;
+  std::vector<float> x(H * W);
+  for (int i = 0; i < H * W; ++i) x[i] = static_cast<float>((i * 7) % 11) - 5.0f;
+  struct Case { int kh, kw, ox, oy, s, oh, ow; };
+  for (const Case& t : {Case{3, 3, 1, 1, 1, 5, 6}, Case{3, 3, 0, 0, 2, 3, 3}, Case{2, 2, 0, 0, 1, 5, 6},
+                        Case{2, 3, 1, 1, 1, 4, 4}, Case{1, 1, 2, 1, 2, 2, 2}}) {
+    std::vector<float> w(t.kh * t.kw);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0.25f * static_cast<float>(i + 1) * (i % 2 ? -1.0f : 1.0f);
+    FakesConvSource* source = ConvSource(t.kw, t.kh, 1, 1, w, {0.5f});
+    source->desc.strideInPixelsX = source->desc.strideInPixelsY = t.s;
+    source->desc.fusedNeuronDescriptor = [MPSNNNeuronDescriptor cnnNeuronDescriptorWithType:MPSCNNNeuronTypeReLU];
+    MPSCNNConvolution* conv = [[MPSCNNConvolution alloc] initWithDevice:device weights:source];
+    ASSERT_NE(conv, nil);
+    EXPECT_EQ(source->loads, 1);
+    EXPECT_EQ(source->purges, 1);  // every load balanced
+    conv.offset = MPSOffset{t.ox, t.oy, 0};
+    conv.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+    MPSImage* src = FloatImage(device, W, H, 1, x);
+    MPSImage* dst = FloatImage(device, t.ow, t.oh, 1, {});
+    RunConv(device, conv, src, dst);
+    const std::vector<float> want = Correlate(x, H, W, w, t.kh, t.kw, t.ox, t.oy, t.s, t.oh, t.ow, 0.5, true);
+    const std::vector<float> got = ReadHwc(dst);
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(got[i], want[i]) << "kernel " << t.kh << "x" << t.kw << " at " << i;
+  }
+}
+
+TEST_F(Fakes, ConvolutionGroupsMapChannelsAndRejectUnalignedGroups) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  // 1x1, 8 -> 8 in 2 groups of 4: OHWI w[o][c] = o + 1 for c == o % 4, else 0, so
+  // y[o] = (o + 1) * x[(o / 4) * 4 + o % 4] = (o + 1) * x[o].
+  std::vector<float> w(8 * 4, 0.0f), x(8);
+  for (int o = 0; o < 8; ++o) w[o * 4 + o % 4] = static_cast<float>(o + 1);
+  for (int c = 0; c < 8; ++c) x[c] = static_cast<float>(c) - 2.5f;
+  FakesConvSource* source = ConvSource(1, 1, 8, 8, w);
+  source->desc.groups = 2;
+  MPSCNNConvolution* conv = [[MPSCNNConvolution alloc] initWithDevice:device weights:source];
+  conv.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+  MPSImage* src = FloatImage(device, 1, 1, 8, x);
+  MPSImage* dst = FloatImage(device, 1, 1, 8, {});
+  RunConv(device, conv, src, dst);
+  const std::vector<float> y = ReadHwc(dst);
+  for (int o = 0; o < 8; ++o) EXPECT_EQ(y[o], (o + 1) * x[o]);
+  EXPECT_DEATH(
+      {
+        FakesConvSource* s = ConvSource(1, 1, 6, 6, std::vector<float>(18));
+        s->desc.groups = 2;
+        (void)[[MPSCNNConvolution alloc] initWithDevice:MTLCreateSystemDefaultDevice() weights:s];
+      },
+      "multiple of 4");
+}
+
+TEST_F(Fakes, ConvolutionRefusesHalfAccumulationAndFailedLoads) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  FakesConvSource* failing = ConvSource(1, 1, 1, 1, {1.0f});
+  failing->loadResult = NO;
+  EXPECT_EQ([[MPSCNNConvolution alloc] initWithDevice:device weights:failing], nil);
+  EXPECT_DEATH(
+      {
+        id<MTLDevice> dev = MTLCreateSystemDefaultDevice();
+        MPSCNNConvolution* conv = [[MPSCNNConvolution alloc] initWithDevice:dev weights:ConvSource(1, 1, 1, 1, {1.0f})];
+        [conv encodeToCommandBuffer:[[dev newCommandQueue] commandBuffer]
+                        sourceImage:FloatImage(dev, 2, 2, 1, {1, 2, 3, 4})
+                   destinationImage:FloatImage(dev, 2, 2, 1, {})];
+      },
+      "accumulatorPrecisionOption is Half");
+  EXPECT_DEATH(
+      {
+        id<MTLDevice> dev = MTLCreateSystemDefaultDevice();
+        MPSCNNConvolution* conv = [[MPSCNNConvolution alloc] initWithDevice:dev weights:ConvSource(1, 1, 2, 1, {1, 1})];
+        conv.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+        [conv encodeToCommandBuffer:[[dev newCommandQueue] commandBuffer]
+                        sourceImage:FloatImage(dev, 2, 2, 1, {1, 2, 3, 4})
+                   destinationImage:FloatImage(dev, 2, 2, 1, {})];
+      },
+      "inputFeatureChannels is 2");
+}
+
+TEST_F(Fakes, ConvolutionGradientIsTheAdjointOfTheRecordedForward) {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  // 1 channel, 3x3 kernel, SAME (offset 1, 1) on 4x4: <dy, conv(x)> = <dx(dy), x> and
+  // dw[k] = sum over outputs of dy * x at the tap; checked against Correlate.
+  const int H = 4, W = 4;
+  std::vector<float> x(H * W), dy(H * W), w(9);
+  for (int i = 0; i < H * W; ++i) {
+    x[i] = static_cast<float>((i * 5) % 7) - 3.0f;
+    dy[i] = static_cast<float>((i * 3) % 5) - 2.0f;
+  }
+  for (int i = 0; i < 9; ++i) w[i] = static_cast<float>(i) - 4.0f;
+  FakesConvSource* source = ConvSource(3, 3, 1, 1, w, {0.0f});
+  MPSCNNConvolution* conv = [[MPSCNNConvolution alloc] initWithDevice:device weights:source];
+  conv.offset = MPSOffset{1, 1, 0};
+  MPSCNNConvolutionGradient* grad = [[MPSCNNConvolutionGradient alloc] initWithDevice:device weights:source];
+  EXPECT_EQ(grad.gradientOption, MPSCNNConvolutionGradientOptionAll);
+  MPSImage* xi = FloatImage(device, W, H, 1, x);
+  MPSImage* dyi = FloatImage(device, W, H, 1, dy);
+  MPSImage* dxi = FloatImage(device, W, H, 1, {});
+  MPSCNNConvolutionGradientState* state = [conv resultStateForSourceImage:xi sourceStates:nil destinationImage:dyi];
+  ASSERT_NE(state, nil);
+  ASSERT_NE(state.gradientForWeights, nil);
+  ASSERT_NE(state.gradientForBiases, nil);
+  EXPECT_EQ(state.convolution, conv);
+  id<MTLBuffer> dw = [device newBufferWithLength:9 * sizeof(float) options:MTLResourceStorageModeShared];
+  id<MTLBuffer> db = [device newBufferWithLength:sizeof(float) options:MTLResourceStorageModeShared];
+  id<MTLCommandBuffer> cb = [[device newCommandQueue] commandBuffer];
+  [grad encodeToCommandBuffer:cb sourceGradient:dyi sourceImage:xi gradientState:state destinationGradient:dxi];
+  [dxi synchronizeOnCommandBuffer:cb];
+  id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+  [blit copyFromBuffer:state.gradientForWeights sourceOffset:0 toBuffer:dw destinationOffset:0 size:9 * sizeof(float)];
+  [blit copyFromBuffer:state.gradientForBiases sourceOffset:0 toBuffer:db destinationOffset:0 size:sizeof(float)];
+  [blit endEncoding];
+  [cb commit];
+  [cb waitUntilCompleted];
+  // dw[k]: the forward with a one-hot kernel at k, dotted with dy.
+  const std::vector<float> got_dw = Floats(dw, 0, 9);
+  for (int k = 0; k < 9; ++k) {
+    std::vector<float> onehot(9, 0.0f);
+    onehot[k] = 1.0f;
+    const std::vector<float> y = Correlate(x, H, W, onehot, 3, 3, 1, 1, 1, H, W, 0.0, false);
+    double want = 0;
+    for (int i = 0; i < H * W; ++i) want += double(y[i]) * dy[i];
+    EXPECT_FLOAT_EQ(got_dw[k], static_cast<float>(want)) << "dw[" << k << "]";
+  }
+  double sum_dy = 0;
+  for (float v : dy) sum_dy += v;
+  EXPECT_FLOAT_EQ(Floats(db, 0, 1)[0], static_cast<float>(sum_dy));
+  // dx[p]: the forward of a one-hot image at p, dotted with dy.
+  const std::vector<float> got_dx = ReadHwc(dxi);
+  for (int p = 0; p < H * W; ++p) {
+    std::vector<float> onehot(H * W, 0.0f);
+    onehot[p] = 1.0f;
+    const std::vector<float> y = Correlate(onehot, H, W, w, 3, 3, 1, 1, 1, H, W, 0.0, false);
+    double want = 0;
+    for (int i = 0; i < H * W; ++i) want += double(y[i]) * dy[i];
+    EXPECT_FLOAT_EQ(got_dx[p], static_cast<float>(want)) << "dx[" << p << "]";
+  }
+  EXPECT_DEATH(
+      {
+        FakesConvSource* s = ConvSource(1, 1, 1, 1, {1.0f});
+        s->desc.fusedNeuronDescriptor = [MPSNNNeuronDescriptor cnnNeuronDescriptorWithType:MPSCNNNeuronTypeReLU];
+        (void)[[MPSCNNConvolutionGradient alloc] initWithDevice:MTLCreateSystemDefaultDevice() weights:s];
+      },
+      "fused neuron");
+}
+
 }  // namespace

@@ -30,7 +30,8 @@
 //    > 16384), and negative pads (geometries that only backends build internally).
 //  * accumulator_precision float16 (conv_metal.h).
 //  * a pointer that is not in a registered, 16-byte aligned Metal buffer.
-// accumulatorPrecisionOption is set to Float: Apple's default is Half.
+// accumulatorPrecisionOption is set to Float explicitly (Apple's pages do not state the
+// default).
 //
 // Weights: MPSCNNConvolution copies them at -initWithDevice:weights:, from a data source
 // over the TF filter (TFMPSConvDataSource below: -load repacks HWIO -> OHWI into memory
@@ -424,16 +425,13 @@ BackendStatus Conv2DBackpropFilterMetal(const Conv2DGeometry& g, const Conv2DBac
     if (staged_w == nil || (a.bias_backprop != nullptr && staged_b == nil)) {
       return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");
     }
-    // Zero weights (the gradient w.r.t. weights does not read them), zero biases when a
-    // bias gradient is wanted (the state then carries gradientForBiases).
-    const std::vector<float> zero_bias(a.bias_backprop == nullptr ? 0 : static_cast<size_t>(g.out_c), 0.0f);
+    // Zero weights: the gradient w.r.t. weights and biases does not read them.
     MPSCNNConvolutionDescriptor* d = DescriptorOf(g, /*relu=*/false);
     if (d == nil) return BackendStatus::Internal(op + ": MPSCNNConvolutionDescriptor returned nil");
-    TFMPSConvDataSource* weights =
-        [[TFMPSConvDataSource alloc] initWithDescriptor:d
-                                                  shape:shape
-                                                   hwio:nullptr
-                                                   bias:zero_bias.empty() ? nullptr : zero_bias.data()];
+    TFMPSConvDataSource* weights = [[TFMPSConvDataSource alloc] initWithDescriptor:d
+                                                                             shape:shape
+                                                                              hwio:nullptr
+                                                                              bias:nullptr];
     MPSCNNConvolution* conv = MakeConvolution(g, weights);
     if (conv == nil) return BackendStatus::Internal(op + ": MPSCNNConvolution initWithDevice:weights: returned nil");
     MPSCNNConvolutionGradient* grad = [[MPSCNNConvolutionGradient alloc] initWithDevice:metal::Device()

@@ -341,8 +341,9 @@ typedef NS_ENUM(int32_t, MPSCNNNeuronType) {
   MPSCNNNeuronTypeReLU = 1,
 };
 
-// MPSCNNConvolution.h (macOS 10.14): the precision of the convolution's sums. Apple's
-// default for MPSCNNConvolution is Half, so float32 results need Float set explicitly.
+// MPSNeuralNetworkTypes.h (macOS 10.13.4): the precision of the convolution's sums. Set
+// it explicitly: Apple's pages do not state the kernel's default, and Half "is silently
+// ignored" before A11-class GPUs.
 typedef NS_OPTIONS(NSUInteger, MPSNNConvolutionAccumulatorPrecisionOption) {
   MPSNNConvolutionAccumulatorPrecisionOptionHalf = 0,
   MPSNNConvolutionAccumulatorPrecisionOptionFloat = 1,
@@ -418,9 +419,11 @@ typedef NS_OPTIONS(NSUInteger, MPSCNNConvolutionGradientOption) {
 
 @class MPSCNNConvolution;
 
-// MPSCNNConvolution.h (macOS 10.13.4): the gradients w.r.t. weights
+// MPSCNNConvolution.h (macOS 10.13.4): made by -[MPSCNNConvolution
+// resultStateForSourceImage:sourceStates:destinationImage:], consumed by
+// MPSCNNConvolutionGradient, one per batch; the gradients w.r.t. weights
 // ([outputFeatureChannels][kernelHeight][kernelWidth][inputFeatureChannels / groups]) and
-// biases ([outputFeatureChannels]) that MPSCNNConvolutionGradient writes.
+// biases ([outputFeatureChannels]) that the gradient kernel writes (both nonnull).
 @interface MPSCNNConvolutionGradientState : MPSNNGradientState
 @property(readonly, nonatomic) id<MTLBuffer> gradientForWeights;
 @property(readonly, nonatomic) id<MTLBuffer> gradientForBiases;
@@ -453,7 +456,7 @@ typedef NS_OPTIONS(NSUInteger, MPSCNNConvolutionGradientOption) {
 @property(readonly, nonatomic) NSUInteger inputFeatureChannels;
 @property(readonly, nonatomic) NSUInteger outputFeatureChannels;
 @property(readonly, nonatomic) NSUInteger groups;
-// macOS 10.14; default Half.
+// macOS 10.13.4.
 @property(readwrite, nonatomic) MPSNNConvolutionAccumulatorPrecisionOption accumulatorPrecisionOption;
 // Calls the data source's load, reads its descriptor, weights and biases, then purge.
 - (instancetype)initWithDevice:(id<MTLDevice>)device weights:(id<MPSCNNConvolutionDataSource>)weights;
