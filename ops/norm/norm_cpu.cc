@@ -130,6 +130,12 @@ struct Plan {
   }
 };
 
+// The per-lane coefficients of the training dx (BackwardDxUnit); stats: e and f are used.
+struct DxLanes {
+  const float *a, *b, *c, *e, *f;
+  bool stats;
+};
+
 }  // namespace
 
 namespace isa_base {
@@ -170,8 +176,8 @@ int64_t ForwardCpuWorkspace(const NormShape& s, bool training) {
 
 int64_t BackwardCpuWorkspace(const NormShape& s, bool training) {
   const Plan p(s);
-  // partials [G, blocks, C, 2], sums [G, C, 2], coefficients [G, C, 3] floats
-  return 2 * p.G * p.blocks * p.C + 2 * p.G * p.C + (training ? 2 * p.G * p.C : 0);
+  // partials [G, blocks, C, 2], sums [G, C, 2], coefficients [G, C, 5] floats
+  return 2 * p.G * p.blocks * p.C + 2 * p.G * p.C + (training ? 3 * p.G * p.C : 0);
 }
 
 void ForwardCpu(const NormShape& s, const ForwardArgs& a, double* workspace, const ParallelFor& parallel) {
