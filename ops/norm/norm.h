@@ -24,9 +24,10 @@
 //   dgamma[c] = sum_{g,r} dy[g,r,c] * xhat[g,r,c]
 //   training:  with S1[g,c] = sum_r dy, S2[g,c] = sum_r dy * xhat (per group),
 //     dx = gamma*inv_std * (dy - S1/R - xhat * S2/R) + (gm + 2 * gv * (x - mean)) / R
-//   which is per (g, c) an affine map of dy and (x - mean):
-//     dx = A*dy + B*(x - mean) + C0,  A = gamma*inv_std,
-//     B  = -A*inv_std*S2/R + 2*gv/R,  C0 = -A*S1/R + gm/R
+//   computed per (g, c) as an affine map of dy and (x - mean), the mean of dy and the
+//   xhat term cancelling before the scaling by A (exactly 0 for R = 1):
+//     dx = A*(dy + B'*(x - mean) + C') + (E*(x - mean) + F),  A = gamma*inv_std,
+//     B' = -inv_std*S2/R,  C' = -S1/R,  E = 2*gv/R,  F = gm/R
 //   inference: dx = gamma*inv_std*dy (mean and variance are constants here; their
 //   gradients, -A*dbeta and -A*inv_std/2*dgamma, are formed by the Python wrapper).
 //
