@@ -346,16 +346,9 @@ BackendStatus Conv2DBackpropInputMetal(const Conv2DGeometry& g, const Conv2DBack
   BackendStatus s;
   if (!Precheck(op, g, acc, &s)) return s;
   if (g.in_pixels() == 0) return BackendStatus::Ok();
-  if (g.out_pixels() == 0) {  // no output pixel reads the input: dx = 0
-    const size_t bytes = static_cast<size_t>(g.in_pixels() * g.in_c) * sizeof(float);
-    const metal::BufferRef ref = metal::FindAlignedBuffer(a.input_backprop, bytes);
-    if (!ref.found()) return BackendStatus::Unsupported(op + ": input_backprop is not in a registered Metal buffer");
-    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
-      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
-      [blit fillBuffer:metal::BufferOf(ref) range:NSMakeRange(ref.offset, bytes) value:0];
-      [blit endEncoding];
-    });
-  }
+  // (A valid geometry has output pixels whenever it has input pixels; the CPU backend
+  // handles anything else.)
+  if (g.out_pixels() == 0) return BackendStatus::Unsupported(op + ": no output pixels");
   @autoreleasepool {
     Operands ops{op};
     MPSMatrix* dy = ops.Matrix("out_backprop", a.out_backprop, g.batch, g.out_h, g.out_w, g.out_c);
