@@ -1,0 +1,114 @@
+// 2-D max and average pooling: the backend interface of the pool family.
+//
+// Layouts (row-major, innermost last):
+//   input  x [N, H, W, C]        NHWC
+//   output y [N, OH, OW, C]      NHWC
+// Window of output (i, j): rows h = i*sh - pt + kh (0 <= kh < KH), columns
+// v = j*sw - pl + kw (0 <= kw < KW); its cells inside the image are
+//   S(i, j) = {(h, v) : 0 <= h < H, 0 <= v < W}      (never empty, see Geometry)
+//
+// Forward, per channel c:
+//   max: y[n,i,j,c] = x[n, a(n,i,j,c), c], a = the first cell of S(i, j) in scan order
+//        (kh, then kw, increasing) holding the maximum; a NaN counts as larger than every
+//        number (the first NaN of the window wins, so NaN propagates)
+//   avg: y[n,i,j,c] = (sum_{(h,v) in S(i,j)} x[n,h,v,c]) / |S(i,j)|   (padded cells are
+//        not counted: tf.nn.avg_pool2d's rule)
+// Gradients (dy = dL/dy, [N, OH, OW, C]; dx = dL/dx, [N, H, W, C]):
+//   max: dx[n,h,v,c] = sum of dy[n,i,j,c] over the windows whose arg-max a(n,i,j,c) is
+//        (h, v)  -- TF's CPU MaxPoolGrad: on ties, the first cell in scan order
+//   avg: dx[n,h,v,c] = sum over the windows (i, j) with (h, v) in S(i, j) of
+//        dy[n,i,j,c] / |S(i,j)|
+// Second order: the max gradient is linear in dy; its derivative with respect to dy,
+// applied to gg ([N, H, W, C]), gathers: ggy[n,i,j,c] = gg[n, a(n,i,j,c), c]
+// (MaxPool2DGradGradCpu, TF's MaxPoolGradGrad). The avg gradient is linear in dy and its
+// adjoint is the avg forward. The max gradient's derivative with respect to x is 0
+// almost everywhere.
+//
+// Geometry (TF's rules, as tf.nn.max_pool2d):
+//   VALID: pads 0;  out = (in - k) / s + 1, needs in >= k
+//   SAME:  out = ceil(in / s); total = max((out-1)*s + k - in, 0);
+//          before = total / 2, after = total - before
+// Every window holds at least one cell of the image: VALID by construction; SAME since
+// (out-1)*s < in gives total < k, so before < k and the first window reaches row 0, and
+// the last window starts at (out-1)*s - before < in.
+// ComputeGeometry checks this once for every backend and the glue, with the sizes that
+// could overflow (ksize and strides above 2^31 - 1) rejected.
+#ifndef TFMPS_POOL_POOL_H_
+#define TFMPS_POOL_POOL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "ops/common/backend.h"
+
+namespace tfmps {
+namespace pool {
+
+enum class Padding { kValid, kSame };
+
+// What the op's attributes and the input shape give; ComputeGeometry derives the rest.
+struct Pool2DSpec {
+  int64_t batch = 0, in_h = 0, in_w = 0, channels = 0;  // input [N, H, W, C]
+  int64_t k_h = 1, k_w = 1, stride_h = 1, stride_w = 1;
+  Padding padding = Padding::kValid;
+};
+
+struct Pool2DGeometry {
+  int64_t batch, in_h, in_w, channels;
+  int64_t k_h, k_w, stride_h, stride_w;
+  int64_t pad_top, pad_bottom, pad_left, pad_right;
+  int64_t out_h, out_w;
+
+  int64_t in_size() const { return batch * in_h * in_w * channels; }
+  int64_t out_size() const { return batch * out_h * out_w * channels; }
+};
+
+// Validates `s` (sizes >= 0, ksize and strides in [1, 2^31 - 1], VALID windows no larger
+// than the input) and fills `g`. Returns "" on success, else what is wrong, naming the
+// argument ("ksize", "strides", "input") in words the glue prefixes with the op's name.
+// An empty input (a zero batch, height, width or channel count) is valid: its output is
+// empty (a zero height or width gives out = 0 under SAME; under VALID it is an error,
+// the window being larger than the input).
+std::string ComputeGeometry(const Pool2DSpec& s, Pool2DGeometry* g);
+
+// One spatial dimension alone (`dim` = "height" or "width", for messages), for shape
+// functions that know only some dimensions: the output size, or what is wrong.
+std::string ComputeOutputSize(const char* dim, int64_t in, int64_t k, int64_t stride, Padding padding,
+                              int64_t* before, int64_t* after, int64_t* out);
+
+// ------------------------------------------------------------------ CPU backend
+// float32. float16 tensors are converted to float32 by the glue (exact) and the results
+// rounded to half once at the end (conv::FloatToHalfCpu), so every backend function
+// serves both. The loops are vectorized across the channel dimension; the work is split
+// into units of one output row (n, i) across `parallel`. The gradients accumulate into
+// dx from windows that may overlap: rows i and i' overlap when |i - i'| * sh < KH, so
+// units run in P = ceil(KH / sh) phases (rows i = p mod P in phase p), each phase's
+// rows writing disjoint rows of dx; non-overlapping windows that tile the input exactly
+// (KH == sh, KW == sw, no padding, no leftover) write dx directly, without zeroing it.
+// Results do not depend on the thread count: each dx element sums its terms in order
+// (i, then j increasing).
+void MaxPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
+void AvgPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
+// dx from x (for the arg-max) and dy.
+void MaxPool2DGradCpu(const Pool2DGeometry& g, const float* x, const float* dy, float* dx,
+                      const ParallelFor& parallel);
+void AvgPool2DGradCpu(const Pool2DGeometry& g, const float* dy, float* dx, const ParallelFor& parallel);
+// ggy [N, OH, OW, C] from x (for the arg-max) and gg [N, H, W, C].
+void MaxPool2DGradGradCpu(const Pool2DGeometry& g, const float* x, const float* gg, float* ggy,
+                          const ParallelFor& parallel);
+
+// IEEE binary16 (bit patterns) <-> float32 for the glue's float16 path, on `parallel`:
+// half -> float exact; float -> half rounded to nearest even, overflow to inf, NaN to
+// the quiet NaN 0x7e00 (sign kept), as Eigen::half. Integer arithmetic only, so that a
+// thread flushing denormals to zero (TF's pool threads) still converts subnormals.
+void HalfToFloatCpu(const uint16_t* in, float* out, int64_t n, const ParallelFor& parallel);
+void FloatToHalfCpu(const float* in, uint16_t* out, int64_t n, const ParallelFor& parallel);
+
+// Which build of the vectorized loops runs: "avx2" (x86-64 with AVX2 and FMA) or "base";
+// TFMPS_POOL_ISA=base forces the portable one. Chosen once per process.
+const char* PoolCpuIsa();
+
+}  // namespace pool
+}  // namespace tfmps
+
+#endif  // TFMPS_POOL_POOL_H_
