@@ -131,19 +131,20 @@ def test_repack_moves_float16_bits_unchanged():
 
 
 # ------------------------------------------------------------------ forward + gradients
-def run_all(x, w, bias, relu, strides, dilations, padding, pads=(), dy=None, offset=0):
+def run_all(x, w, bias, relu, strides, dilations, padding, pads=(), dy=None, offset=0, stream=False):
     """The three Metal entry points against the CPU backend on one configuration."""
     pads = list(pads)
     r, y = emu.conv2d_forward(x, w, bias if bias is not None else np.zeros(0, np.float32), relu, strides, dilations,
-                              padding, pads, offset)
+                              padding, pads, offset, stream=stream)
     _check(r)
     _close(y, cpu_forward(x, w, bias, relu, strides, dilations, padding, pads), "y")
     if dy is None:
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
     with_bias = bias is not None
-    r, dx = emu.conv2d_backprop_input(list(x.shape), w, dy, strides, dilations, padding, pads, offset)
+    r, dx = emu.conv2d_backprop_input(list(x.shape), w, dy, strides, dilations, padding, pads, offset, stream=stream)
     _check(r)
-    r, dw, db = emu.conv2d_backprop_filter(x, list(w.shape), dy, with_bias, strides, dilations, padding, pads, offset)
+    r, dw, db = emu.conv2d_backprop_filter(x, list(w.shape), dy, with_bias, strides, dilations, padding, pads, offset,
+                                           stream=stream)
     _check(r)
     cpu = cpu_gradients(x, w, dy, strides, dilations, padding, pads, with_bias)
     _close(dx, cpu[0], "dx")
@@ -253,6 +254,17 @@ def test_random_shapes_match_cpu_backend(data):
     _check(r)
     _close(y, cpu_forward(x, w, b if with_bias else None, relu, strides, [dh, dw], padding, pads), "y")
     run_all(x, w, b if with_bias else None, False, strides, [dh, dw], padding, pads)
+
+
+def test_in_a_device_stream():
+    # As the device kernels call it: encoded into the stream's open command buffer, the
+    # results read only after the stream's wait (the debug mode's delays make an early
+    # read visible).
+    x, w, b = _data(2, 7, 6, 8, 3, 3, 4, 8)
+    run_all(x, w, b, True, [2, 1], [1, 1], "SAME", stream=True)
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, _ = emu.conv2d_forward(x, w, b, False, [1, 1], [1, 1], "SAME", stream=True)
+    assert "injected GPU fault" in _check(r, INTERNAL)
 
 
 # ------------------------------------------------------------------ what returns Unsupported / Internal

@@ -5,8 +5,11 @@
 #define TFMPS_EMULATION_TESTS_BACKENDS_IMAGES_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+
+#include "ops/common/backend.h"
 
 #include "ops/convert/convert.h"
 
@@ -25,6 +28,13 @@ struct Image {
 // Throws std::runtime_error if MPS returns nil.
 std::unique_ptr<Image> MakeImage(int64_t n, int64_t h, int64_t w, int64_t c,
                                  tfmps::convert::DType dtype);
+
+// Runs `body` on the calling thread with a metal::EncodeTarget set, as a device stream
+// does: the backends encode into the target's open command buffer (metal::Submit returns
+// without waiting, metal::SubmitAndWait commits and waits). After `body`, the target
+// commits and waits for what is still open. Returns body's status if it failed, else
+// the wait's.
+tfmps::BackendStatus WithStream(const std::function<tfmps::BackendStatus()>& body);
 
 // The emulation's test hooks (emulation/metal/metal_emu.h), for the Python tests.
 void FailNextInit(const char* class_name, int count);

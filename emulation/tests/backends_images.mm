@@ -10,6 +10,30 @@
 namespace tfmps_test {
 
 namespace {
+// A stream's encode target: one open command buffer at a time on the context's queue.
+class TestStream : public tfmps::metal::EncodeTarget {
+ public:
+  std::string Encode(const std::function<void(id<MTLCommandBuffer>)>& encode) override {
+    if (open_ == nil) open_ = [tfmps::metal::Queue() commandBuffer];
+    if (open_ == nil) return "no command buffer";
+    encode(open_);
+    return "";
+  }
+  std::string Wait() override {
+    if (open_ == nil) return "";
+    id<MTLCommandBuffer> cb = open_;
+    open_ = nil;
+    [cb commit];
+    [cb waitUntilCompleted];
+    if ([cb status] == MTLCommandBufferStatusCompleted) return "";
+    NSError* error = [cb error];
+    return error != nil ? std::string([[error localizedDescription] UTF8String]) : "command buffer failed";
+  }
+
+ private:
+  id<MTLCommandBuffer> open_ = nil;
+};
+
 MPSImageFeatureChannelFormat FormatOf(tfmps::convert::DType t) {
   switch (t) {
     case tfmps::convert::DType::kUint8: return MPSImageFeatureChannelFormatUnorm8;
@@ -19,6 +43,18 @@ MPSImageFeatureChannelFormat FormatOf(tfmps::convert::DType t) {
   return MPSImageFeatureChannelFormatFloat32;
 }
 }  // namespace
+
+tfmps::BackendStatus WithStream(const std::function<tfmps::BackendStatus()>& body) {
+  @autoreleasepool {
+    TestStream stream;
+    tfmps::metal::SetThreadTarget(&stream);
+    tfmps::BackendStatus s = body();
+    tfmps::metal::SetThreadTarget(nullptr);
+    const std::string e = stream.Wait();
+    if (s.ok() && !e.empty()) s = tfmps::BackendStatus::Internal("stream: " + e);
+    return s;
+  }
+}
 
 Image::~Image() {
   @autoreleasepool {

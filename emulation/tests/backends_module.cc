@@ -329,12 +329,20 @@ tfmps::conv::Conv2DGeometry ConvGeometry(const std::vector<int64_t>& x, const st
   return g;
 }
 
+// With stream, the call runs as in a device stream (backends_images.h's WithStream): its
+// results are read only after the stream's wait.
+template <typename Body>
+BackendStatus OnStream(bool stream, Body body) {
+  return stream ? tfmps_test::WithStream(body) : body();
+}
+
 std::vector<int64_t> ShapeOf(const F32& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
 }
 
 py::tuple ConvForward(F32 x, F32 w, F32 bias, bool relu, std::vector<int64_t> strides, std::vector<int64_t> dilations,
-                      const std::string& padding, std::vector<int64_t> pads, size_t offset, bool half_accumulation) {
+                      const std::string& padding, std::vector<int64_t> pads, size_t offset, bool half_accumulation,
+                      bool stream) {
   const auto g = ConvGeometry(ShapeOf(x), ShapeOf(w), strides, dilations, padding, pads);
   F32 y(std::vector<py::ssize_t>{g.batch, g.out_h, g.out_w, g.out_c});
   std::fill(y.mutable_data(), y.mutable_data() + y.size(), 0.0f);
@@ -346,14 +354,14 @@ py::tuple ConvForward(F32 x, F32 w, F32 bias, bool relu, std::vector<int64_t> st
   a.activation = relu ? tfmps::conv::Activation::kRelu : tfmps::conv::Activation::kNone;
   a.output = stage.Add(y, /*optional=*/true);
   const auto acc = half_accumulation ? tfmps::conv::Accumulator::kFloat16 : tfmps::conv::Accumulator::kFloat32;
-  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DForwardMetal(g, a, acc); });
+  BackendStatus s = NoGil([&] { return OnStream(stream, [&] { return tfmps::conv::Conv2DForwardMetal(g, a, acc); }); });
   if (s.ok()) stage.Commit();
   return py::make_tuple(Result(s), y);
 }
 
 py::tuple ConvBackpropInput(std::vector<int64_t> x_shape, F32 w, F32 dy, std::vector<int64_t> strides,
                             std::vector<int64_t> dilations, const std::string& padding, std::vector<int64_t> pads,
-                            size_t offset) {
+                            size_t offset, bool stream) {
   const auto g = ConvGeometry(x_shape, ShapeOf(w), strides, dilations, padding, pads);
   if (ShapeOf(dy) != std::vector<int64_t>{g.batch, g.out_h, g.out_w, g.out_c}) {
     throw std::invalid_argument("conv: dy has the wrong shape");
@@ -365,14 +373,14 @@ py::tuple ConvBackpropInput(std::vector<int64_t> x_shape, F32 w, F32 dy, std::ve
   a.filter = w.data();
   a.out_backprop = stage.Add(dy, /*optional=*/true);
   a.input_backprop = stage.Add(dx, /*optional=*/true);
-  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DBackpropInputMetal(g, a); });
+  BackendStatus s = NoGil([&] { return OnStream(stream, [&] { return tfmps::conv::Conv2DBackpropInputMetal(g, a); }); });
   if (s.ok()) stage.Commit();
   return py::make_tuple(Result(s), dx);
 }
 
 py::tuple ConvBackpropFilter(F32 x, std::vector<int64_t> w_shape, F32 dy, bool bias, std::vector<int64_t> strides,
                              std::vector<int64_t> dilations, const std::string& padding, std::vector<int64_t> pads,
-                             size_t offset) {
+                             size_t offset, bool stream) {
   const auto g = ConvGeometry(ShapeOf(x), w_shape, strides, dilations, padding, pads);
   if (ShapeOf(dy) != std::vector<int64_t>{g.batch, g.out_h, g.out_w, g.out_c}) {
     throw std::invalid_argument("conv: dy has the wrong shape");
@@ -385,7 +393,7 @@ py::tuple ConvBackpropFilter(F32 x, std::vector<int64_t> w_shape, F32 dy, bool b
   a.out_backprop = stage.Add(dy, /*optional=*/true);
   a.filter_backprop = dw.mutable_data();  // written on the CPU (repacked from MPS's layout)
   a.bias_backprop = bias ? db.mutable_data() : nullptr;
-  BackendStatus s = NoGil([&] { return tfmps::conv::Conv2DBackpropFilterMetal(g, a); });
+  BackendStatus s = NoGil([&] { return OnStream(stream, [&] { return tfmps::conv::Conv2DBackpropFilterMetal(g, a); }); });
   return py::make_tuple(Result(s), dw, db);
 }
 
@@ -460,14 +468,14 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
         py::arg("image"), py::arg("dst"), py::arg("layout"), py::arg("offset") = 0);
   m.def("conv2d_forward", &ConvForward, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("relu"),
         py::arg("strides"), py::arg("dilations"), py::arg("padding"), py::arg("pads") = std::vector<int64_t>(),
-        py::arg("offset") = 0, py::arg("half_accumulation") = false,
+        py::arg("offset") = 0, py::arg("half_accumulation") = false, py::arg("stream") = false,
         "Conv2DForwardMetal: ((code, message), y)");
   m.def("conv2d_backprop_input", &ConvBackpropInput, py::arg("x_shape"), py::arg("w"), py::arg("dy"),
         py::arg("strides"), py::arg("dilations"), py::arg("padding"), py::arg("pads") = std::vector<int64_t>(),
-        py::arg("offset") = 0, "Conv2DBackpropInputMetal: ((code, message), dx)");
+        py::arg("offset") = 0, py::arg("stream") = false, "Conv2DBackpropInputMetal: ((code, message), dx)");
   m.def("conv2d_backprop_filter", &ConvBackpropFilter, py::arg("x"), py::arg("w_shape"), py::arg("dy"),
         py::arg("bias"), py::arg("strides"), py::arg("dilations"), py::arg("padding"),
-        py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0,
+        py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0, py::arg("stream") = false,
         "Conv2DBackpropFilterMetal: ((code, message), dw, db)");
   m.def("hwio_to_ohwi", [](py::array a) { return Repack(a, true); });
   m.def("ohwi_to_hwio", [](py::array a) { return Repack(a, false); });
