@@ -14,7 +14,7 @@ BUILD_DIR = os.environ.get("TFMPS_EMULATION_BUILD", os.path.join(ROOT, "build", 
 def load():
     """The module, or a skip (a failure under CI=true: CI must run these tests)."""
     if sys.platform != "linux":
-        pytest.skip("the Metal emulation is built on Linux only (a Mac runs Apple's Metal)")
+        pytest.skip("the Metal emulation is built on Linux only (a Mac runs Apple's Metal)", allow_module_level=True)
     if BUILD_DIR not in sys.path:
         sys.path.insert(0, BUILD_DIR)
     try:
@@ -23,7 +23,7 @@ def load():
         message = f"the Metal emulation is not built in {BUILD_DIR} ({e}); run tools/build_emulation.sh"
         if os.environ.get("CI"):
             pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(message, allow_module_level=True)  # load() runs at module level
     return _tfmps_metal_emu
 
 
