@@ -314,6 +314,10 @@ cases = [((2, 9, 8, 20), (3, 3, 20, 40), dict(padding="SAME")),
 for i, (xs, fs, kw) in enumerate(cases):
     ref = T._depthwise_reference if kw.get("groups", 1) == xs[-1] else T.reference
     T.check(T._rand(xs, i), T._rand(fs, i + 1), ref=ref, bias=T._rand((fs[-1],), i + 2), relu=True, **kw)
+# The half-accumulation loops of this build (portable, F16C, AVX-512: the same bits).
+import numpy as np
+for case in range(len(T.HALF_CASES)):
+    T.test_half_accumulation_is_the_model_bit_for_bit("/CPU:0", case, np.float16)
 print("ok")
 """
 

@@ -80,7 +80,8 @@ std::string ComputeOutputSize(const char* dim, int64_t in, int64_t k, int64_t st
                               int64_t* after, int64_t* out);
 
 // ------------------------------------------------------------------ CPU backend
-// Float32 throughout. On x86, indirect-GEMM micro-kernels (AVX-512 or AVX2, chosen once
+// Float32 (float16 data is converted by the glue; the half-accumulation model has its own
+// entry points below). On x86, indirect-GEMM micro-kernels (AVX-512 or AVX2, chosen once
 // per process); elsewhere and for narrow channel counts, im2col + BLAS sgemm; depthwise
 // as direct loops (conv_cpu.cc says which takes what, and why). The backend parallelizes
 // over `parallel` (TF's intra-op pool) itself and runs BLAS single-threaded (OpenBLAS's

@@ -33,6 +33,10 @@
 //     dcol = dy x w^T ([rows, KH*KW*Cg]) and col2im adds each patch row back into dx.
 // Depthwise (Cg == 1): conv_cpu_loops.inc and conv_cpu_depthwise.inc, vectorized over
 // channels, no GEMM.
+// Half accumulation (accumulator_precision "float16", conv.h's model): conv_cpu_half.inc,
+// a gather per destination pixel (forward, input gradient) or per filter row (filter
+// gradient) with the filter packed in panels of kHalfLanes lanes, every step rounded
+// exactly to half; portable or AVX2+F16C, both bit-identical.
 //
 // BLAS runs on one thread and this file spreads the blocks over TF's pool: on 2 cores,
 // N16 56x56 C64->128 3x3 forward + both gradients on the BLAS path ran at 172 GFLOP/s
@@ -109,10 +113,12 @@ struct IgemmFilterJob {
 // (n, src_a, src_b) of src [batch, src_h, src_w, src_c] with src_a = a*stride_a +
 // ta*dil_a - pad_a (forward) or (a + pad_a - ta*dil_a) / stride_a where that divides
 // (transposed: the input gradient); likewise b. packed[g][block][ta*k_b + tb][k][lane]
-// holds the filter, kHalfLanes lanes per block, zero past cout.
-constexpr int kHalfLanes = 16;
+// holds the filter, `lanes` lanes per block (kHalfWideLanes for 48 or more destination
+// channels per group, else kHalfLanes), zero past cout.
+constexpr int kHalfLanes = 16, kHalfWideLanes = 64;
 struct HalfGatherJob {
   bool transposed;
+  int64_t lanes;
   int64_t batch, dst_h, dst_w, dst_c;
   float* dst;
   const float* src;
@@ -1009,8 +1015,8 @@ void Conv2DBackpropFilterCpu(const Conv2DGeometry& g, const Conv2DBackpropFilter
 // ============================================================ float16 (conv.h)
 namespace {
 
-// The half loops of one build: F16C where the processor has it (and TFMPS_CONV_ISA is
-// not "base"), else portable. Both round exactly: the same bits.
+// The half loops of one build: AVX2+F16C where the processor has them (and
+// TFMPS_CONV_ISA is not "base"), else portable. Both round exactly: the same bits.
 struct HalfLoops {
   decltype(&isa_base::HalfToFloatRange) to_float;
   decltype(&isa_base::FloatToHalfRange) to_half;
@@ -1024,8 +1030,10 @@ const HalfLoops& H() {
   static const HalfLoops loops = [] {
 #if defined(TFMPS_CONV_HAVE_X86_BUILDS)
     const char* env = std::getenv("TFMPS_CONV_ISA");
-    if ((env == nullptr || std::string(env) != "base") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("f16c")) {
+    const std::string want = env != nullptr ? env : "";
+    const bool f16c = want != "base" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                      __builtin_cpu_supports("fma");
+    if (f16c) {
       return HalfLoops{isa_f16c::HalfToFloatRange, isa_f16c::FloatToHalfRange, isa_f16c::RoundToHalfRange,
                        isa_f16c::HalfGatherUnits,  isa_f16c::HalfFilterRows,   isa_f16c::HalfBiasBlocks};
     }
@@ -1042,9 +1050,14 @@ constexpr int64_t kConvertChunk = 16384;
 
 int64_t HalfBlocks(int64_t channels) { return CeilDiv(channels, kHalfLanes); }
 
-// Floats of the packed filter of a gather job: [G][blocks(cout)][taps][cin][kHalfLanes].
+// Lanes per block of a gather over `cout` destination channels per group: wide blocks
+// (more independent accumulators) where they are mostly filled.
+int64_t HalfGatherLanes(int64_t cout) { return cout >= 48 ? kHalfWideLanes : kHalfLanes; }
+
+// Floats of the packed filter of a gather job: [G][blocks(cout)][taps][cin][lanes].
 int64_t HalfPackedFloats(int64_t groups, int64_t taps, int64_t cin, int64_t cout) {
-  return groups * HalfBlocks(cout) * taps * cin * kHalfLanes;
+  const int64_t lanes = HalfGatherLanes(cout);
+  return groups * CeilDiv(cout, lanes) * taps * cin * lanes;
 }
 
 // packed[g][blk][tap][k][l] = w[tap][c][o] with (c, o) = (k, g*Og + blk*L + l) (forward:
@@ -1052,16 +1065,16 @@ int64_t HalfPackedFloats(int64_t groups, int64_t taps, int64_t cin, int64_t cout
 // channels); 0 past the group's channels.
 void PackHalfGather(const Conv2DGeometry& g, const float* w, bool transposed, float* packed, const CpuContext& cpu) {
   const int64_t taps = g.k_h * g.k_w, cg = g.in_c_per_group, og = g.out_c_per_group, O = g.out_c;
-  const int64_t cin = transposed ? og : cg, cout = transposed ? cg : og, blocks = HalfBlocks(cout);
-  const int64_t unit = taps * cin * kHalfLanes;
+  const int64_t cin = transposed ? og : cg, cout = transposed ? cg : og, lanes = HalfGatherLanes(cout);
+  const int64_t blocks = CeilDiv(cout, lanes), unit = taps * cin * lanes;
   cpu.parallel(g.groups * blocks, unit, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t grp = u / blocks, blk = u % blocks;
       float* d = packed + u * unit;
       for (int64_t t = 0; t < taps; ++t) {
-        for (int64_t k = 0; k < cin; ++k, d += kHalfLanes) {
-          for (int64_t l = 0; l < kHalfLanes; ++l) {
-            const int64_t lane = blk * kHalfLanes + l;
+        for (int64_t k = 0; k < cin; ++k, d += lanes) {
+          for (int64_t l = 0; l < lanes; ++l) {
+            const int64_t lane = blk * lanes + l;
             if (lane >= cout) {
               d[l] = 0.0f;
             } else if (transposed) {
@@ -1100,7 +1113,7 @@ int64_t Conv2DBackpropFilterHalfAccCpuWorkspace(const Conv2DGeometry& /*g*/, int
 void Conv2DForwardHalfAccCpu(const Conv2DGeometry& g, const Conv2DForwardArgs& a, const CpuContext& cpu) {
   if (g.out_pixels() == 0) return;
   PackHalfGather(g, a.filter, false, cpu.workspace, cpu);
-  const HalfGatherJob job{false,     g.batch,     g.out_h,      g.out_w,      g.out_c,      a.output,
+  const HalfGatherJob job{false,     HalfGatherLanes(g.out_c_per_group), g.batch,     g.out_h,      g.out_w,      g.out_c,      a.output,
                           a.input,   g.in_h,      g.in_w,       g.in_c,       g.k_h,        g.k_w,
                           g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.pad_top,    g.pad_left,
                           g.groups,  g.in_c_per_group, g.out_c_per_group, cpu.workspace, a.bias,
@@ -1115,7 +1128,7 @@ void Conv2DBackpropInputHalfAccCpu(const Conv2DGeometry& g, const Conv2DBackprop
     return;
   }
   PackHalfGather(g, a.filter, true, cpu.workspace, cpu);
-  const HalfGatherJob job{true,           g.batch,      g.in_h,       g.in_w,       g.in_c,    a.input_backprop,
+  const HalfGatherJob job{true,           HalfGatherLanes(g.in_c_per_group), g.batch,      g.in_h,       g.in_w,       g.in_c,    a.input_backprop,
                           a.out_backprop, g.out_h,      g.out_w,      g.out_c,      g.k_h,     g.k_w,
                           g.stride_h,     g.stride_w,   g.dilation_h, g.dilation_w, g.pad_top, g.pad_left,
                           g.groups,       g.out_c_per_group, g.in_c_per_group, cpu.workspace, nullptr, false};
