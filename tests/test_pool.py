@@ -530,3 +530,15 @@ def test_runs_on_the_requested_device(device):
     for t in outs:
         got = tf.DeviceSpec.from_string(t.device)
         assert (got.device_type, got.device_index) == (expected.device_type, expected.device_index), t.device
+
+
+def test_largest_window_is_global_pooling(device):
+    # ksize and strides at their limit (2^31 - 1) with SAME: every window covers the image.
+    x = _rand((2, 3, 4, 5), 23)
+    big = 2**31 - 1
+    y = pool.max_pool2d(x, big, 1, "SAME")
+    assert y.shape == (2, 3, 4, 5)
+    np.testing.assert_array_equal(y, np.broadcast_to(np.max(x, axis=(1, 2), keepdims=True), y.shape))
+    z = pool.avg_pool2d(x, big, big, "SAME")
+    assert z.shape == (2, 1, 1, 5)
+    assert_rel_close(z, np.mean(x.numpy().astype(np.float64), axis=(1, 2), keepdims=True), RTOL, "global avg")

@@ -77,16 +77,20 @@ std::string ComputeOutputSize(const char* dim, int64_t in, int64_t k, int64_t st
                               int64_t* before, int64_t* after, int64_t* out);
 
 // ------------------------------------------------------------------ CPU backend
-// float32. float16 tensors are converted to float32 by the glue (exact) and the results
-// rounded to half once at the end (conv::FloatToHalfCpu), so every backend function
-// serves both. The loops are vectorized across the channel dimension; the work is split
-// into units of one output row (n, i) across `parallel`. The gradients accumulate into
-// dx from windows that may overlap: rows i and i' overlap when |i - i'| * sh < KH, so
-// units run in P = ceil(KH / sh) phases (rows i = p mod P in phase p), each phase's
-// rows writing disjoint rows of dx; non-overlapping windows that tile the input exactly
-// (KH == sh, KW == sw, no padding, no leftover) write dx directly, without zeroing it.
-// Results do not depend on the thread count: each dx element sums its terms in order
-// (i, then j increasing).
+// float32. float16 tensors are converted to float32 by the glue (exact, HalfToFloatCpu)
+// and the results rounded to half once at the end (FloatToHalfCpu), so every backend
+// function serves both. The loops are vectorized across the channel dimension, 16
+// channels at a time in registers (two 8-float vectors) plus a tail; x86-64 runs an AVX2
+// build of the same loops (PoolCpuIsa). Forward work units are output rows (n, i) across
+// `parallel`. The gradients scatter into dx from windows that may overlap; their units are
+// bands of output rows, and band [i0, i1) owns the dx rows [RowStart(i0), RowStart(i1))
+// (a partition of [0, H), RowStart(i) = clamp(i*sh - pt, 0, H)): it zeroes them (in
+// cache) and accumulates every window that reaches them, including the few windows of
+// the previous band that straddle the boundary, whose arg-max it recomputes. So no two
+// units write the same dx element, dx is written once, and each dx element sums its terms
+// in a fixed order (i, then j increasing): results do not depend on the thread count.
+// Windows that tile the input exactly (KH == sh, KW == sw, no padding, no leftover)
+// store dx directly, without zeroing.
 void MaxPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
 void AvgPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
 // dx from x (for the arg-max) and dy.
