@@ -194,6 +194,12 @@ def test_batch_norm_matches_tf(device, shape, training):
     check_batch_norm(x, _rand((c,), 2), _rand((c,), 3), training=training, mean=mean, variance=var)
 
 
+def test_large_tensor_streamed_output(device):
+    # 17.6 MB of float32 output: written with non-temporal stores (rows of 1100 floats,
+    # not 32-byte aligned: a scalar head on most rows).
+    check_batch_norm(_rand((4, 1000, 1100), 51, scale=2.0, shift=1.0), _rand((1100,), 52), _rand((1100,), 53))
+
+
 @pytest.mark.parametrize("shape", [(4, 6, 6, 8), (3, 5, 7, 3), (2, 9, 64), (2, 3, 3, 1100), (3, 1, 1, 4),
                                    (2, 4, 5, 6, 7)], ids=str)
 def test_instance_norm_matches_numpy(device, shape):
@@ -462,7 +468,9 @@ print("ok")
 def deterministic_outputs():
     """Every output of the four ops on shapes with many blocks, both dtypes."""
     outs = []
-    for shape, dtype in [((16, 40, 40, 24), np.float32), ((8, 30, 30, 3), np.float16), ((64, 9, 1100), np.float32)]:
+    # The last is larger than 16 MB: the AVX2 build writes it with non-temporal stores.
+    for shape, dtype in [((16, 40, 40, 24), np.float32), ((8, 30, 30, 3), np.float16), ((64, 9, 1100), np.float32),
+                         ((4, 1001, 1100), np.float32)]:
         c = shape[-1]
         x, dy = _rand(shape, 47, dtype, 2.0, 1.0), _rand(shape, 48, dtype)
         g, b = _rand((c,), 49), _rand((c,), 50)
