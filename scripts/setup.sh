@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up tf-mps from nothing on a Debian machine with Python 3.10-3.12: a virtual
+# Sets up tf-mps from nothing on a Debian machine with Python 3.10-3.13: a virtual
 # environment in .venv with TensorFlow, the BLAS wheel and the build tools, then builds
 # and installs tf-mps into it. Idempotent: a second run rebuilds only what changed.
 #
@@ -23,8 +23,8 @@ for arg in "$@"; do
 done
 
 python="${PYTHON:-python3}"
-if ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
-  echo "setup.sh: tf-mps needs Python 3.10-3.12 (TensorFlow 2.21); '$python' is $("$python" --version 2>&1)." >&2
+if ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))'; then
+  echo "setup.sh: tf-mps needs Python 3.10-3.13 (TensorFlow 2.21); '$python' is $("$python" --version 2>&1)." >&2
   echo "setup.sh: set PYTHON=/path/to/python3.11 and run again." >&2
   exit 1
 fi

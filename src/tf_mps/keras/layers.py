@@ -32,8 +32,8 @@ does not use XLA for a model containing one; inside a function XLA compiles anyw
 (``tf.function(jit_compile=True)``) a layer computes with Keras's own math instead.
 
 ``to_tf_mps(model)`` / ``to_keras(model)`` clone a model with the other family's layers
-and the same weights; ``custom_objects()`` loads a ``.keras`` file saved with Keras's
-layers straight into tf-mps's.
+and the same weights; ``load_model(path)`` loads a ``.keras`` file saved with Keras's
+layers into tf-mps's.
 """
 
 from __future__ import annotations
@@ -260,11 +260,11 @@ _KERAS_TWIN = {Conv2D: keras.layers.Conv2D, Conv2DTranspose: keras.layers.Conv2D
                InstanceNormalization: keras.layers.GroupNormalization}
 
 
-def custom_objects() -> dict:
-    """``keras.models.load_model(path, custom_objects=custom_objects())`` builds a model
-    saved with Keras's layers from tf-mps's (weights and layouts are the same)."""
-    out = {keras_cls.__name__: cls for cls, keras_cls in _KERAS_TWIN.items() if cls is not InstanceNormalization}
-    return out
+def load_model(path, **kwargs):
+    """A ``.keras`` file saved with Keras's layers, loaded with tf-mps's in their place
+    (``keras.models.load_model`` then ``to_tf_mps``; compile the result again). A file
+    saved with tf-mps's layers loads with ``keras.models.load_model`` directly."""
+    return to_tf_mps(keras.models.load_model(path, **kwargs))
 
 
 def _clone(model, convert):
@@ -313,4 +313,4 @@ def to_keras(model):
 
 
 __all__ = ["Conv2D", "Conv2DTranspose", "Dense", "MaxPooling2D", "AveragePooling2D", "BatchNormalization",
-           "InstanceNormalization", "custom_objects", "to_tf_mps", "to_keras"]
+           "InstanceNormalization", "load_model", "to_tf_mps", "to_keras"]
