@@ -276,6 +276,17 @@ def test_even_kernel_with_dilation_is_unsupported():
     _check(r, UNSUPPORTED)
 
 
+def test_beyond_metals_texture_array_limit_is_unsupported():
+    # 600 images of 16 channels: 2400 texture-array slices, Metal allows 2048.
+    x, w, b = _data(600, 1, 1, 16, 1, 1, 16, 4)
+    r, _ = emu.conv2d_forward(x, w, b, False, [1, 1], [1, 1], "VALID")
+    assert "2048" in _check(r, UNSUPPORTED)
+    x, w, b = _data(512, 1, 1, 16, 1, 1, 16, 4)  # 2048 slices: fine
+    r, y = emu.conv2d_forward(x, w, b, False, [1, 1], [1, 1], "VALID")
+    _check(r)
+    _close(y, cpu_forward(x, w, b, False, [1, 1], [1, 1], "VALID", []), "y")
+
+
 def test_half_accumulation_is_unsupported():
     x, w, b = _data(1, 4, 4, 4, 3, 3, 4, 4)
     r, _ = emu.conv2d_forward(x, w, b, False, [1, 1], [1, 1], "SAME", half_accumulation=True)
