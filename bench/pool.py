@@ -10,7 +10,10 @@ a minute):
 Both inside tf.function. "fwd+bwd" is one forward pass and the input gradient for a
 given output gradient. Pooling moves memory rather than computing, so the columns are
 GB/s of the tensors each pass must read and write (forward: x and y; backward: x, dy and
-dx for max, dy and dx for avg), the same count for both contenders.
+dx for max, dy and dx for avg), the same count for both contenders. Each ratio is given
+twice: by wall time, and by the process's CPU time (every thread's), which a machine
+shared with other jobs disturbs less (there, wall time favours whichever side keeps more
+threads runnable; TensorFlow's kernels wake more of its pool than tf-mps's do).
 
     python bench/pool.py [--repeats 7] [--calls 10] [--cases all] [--dtype float32]
 """
@@ -20,10 +23,29 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 
 import numpy as np
 
-from _common import cores, time_interleaved
+from _common import cores
+
+
+def time_interleaved(fns: dict, calls: int, repeats: int) -> dict:
+    """(wall seconds, process CPU seconds) per call of each function, one entry per round;
+    every round times `calls` calls of each function in turn (_common.time_interleaved, with
+    the CPU time as well)."""
+    for fn in fns.values():  # trace / warm up
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                fn()
+            times[name].append(((time.perf_counter() - w0) / calls, (time.process_time() - c0) / calls))
+    return times
+
 
 # name, N, H, W, C, window, stride, padding
 CASES = [
@@ -58,8 +80,8 @@ def main(argv=None) -> int:
           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} | "
           f"oneDNN opts {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')}")
     print(f"median of {args.repeats} interleaved rounds x {args.calls} calls, {args.dtype}\n")
-    header = (f"{'case':<28} {'pool':<4} | {'tf-mps fwd':>10} {'TF fwd':>8} {'ratio':>6} | "
-              f"{'tf-mps f+b':>10} {'TF f+b':>8} {'ratio':>6}")
+    header = (f"{'case':<28} {'pool':<4} | {'tf-mps fwd':>10} {'TF fwd':>8} {'ratio':>6} {'cpu':>6} | "
+              f"{'tf-mps f+b':>10} {'TF f+b':>8} {'ratio':>6} {'cpu':>6}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -95,16 +117,18 @@ def main(argv=None) -> int:
             times = time_interleaved({"ours_f": lambda: ours_f(x), "tf_f": lambda: tf_f(x),
                                       "ours_fb": lambda: ours_fb(x), "tf_fb": lambda: tf_fb(x)},
                                      args.calls, args.repeats)
-            t = {key: statistics.median(v) for key, v in times.items()}
+            t = {key: statistics.median(w for w, _ in v) for key, v in times.items()}
+            cpu = {key: statistics.median(c for _, c in v) for key, v in times.items()}
             xb, yb = x.shape.num_elements() * size, y0.shape.num_elements() * size
             fwd_bytes = xb + yb
             bwd_bytes = (xb + yb + xb) if kind == "max" else (yb + xb)
             gbs = lambda nbytes, seconds: nbytes / seconds / 1e9  # noqa: E731
             print(f"{name:<28} {kind:<4} | {gbs(fwd_bytes, t['ours_f']):10.1f} {gbs(fwd_bytes, t['tf_f']):8.1f} "
-                  f"{t['tf_f'] / t['ours_f']:5.2f}x | {gbs(fwd_bytes + bwd_bytes, t['ours_fb']):10.1f} "
-                  f"{gbs(fwd_bytes + bwd_bytes, t['tf_fb']):8.1f} {t['tf_fb'] / t['ours_fb']:5.2f}x", flush=True)
-    print("\nGB/s columns (bytes each pass must move); ratio = TF time / tf-mps time (> 1: tf-mps is faster). "
-          "f+b = forward and input gradient.")
+                  f"{t['tf_f'] / t['ours_f']:5.2f}x {cpu['tf_f'] / cpu['ours_f']:5.2f}x | "
+                  f"{gbs(fwd_bytes + bwd_bytes, t['ours_fb']):10.1f} {gbs(fwd_bytes + bwd_bytes, t['tf_fb']):8.1f} "
+                  f"{t['tf_fb'] / t['ours_fb']:5.2f}x {cpu['tf_fb'] / cpu['ours_fb']:5.2f}x", flush=True)
+    print("\nGB/s columns (bytes each pass must move, by wall time); ratio = TF wall time / tf-mps wall time, "
+          "cpu = the same with process CPU time (> 1: tf-mps is faster). f+b = forward and input gradient.")
     return 0
 
 

@@ -79,11 +79,17 @@ std::string ComputeGeometry(const Pool2DSpec& s, Pool2DGeometry* g) {
   return "";
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+// The portable build passes 32-byte vectors between its own inline functions only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 namespace isa_base {
 #include "ops/pool/pool_kernels.inc"  // NOLINT(build/include)
 }  // namespace isa_base
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC only (as the converters): Clang has no #pragma GCC target; there the portable build runs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TFMPS_POOL_HAVE_AVX2_BUILD 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
