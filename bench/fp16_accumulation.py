@@ -18,6 +18,9 @@ Sections (all by default):
             same-sign (post-ReLU) data, with the fitted exponent of K
   overflow  inputs scaled up until outputs overflow: the fraction of inf outputs with
             half accumulation vs float32 accumulation (which overflows only at the end)
+  cnn       (not in the default set: minutes) a small CNN on Fashion-MNIST trained under
+            Keras's mixed_float16 policy twice, same data, seed and order, with its
+            tf_mps.keras.layers.Conv2D accumulating in float32 and in float16: test accuracy
 
     python bench/fp16_accumulation.py [--sections layers,growth,overflow] [--quick]
 """
@@ -201,14 +204,87 @@ def speed(tf, tf_mps):
           f"fp16 emulation {out[1]:.2f} GFLOP/s ({out[0] / out[1]:.0f}x slower)")
 
 
-SECTIONS = {"layers": layers, "growth": growth, "overflow": overflow}
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+def _fashion_mnist():
+    import gzip
+
+    def read(name):
+        with gzip.open(os.path.join(FASHION_DIR, name), "rb") as fh:
+            data = fh.read()
+        dims = data[3]
+        shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+    try:
+        return (read("train-images-idx3-ubyte.gz"), read("train-labels-idx1-ubyte.gz"),
+                read("t10k-images-idx3-ubyte.gz"), read("t10k-labels-idx1-ubyte.gz"))
+    except OSError as e:
+        raise SystemExit(f"cnn: Fashion-MNIST not found in {FASHION_DIR} (Debian's dataset-fashion-mnist, "
+                         f"scripts/setup.sh installs it): {e}") from None
+
+
+def cnn(tf, tf_mps, quick, train=20000, epochs=3, seeds=(0, 1)):
+    """A small CNN trained with each accumulator precision, per seed."""
+    import keras
+
+    from tf_mps.keras import layers as mps_layers
+
+    xa, ya, xb, yb = _fashion_mnist()
+    if quick:
+        train, epochs, seeds = min(train, 3000), 1, seeds[:1]
+    xa, ya = xa[:train, :, :, None].astype(np.float32) / 255.0, ya[:train]
+    xb = xb[:, :, :, None].astype(np.float32) / 255.0
+    print(f"\n== cnn: Fashion-MNIST, {len(xa)} training images, {epochs} epochs, batch 64, Adam 1e-3, seeds "
+          f"{', '.join(map(str, seeds))}; test on {len(xb)}")
+    print("   Conv2D(16, 3, relu) - MaxPool - Conv2D(32, 3, relu) - MaxPool - Flatten - Dense(10), Keras policy "
+          "mixed_float16 (float16 data, float32 weights; Dense and the rest in Keras's own float16 math)")
+    def train_one(prec, seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            mps_layers.Conv2D(16, 3, padding="same", activation="relu", accumulator_precision=prec),
+            keras.layers.MaxPooling2D(),
+            mps_layers.Conv2D(32, 3, padding="same", activation="relu", accumulator_precision=prec),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+            keras.layers.Activation("linear", dtype="float32"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                      jit_compile=False)
+        t0 = time.perf_counter()
+        hist = model.fit(xa, ya, batch_size=64, epochs=epochs, shuffle=True, verbose=0)
+        seconds = time.perf_counter() - t0
+        loss, acc = model.evaluate(xb, yb, batch_size=500, verbose=0)
+        print(f"   seed {seed}, accumulator {prec}: train loss {hist.history['loss'][-1]:.4f}, test loss "
+              f"{loss:.4f}, test accuracy {acc:.2%} ({seconds:.0f} s training)", flush=True)
+        return acc
+
+    diffs = []
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        for seed in seeds:
+            acc = {prec: train_one(prec, seed) for prec in ("float32", "float16")}
+            diffs.append(100 * (acc["float16"] - acc["float32"]))
+            print(f"   seed {seed}: float16 - float32 accumulation: {diffs[-1]:+.2f} points of test accuracy",
+                  flush=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    print(f"   mean difference over {len(diffs)} seed(s): {np.mean(diffs):+.2f} points")
+
+
+SECTIONS = {"layers": layers, "growth": growth, "overflow": overflow, "cnn": cnn}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sections", default="layers,growth,overflow",
-                        help="comma-separated: layers, growth, overflow (default: all)")
+                        help="comma-separated: layers, growth, overflow, cnn (default: the first three)")
     parser.add_argument("--quick", action="store_true", help="fewer layers, sizes and scales")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
