@@ -22,7 +22,29 @@ import statistics
 
 import numpy as np
 
-from _common import cores, time_interleaved
+import time
+
+from _common import cores
+
+
+def time_interleaved_cpu(fns: dict, calls: int, repeats: int) -> tuple[dict, dict]:
+    """Wall and CPU (all of this process's threads) seconds per call of each function,
+    one entry per round; every round times each function in turn. On a shared machine
+    the CPU time is the steadier measure of the work: other processes' load stretches
+    the wall time of both contenders, not the cycles each spends."""
+    for fn in fns.values():  # trace / warm up
+        fn()
+        fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                fn()
+            wall[name].append((time.perf_counter() - t0) / calls)
+            cpu[name].append((time.process_time() - c0) / calls)
+    return wall, cpu
 
 # name, shape, dtype, kind
 CASES = [
@@ -62,6 +84,7 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
+    cpu_lines = []
     for name, shape, dtype, kind in cases:
         c = shape[-1]
         x = tf.constant((rng.standard_normal(shape) * 2 + 1).astype(dtype))
@@ -115,15 +138,22 @@ def main(argv=None) -> int:
             err = float(tf.reduce_max(tf.abs(a - b)) / tf.reduce_max(tf.abs(b)))
             assert err < tol, f"{name}: tf-mps and TF disagree (relative {err:.2g})"
 
-        times = time_interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, args.calls, args.repeats)
-        t = {key: statistics.median(v) * 1e3 for key, v in times.items()}
+        wall, cpu = time_interleaved_cpu({k: (lambda f=f: f(x)) for k, f in fns.items()}, args.calls, args.repeats)
+        t = {key: statistics.median(v) * 1e3 for key, v in wall.items()}
+        tc = {key: statistics.median(v) * 1e3 for key, v in cpu.items()}
 
         def cols(key):
             if f"ours_{key}" not in t:
                 return f"{'-':>9} {'-':>7} {'-':>6}"
             return f"{t['ours_' + key]:9.2f} {t['tf_' + key]:7.2f} {t['tf_' + key] / t['ours_' + key]:5.2f}x"
 
+        cpu_ratios = ", ".join(f"{label} {tc['tf_' + key] / tc['ours_' + key]:.2f}x"
+                               for key, label in [("f", "train fwd"), ("fb", "train f+b"), ("i", "infer fwd")]
+                               if f"ours_{key}" in tc)
         print(f"{name:<24} | {cols('f')} | {cols('fb')} | {cols('i')}", flush=True)
+        cpu_lines.append(f"{name:<24} | {cpu_ratios}")
+    print("\nCPU-time ratios (TF CPU time / tf-mps CPU time, all threads; steadier on a shared machine):")
+    print("\n".join(cpu_lines))
     return 0
 
 
