@@ -568,7 +568,8 @@ def _geometry(x_shape, f_shape, strides, padding, dilations):
 # directly, to nearest even; a float64 sum that is not exact is off by less than 2^-52
 # of acc's size, far from half's rounding boundaries, so it rounds the same).
 def _half_step(acc, term):
-    return (acc.astype(np.float64) + term).astype(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf and inf - inf are the model's
+        return (acc.astype(np.float64) + term).astype(np.float16)
 
 
 def half_model_forward(x, w, strides=1, padding="SAME", dilations=1):
@@ -1046,3 +1047,34 @@ def test_float16_bad_inputs_name_the_argument(device):
         filter_grad(x=x16, dy=tf.ones((1, 5, 5, 2), tf.float16), accumulator_precision="float16")
     with pytest.raises(INVALID, match=r"conv2d: bias must have x's dtype float16, got float32"):
         tf_mps.ops.conv2d(x16, f16, bias=tf.ones(2))
+
+
+def test_half_accumulation_rounding_edge_cases(device):
+    # 1x1 convolutions over crafted terms, against the NumPy model: ties to even at
+    # 2048 + 1 and 65504 + 16 (= 65520: inf), just below it (65504 + 15.99), subnormal
+    # sums (products below 2^-14 and 2^-24), signed zeros, cancellation, and inf/NaN inputs.
+    rows = [
+        [2048, 1, 1, 1],
+        [65504, 16, -16, 0],
+        [65504, 15.99, 0, 0],
+        [2.0**-14, 2.0**-24, -2.0**-24, 2.0**-25],
+        [3.0 * 2.0**-24, 2.0**-24, 2.0**-24, -(2.0**-23)],
+        [-0.0, 0.0, -0.0, 0.0],
+        [1e-3, 1e-3, -1e-3, 7.0],
+        [40000, 40000, -40000, -40000],
+        [np.inf, -1, 1, 0],
+        [np.inf, -np.inf, 1, 0],
+        [np.nan, 1, 1, 1],
+    ]
+    terms = np.array(rows, np.float64)
+    x = terms.astype(np.float16).reshape(1, 1, len(rows), 4)
+    # w = 1 per term: every product is the term itself (exact)
+    f = np.ones((1, 1, 4, 1), np.float16)
+    y = tf_mps.ops.conv2d(tf.constant(x), tf.constant(f), padding="VALID", accumulator_precision="float16")
+    _assert_bits(y, half_model_forward(x, f, padding="VALID"), "output")
+    assert y.numpy()[0, 0, :3, 0].tolist() == [2048, np.inf, 65504]
+    # and through products of two halves: 4 terms into one output
+    xw = np.array([[2.0**-12, 3.0], [2.0**-8, 2.0**-17], [255.0, 257.0], [-1e-4, 6e-5]], np.float16)
+    x, f = xw[:, 0].reshape(1, 1, 1, 4), xw[:, 1].reshape(1, 1, 4, 1)
+    y = tf_mps.ops.conv2d(tf.constant(x), tf.constant(f), padding="VALID", accumulator_precision="float16")
+    _assert_bits(y, half_model_forward(x, f, padding="VALID"), "products")
