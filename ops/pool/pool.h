@@ -104,13 +104,15 @@ void MaxPool2DGradGradCpu(const Pool2DGeometry& g, const float* x, const float* 
                           const ParallelFor& parallel);
 
 // IEEE binary16 (bit patterns) <-> float32 for the glue's float16 path, on `parallel`:
-// half -> float exact; float -> half rounded to nearest even, overflow to inf, NaN to
-// the quiet NaN 0x7e00 (sign kept), as Eigen::half. Integer arithmetic only, so that a
-// thread flushing denormals to zero (TF's pool threads) still converts subnormals.
+// half -> float exact; float -> half rounded to nearest even, overflow to inf. The AVX2
+// build converts with F16C, the portable one with integer arithmetic only (so that a
+// thread flushing denormals to zero, as TF's pool threads do, still converts subnormals;
+// F16C ignores those modes); a NaN becomes 0x7e00 (sign kept, as Eigen::half) in the
+// portable build and keeps its quieted payload with F16C.
 void HalfToFloatCpu(const uint16_t* in, float* out, int64_t n, const ParallelFor& parallel);
 void FloatToHalfCpu(const float* in, uint16_t* out, int64_t n, const ParallelFor& parallel);
 
-// Which build of the vectorized loops runs: "avx2" (x86-64 with AVX2 and FMA) or "base";
+// Which build of the vectorized loops runs: "avx2" (x86-64 with AVX2, FMA and F16C) or "base";
 // TFMPS_POOL_ISA=base forces the portable one. Chosen once per process.
 const char* PoolCpuIsa();
 

@@ -96,7 +96,7 @@ namespace isa_base {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TFMPS_POOL_HAVE_AVX2_BUILD 1
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace isa_avx2 {
 #define TFMPS_POOL_AVX2 1
 #include "ops/pool/pool_kernels.inc"  // NOLINT(build/include)
@@ -113,7 +113,8 @@ bool UseAvx2Build() {
   static const bool avx2 = [] {
     const char* isa = std::getenv("TFMPS_POOL_ISA");
     const bool forced_base = isa != nullptr && std::strcmp(isa, "base") == 0;
-    return !forced_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return !forced_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
   return avx2;
 #else
