@@ -24,7 +24,14 @@ the max gradient's derivative gathers at the arg-max (``MpsMaxPool2DGradGrad``, 
 
 Dtypes: float32 and float16 (float16 computed in float32 and rounded once). On the CPU
 the ops run tf-mps's backend (ops/pool/pool_cpu.cc), vectorized across channels, on
-TensorFlow's intra-op threads; results do not depend on the thread count.
+TensorFlow's intra-op threads; results do not depend on the thread count. On the tf-mps
+device every op has a kernel, which for now runs the same CPU backend on the device's
+memory after the stream's queued work (``MPSCNNPoolingMax``/``Average`` and their
+gradients come with the MPSImage path).
+
+Ops: ``MpsMaxPool2D``, ``MpsAvgPool2D``, ``MpsMaxPool2DGrad(input, grad)``,
+``MpsAvgPool2DGrad(input_sizes, grad)``, ``MpsMaxPool2DGradGrad(input, grad)``; attributes
+``ksize`` and ``strides`` (``[h, w]`` or ``[1, h, w, 1]``) and ``padding``.
 """
 
 from __future__ import annotations
