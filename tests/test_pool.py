@@ -556,3 +556,26 @@ def test_large_tiling_gradient_streams(device, kind):
     np.testing.assert_array_equal(y, z) if kind == "max" else assert_rel_close(y, z, RTOL, "output")
     dy = _rand(y.shape, 25)
     np.testing.assert_array_equal(tape.gradient(y, x, output_gradients=dy), tape.gradient(z, x, output_gradients=dy))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@given(data=st.data())
+@settings(hypothesis_settings, max_examples=10)
+def test_random_shapes_float16(device, kind, data):
+    n, c = data.draw(st.integers(1, 2), "n"), data.draw(st.integers(1, 40), "c")
+    h, w = data.draw(st.integers(1, 9), "h"), data.draw(st.integers(1, 9), "w")
+    padding = data.draw(st.sampled_from(["SAME", "VALID"]), "padding")
+    k = (data.draw(st.integers(1, h if padding == "VALID" else h + 1), "kh"),
+         data.draw(st.integers(1, w if padding == "VALID" else w + 1), "kw"))
+    s = (data.draw(st.integers(1, 3), "sh"), data.draw(st.integers(1, 3), "sw"))
+    seed = data.draw(st.integers(0, 2**31), "seed")
+    x = _rand((n, h, w, c), seed, np.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = OURS[kind](x, k, s, padding)
+    dy = _rand(y.shape, seed + 1, np.float16)
+    dx = tape.gradient(y, x, output_gradients=dy)
+    assert y.dtype == dx.dtype == tf.float16
+    y_ref, dx_ref = reference(kind, x, dy, k, s, padding)
+    assert_rel_close(y, y_ref, RTOL_HALF, "float16 output")
+    assert_rel_close(dx, dx_ref, RTOL_HALF, "float16 gradient")
