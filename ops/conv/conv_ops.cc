@@ -29,6 +29,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 
 #ifdef TFMPS_DEVICE_KERNELS
+#include "ops/conv/conv_metal.h"
 #include "ops/device/device_kernels_glue.h"
 #endif
 
@@ -486,9 +487,13 @@ class ConvKernel : public OpKernel {
   }
 
   // Runs fn(cpu) with a workspace of `floats` floats from TF's allocator: on the CPU
-  // device directly; on the tf-mps device after the stream's queued work (the Metal
-  // backend, conv_metal.mm, is not wired in yet: it declines every call).
-  void Launch(OpKernelContext* ctx, int64_t floats, const std::function<void(const CpuContext&)>& fn) const {
+  // device directly; on the tf-mps device `metal` first (conv_metal.mm, encoding into
+  // the kernel's stream), and fn after the stream's queued work when it declines
+  // (kUnsupported: float16 data or accumulation, fused epilogues it cannot run, MPS's
+  // limits) or when there is no Metal path for the op (`metal` empty).
+  using MetalFn = std::function<BackendStatus()>;
+  void Launch(OpKernelContext* ctx, int64_t floats, const std::function<void(const CpuContext&)>& fn,
+              const MetalFn& metal = MetalFn()) const {
     CpuContext cpu;
     cpu.parallel = tfglue::CpuParallelFor(ctx);
     cpu.threads = Threads(ctx);  // the count the workspace was sized for
@@ -500,11 +505,25 @@ class ConvKernel : public OpKernel {
     }
 #ifdef TFMPS_DEVICE_KERNELS
     device_glue::Run(
-        ctx, [] { return BackendStatus::Unsupported("conv: no Metal backend wired in yet"); },
+        ctx,
+        [&] { return metal ? metal() : BackendStatus::Unsupported("conv: no Metal path for this op"); },
         [&] { fn(cpu); });
 #else
+    (void)metal;
     fn(cpu);
 #endif
+  }
+
+  // The Metal backend takes float32 tensors as they are, with float32 accumulation.
+  bool MetalCanTake(std::initializer_list<const FloatIn*> ins, std::initializer_list<const FloatOut*> outs) const {
+    if (half_acc()) return false;
+    for (const FloatIn* in : ins) {
+      if (in->src != nullptr && in->make != FloatIn::Make::kAsIs) return false;
+    }
+    for (const FloatOut* out : outs) {
+      if (out->to_half) return false;
+    }
+    return true;
   }
 
   int Threads(OpKernelContext* ctx) const {
@@ -576,6 +595,13 @@ class Conv2DOp : public FusedKernel {
         Conv2DForwardCpu(g, args, cpu);
       }
       Finish(y, cpu);
+    }, [&] {
+#ifdef TFMPS_DEVICE_KERNELS
+      if (!MetalCanTake({&x, &w, &b}, {&y})) return BackendStatus::Unsupported("conv: float16 data or accumulation");
+      return Conv2DForwardMetal(g, Conv2DForwardArgs{x.data, w.data, b.data, activation_, y.data});
+#else
+      return BackendStatus::Unsupported("");
+#endif
     });
   }
 };
@@ -612,6 +638,13 @@ class Conv2DBackpropInputOp : public ConvKernel {
                Conv2DBackpropInputCpu(g, args, cpu);
              }
              Finish(dx, cpu);
+           }, [&] {
+#ifdef TFMPS_DEVICE_KERNELS
+             if (!MetalCanTake({&w, &d}, {&dx})) return BackendStatus::Unsupported("conv: float16 data or accumulation");
+             return Conv2DBackpropInputMetal(g, Conv2DBackpropInputArgs{w.data, d.data, dx.data});
+#else
+             return BackendStatus::Unsupported("");
+#endif
            });
   }
 };
@@ -655,6 +688,16 @@ class Conv2DBackpropFilterOp : public ConvKernel {
              }
              Finish(dw, cpu);
              if (bias) Finish(db, cpu);
+           }, [&] {
+#ifdef TFMPS_DEVICE_KERNELS
+             if (!MetalCanTake({&x, &d}, {&dw, &db})) {
+               return BackendStatus::Unsupported("conv: float16 data or accumulation");
+             }
+             return Conv2DBackpropFilterMetal(g, Conv2DBackpropFilterArgs{x.data, d.data, dw.data,
+                                                                          bias ? db.data : nullptr});
+#else
+             return BackendStatus::Unsupported("");
+#endif
            });
   }
 
