@@ -8,9 +8,10 @@ a minute):
   * TF: tf.nn.max_pool2d / avg_pool2d and their gradients, TensorFlow's CPU kernels
     (oneDNN's when TF_ENABLE_ONEDNN_OPTS is on, TF's default on x86).
 Both inside tf.function. "fwd+bwd" is one forward pass and the input gradient for a
-given output gradient. Pooling moves memory rather than computing, so the columns are
-GB/s of the tensors each pass must read and write (forward: x and y; backward: x, dy and
-dx for max, dy and dx for avg), the same count for both contenders. Each ratio is given
+given output gradient (under a tape, tf-mps's max pooling keeps its arg-max, as oneDNN's
+keeps a workspace). Pooling moves memory rather than computing, so the columns are GB/s
+of a nominal byte count (forward: x and y; backward: x, dy and dx for max, dy and dx for
+avg), the same for both contenders. Each ratio is given
 twice: by wall time, and by the process's CPU time (every thread's), which a machine
 shared with other jobs disturbs less (there, wall time favours whichever side keeps more
 threads runnable; TensorFlow's kernels wake more of its pool than tf-mps's do).

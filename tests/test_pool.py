@@ -526,6 +526,8 @@ def test_runs_on_the_requested_device(device):
             lib.mps_max_pool2d_grad(input=x, grad=dy, **attrs),
             lib.mps_avg_pool2d_grad(input_sizes=[2, 6, 6, 3], grad=dy, **attrs),
             lib.mps_max_pool2d_grad_grad(input=x, grad=x, **attrs)]
+    y, argmax = lib.mps_max_pool2d_with_argmax(input=x, **attrs)
+    outs += [y, argmax, lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=argmax, grad=dy, **attrs)]
     expected = tf.DeviceSpec.from_string(device)
     for t in outs:
         got = tf.DeviceSpec.from_string(t.device)
@@ -579,3 +581,82 @@ def test_random_shapes_float16(device, kind, data):
     y_ref, dx_ref = reference(kind, x, dy, k, s, padding)
     assert_rel_close(y, y_ref, RTOL_HALF, "float16 output")
     assert_rel_close(dx, dx_ref, RTOL_HALF, "float16 gradient")
+
+
+def _op_types(fn, *specs):
+    return {op.type for op in tf.function(fn).get_concrete_function(*specs).graph.get_operations()}
+
+
+def test_max_pool_keeps_its_argmax_only_under_a_tape():
+    spec = tf.TensorSpec([2, 8, 8, 3], tf.float32)
+
+    def plain(x):
+        return pool.max_pool2d(x, 2)
+
+    def taped(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = pool.max_pool2d(x, 2)
+        return tape.gradient(y, x)
+
+    def wide(x):  # a 3x3 window of 9 cells fits; 17x17 = 289 does not
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = pool.max_pool2d(x, 17, 1, "SAME")
+        return tape.gradient(y, x)
+
+    assert "MpsMaxPool2D" in _op_types(plain, spec) and "MpsMaxPool2DWithArgmax" not in _op_types(plain, spec)
+    assert {"MpsMaxPool2DWithArgmax", "MpsMaxPool2DGradWithArgmax"} <= _op_types(taped, spec)
+    big = tf.TensorSpec([1, 20, 20, 2], tf.float32)
+    assert {"MpsMaxPool2D", "MpsMaxPool2DGrad"} <= _op_types(wide, big)
+    assert "MpsMaxPool2DWithArgmax" not in _op_types(wide, big)
+
+
+@pytest.mark.parametrize("case", CASES + [((2, 6, 6, 40), 3, 2, "SAME"), ((4, 128, 128, 72), 2, 2, "VALID")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_argmax_gradient_equals_the_recomputed_one(device, case, dtype):
+    xs, k, s, padding = case
+    attrs = dict(ksize=list(_pair(k)), strides=list(_pair(s)), padding=padding)
+    # Few distinct values: ties everywhere, resolved the same way by both.
+    x = tf.constant(np.random.default_rng(26).integers(0, 4, xs).astype(dtype))
+    y, argmax = lib.mps_max_pool2d_with_argmax(input=x, **attrs)
+    np.testing.assert_array_equal(y, lib.mps_max_pool2d(input=x, **attrs))
+    assert argmax.dtype == tf.uint8
+    dy = _rand(y.shape, 27, dtype)
+    np.testing.assert_array_equal(lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=argmax, grad=dy, **attrs),
+                                  lib.mps_max_pool2d_grad(input=x, grad=dy, **attrs))
+
+
+def test_argmax_with_nan_and_minus_inf(device):
+    x = np.full((1, 4, 4, 16), -np.inf, np.float32)
+    x[0, 1, 1, 3] = np.nan
+    x[0, 2, 3, 5] = 7
+    attrs = dict(ksize=[3, 3], strides=[1, 1], padding="SAME")
+    y, argmax = lib.mps_max_pool2d_with_argmax(input=x, **attrs)
+    dy = _rand(y.shape, 28)
+    np.testing.assert_array_equal(y, lib.mps_max_pool2d(input=x, **attrs))
+    np.testing.assert_array_equal(lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=argmax, grad=dy, **attrs),
+                                  lib.mps_max_pool2d_grad(input=x, grad=dy, **attrs))
+
+
+def test_argmax_validation(device):
+    x = tf.zeros((2, 20, 20, 3))
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DWithArgmax: ksize: a window covers more than 256 cells"):
+        lib.mps_max_pool2d_with_argmax(input=x, ksize=[17, 17], strides=[1, 1], padding="SAME")
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DWithArgmax: input must be 4-D"):
+        lib.mps_max_pool2d_with_argmax(input=tf.zeros((4, 4, 3)), **ATTRS)
+    am = tf.zeros((2, 10, 10, 3), tf.uint8)
+    dy = tf.zeros((2, 10, 10, 3))
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DGradWithArgmax: argmax must have the pooled output's shape"):
+        lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=am[:, :5], grad=dy, **ATTRS)
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DGradWithArgmax: grad must have the pooled output's shape"):
+        lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=am, grad=dy[..., :2], **ATTRS)
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DGradWithArgmax: argmax must be 4-D"):
+        lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=am[0], grad=dy, **ATTRS)
+    with pytest.raises(INVALID, match=r"MpsMaxPool2DGradWithArgmax: ksize: a window covers more than 256"):
+        lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=tf.zeros((2, 20, 20, 3), tf.uint8),
+                                            grad=tf.zeros((2, 20, 20, 3)), ksize=[17, 17], strides=[1, 1],
+                                            padding="SAME")
+    # A counter that names no tap of its window routes nothing (no crash).
+    dx = lib.mps_max_pool2d_grad_with_argmax(input=x, argmax=am + 200, grad=dy + 1, **ATTRS)
+    assert np.all(dx.numpy() == 0)

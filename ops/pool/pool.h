@@ -103,6 +103,18 @@ void AvgPool2DGradCpu(const Pool2DGeometry& g, const float* dy, float* dx, const
 void MaxPool2DGradGradCpu(const Pool2DGeometry& g, const float* x, const float* gg, float* ggy,
                           const ParallelFor& parallel);
 
+// Max pooling that also keeps its arg-max for the gradient (the forward of a training
+// step): argmax[n,i,j,c] = the tap counter of a(n,i,j,c) in its clipped window, in scan
+// order ((kh - kh0) * width + (kw - kw0)), as uint8. The gradient from it reads a quarter
+// of dy's bytes and recomputes nothing, instead of reading all of x and finding every
+// arg-max again; it equals MaxPool2DGradCpu's bit for bit (a counter that is no tap of
+// its window routes nothing). Needs windows of at most 256 cells inside the image.
+bool ArgmaxFits(const Pool2DGeometry& g);
+void MaxPool2DArgmaxCpu(const Pool2DGeometry& g, const float* x, float* y, uint8_t* argmax,
+                        const ParallelFor& parallel);
+void MaxPool2DGradArgmaxCpu(const Pool2DGeometry& g, const uint8_t* argmax, const float* dy, float* dx,
+                            const ParallelFor& parallel);
+
 // IEEE binary16 (bit patterns) <-> float32 for the glue's float16 path, on `parallel`:
 // half -> float exact; float -> half rounded to nearest even, overflow to inf. The AVX2
 // build converts with F16C, the portable one with integer arithmetic only (so that a

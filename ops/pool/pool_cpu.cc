@@ -83,6 +83,8 @@ std::string ComputeGeometry(const Pool2DSpec& s, Pool2DGeometry* g) {
   return "";
 }
 
+bool ArgmaxFits(const Pool2DGeometry& g) { return std::min(g.k_h, g.in_h) * std::min(g.k_w, g.in_w) <= 256; }
+
 #if defined(__GNUC__) && !defined(__clang__)
 // The portable build passes 32-byte vectors between its own inline functions only.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -146,6 +148,14 @@ void AvgPool2DGradCpu(const Pool2DGeometry& g, const float* dy, float* dx, const
 void MaxPool2DGradGradCpu(const Pool2DGeometry& g, const float* x, const float* gg, float* ggy,
                           const ParallelFor& parallel) {
   TFMPS_POOL_DISPATCH(MaxPool2DGradGradCpu, g, x, gg, ggy, parallel);
+}
+void MaxPool2DArgmaxCpu(const Pool2DGeometry& g, const float* x, float* y, uint8_t* argmax,
+                        const ParallelFor& parallel) {
+  TFMPS_POOL_DISPATCH(MaxPool2DArgmaxCpu, g, x, y, argmax, parallel);
+}
+void MaxPool2DGradArgmaxCpu(const Pool2DGeometry& g, const uint8_t* argmax, const float* dy, float* dx,
+                            const ParallelFor& parallel) {
+  TFMPS_POOL_DISPATCH(MaxPool2DGradArgmaxCpu, g, argmax, dy, dx, parallel);
 }
 void HalfToFloatCpu(const uint16_t* in, float* out, int64_t n, const ParallelFor& parallel) {
   TFMPS_POOL_DISPATCH(HalfToFloatCpu, in, out, n, parallel);

@@ -7,11 +7,14 @@
 //   MpsAvgPool2DGrad(input_sizes (4 x int32), grad [N,OH,OW,C]) -> [N,H,W,C]
 //   MpsMaxPool2DGradGrad(input [N,H,W,C], grad [N,H,W,C]) -> [N,OH,OW,C]  (gathers grad
 //       at each window's arg-max: the derivative of MpsMaxPool2DGrad with respect to its grad)
+//   MpsMaxPool2DWithArgmax(input) -> output, argmax (uint8 tap counters, [N,OH,OW,C])
+//   MpsMaxPool2DGradWithArgmax(input, argmax, grad) -> [N,H,W,C]  (input: shape only)
 //
 // Attributes: ksize and strides as [h, w] or TF's NHWC [1, h, w, 1], each in
 // [1, 2^31 - 1]; padding SAME or VALID (TF's rules, pool.h). T is float32 or float16;
 // float16 is computed in float32 (an exact copy of the inputs) and rounded once.
 // Compiled twice: into the op library, and with TFMPS_DEVICE_KERNELS into the device's.
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -47,6 +50,7 @@ constexpr char kAttrPadding[] = "padding: {'SAME', 'VALID'}";
 enum ForwardInput { kFwdInput };
 enum MaxGradInput { kMgInput, kMgGrad };
 enum AvgGradInput { kAgSizes, kAgGrad };
+enum ArgmaxGradInput { kAmInput, kAmArgmax, kAmGrad };
 
 const char kLayout[] = "[batch, height, width, channels] (NHWC)";
 
@@ -159,6 +163,34 @@ constexpr char kAvgPool[] = "MpsAvgPool2D";
 constexpr char kMaxPoolGrad[] = "MpsMaxPool2DGrad";
 constexpr char kAvgPoolGrad[] = "MpsAvgPool2DGrad";
 constexpr char kMaxPoolGradGrad[] = "MpsMaxPool2DGradGrad";
+constexpr char kMaxPoolArgmax[] = "MpsMaxPool2DWithArgmax";
+constexpr char kMaxPoolGradArgmax[] = "MpsMaxPool2DGradWithArgmax";
+
+absl::Status MaxPoolArgmaxShape(InferenceContext* c) {
+  ShapeHandle in, out;
+  TF_RETURN_IF_ERROR(RequireRank4(c, kFwdInput, kMaxPoolArgmax, "input", &in));
+  TF_RETURN_IF_ERROR(PooledShape(c, kMaxPoolArgmax, in, &out));
+  c->set_output(0, out);
+  c->set_output(1, out);
+  return absl::OkStatus();
+}
+
+absl::Status MaxPoolGradArgmaxShape(InferenceContext* c) {
+  ShapeHandle in, argmax, grad, pooled, merged;
+  TF_RETURN_IF_ERROR(RequireRank4(c, kAmInput, kMaxPoolGradArgmax, "input", &in));
+  TF_RETURN_IF_ERROR(RequireRank4(c, kAmArgmax, kMaxPoolGradArgmax, "argmax", &argmax));
+  TF_RETURN_IF_ERROR(RequireRank4(c, kAmGrad, kMaxPoolGradArgmax, "grad", &grad));
+  TF_RETURN_IF_ERROR(PooledShape(c, kMaxPoolGradArgmax, in, &pooled));
+  for (auto [name, s] : {std::make_pair("argmax", argmax), std::make_pair("grad", grad)}) {
+    if (!c->Merge(s, pooled, &merged).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(kMaxPoolGradArgmax, ": ", name,
+                                                     " must have the pooled output's shape ", c->DebugString(pooled),
+                                                     " for input ", c->DebugString(in), ", got ", c->DebugString(s)));
+    }
+  }
+  c->set_output(0, in);
+  return absl::OkStatus();
+}
 
 absl::Status MaxPoolGradShape(InferenceContext* c) {
   ShapeHandle in, grad, pooled;
@@ -250,6 +282,27 @@ TFMPS_REGISTER_OP("MpsMaxPool2DGradGrad")
     .Doc(R"doc(
 Derivative of MpsMaxPool2DGrad with respect to its grad, applied to grad (the input's
 shape): grad gathered at each window's arg-max in input (TF's MaxPoolGradGrad).
+)doc");
+
+TFMPS_REGISTER_OP("MpsMaxPool2DWithArgmax")
+    .Input("input: T")
+    .Output("output: T").Output("argmax: uint8")
+    .Attr(kAttrT).Attr(kAttrKsize).Attr(kAttrStrides).Attr(kAttrPadding)
+    .SetShapeFn(MaxPoolArgmaxShape)
+    .Doc(R"doc(
+MpsMaxPool2D that also returns each output's arg-max as its tap counter in the window
+(scan order over the cells inside the image), for MpsMaxPool2DGradWithArgmax. Windows of
+at most 256 cells inside the image.
+)doc");
+
+TFMPS_REGISTER_OP("MpsMaxPool2DGradWithArgmax")
+    .Input("input: T").Input("argmax: uint8").Input("grad: T")
+    .Output("output: T")
+    .Attr(kAttrT).Attr(kAttrKsize).Attr(kAttrStrides).Attr(kAttrPadding)
+    .SetShapeFn(MaxPoolGradArgmaxShape)
+    .Doc(R"doc(
+MpsMaxPool2DGrad from the forward's arg-max (MpsMaxPool2DWithArgmax): the same result
+without reading input's values (input gives the shape, and the second-order gradient).
 )doc");
 
 // -------------------------------------------------------------------------- kernels
@@ -466,6 +519,63 @@ class AvgPoolGradOp : public PoolKernel {
   }
 };
 
+// The arg-max is a uint8 tap counter: windows of at most 256 cells inside the image.
+absl::Status CheckArgmaxFits(const OpKernel& k, const Pool2DGeometry& g) {
+  if (ArgmaxFits(g)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      k.type_string(), ": ksize: a window covers more than 256 cells of the input (", std::min(g.k_h, g.in_h), "x",
+      std::min(g.k_w, g.in_w), "), more than a uint8 arg-max can name; use MpsMaxPool2D and MpsMaxPool2DGrad"));
+}
+
+class MaxPoolArgmaxOp : public PoolKernel {
+ public:
+  using PoolKernel::PoolKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    int64_t in[4];
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kFwdInput, "input", in));
+    Pool2DGeometry g;
+    OP_REQUIRES_OK(ctx, Geometry(in, "input", &g));
+    OP_REQUIRES_OK(ctx, CheckArgmaxFits(*this, g));
+    const TensorShape shape({g.batch, g.out_h, g.out_w, g.channels});
+    FloatOut out;
+    OP_REQUIRES_OK(ctx, Out(ctx, shape, &out));
+    Tensor* argmax = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &argmax));
+    if (out.dst->NumElements() == 0) return;
+    FloatIn x;
+    OP_REQUIRES_OK(ctx, In(ctx, kFwdInput, &x));
+    uint8_t* a = argmax->flat<uint8_t>().data();
+    Run(ctx, {&x}, &out, [&](const ParallelFor& parallel) { MaxPool2DArgmaxCpu(g, x.data, out.data, a, parallel); });
+  }
+};
+
+class MaxPoolGradArgmaxOp : public PoolKernel {
+ public:
+  using PoolKernel::PoolKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    int64_t in[4], am[4], dy[4];
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kAmInput, "input", in));
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kAmArgmax, "argmax", am));
+    OP_REQUIRES_OK(ctx, Rank4(ctx, kAmGrad, "grad", dy));
+    Pool2DGeometry g;
+    OP_REQUIRES_OK(ctx, Geometry(in, "input", &g));
+    OP_REQUIRES_OK(ctx, CheckArgmaxFits(*this, g));
+    const TensorShape pooled({g.batch, g.out_h, g.out_w, g.channels});
+    const std::string what = absl::StrCat("the pooled output's shape for input ", DimsString(in));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx, kAmArgmax, "argmax", pooled, what));
+    OP_REQUIRES_OK(ctx, CheckShape(ctx, kAmGrad, "grad", pooled, what));
+    FloatOut out;
+    OP_REQUIRES_OK(ctx, Out(ctx, TensorShape({in[0], in[1], in[2], in[3]}), &out));
+    if (out.dst->NumElements() == 0) return;
+    FloatIn d;
+    OP_REQUIRES_OK(ctx, In(ctx, kAmGrad, &d));
+    const uint8_t* a = ctx->input(kAmArgmax).flat<uint8_t>().data();
+    Run(ctx, {&d}, &out, [&](const ParallelFor& parallel) { MaxPool2DGradArgmaxCpu(g, a, d.data, out.data, parallel); });
+  }
+};
+
 template <typename Kernel>
 OpKernel* Make(OpKernelConstruction* c) {
   return new Kernel(c);
@@ -479,6 +589,8 @@ TFMPS_REGISTER_POOL("MpsMaxPool2D", PoolOp<true>);
 TFMPS_REGISTER_POOL("MpsAvgPool2D", PoolOp<false>);
 TFMPS_REGISTER_POOL("MpsMaxPool2DGrad", MaxPoolGradOp);
 TFMPS_REGISTER_POOL("MpsMaxPool2DGradGrad", MaxPoolGradGradOp);
+TFMPS_REGISTER_POOL("MpsMaxPool2DWithArgmax", MaxPoolArgmaxOp);
+TFMPS_REGISTER_POOL("MpsMaxPool2DGradWithArgmax", MaxPoolGradArgmaxOp);
 #undef TFMPS_REGISTER_POOL
 REGISTER_KERNEL_BUILDER(
     Name("MpsAvgPool2DGrad").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("T").HostMemory("input_sizes"),
@@ -514,6 +626,8 @@ void RegisterDeviceKernels(const char* type) {
   RegisterBoth<PoolOp<false>>("MpsAvgPool2D", type);
   RegisterBoth<MaxPoolGradOp>("MpsMaxPool2DGrad", type);
   RegisterBoth<MaxPoolGradGradOp>("MpsMaxPool2DGradGrad", type);
+  RegisterBoth<MaxPoolArgmaxOp>("MpsMaxPool2DWithArgmax", type);
+  RegisterBoth<MaxPoolGradArgmaxOp>("MpsMaxPool2DGradWithArgmax", type);
   RegisterBoth<AvgPoolGradOp>("MpsAvgPool2DGrad", type, true);
 }
 #endif  // TFMPS_DEVICE_KERNELS

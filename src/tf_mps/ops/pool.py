@@ -29,6 +29,13 @@ device every op has a kernel, which for now runs the same CPU backend on the dev
 memory after the stream's queued work (``MPSCNNPoolingMax``/``Average`` and their
 gradients come with the MPSImage path).
 
+Under a gradient tape that records ``x``, ``max_pool2d`` runs ``MpsMaxPool2DWithArgmax``,
+which also keeps each window's arg-max (a uint8 tap counter; windows of at most 256
+cells), and its gradient ``MpsMaxPool2DGradWithArgmax`` scatters from it instead of
+reading ``x`` again: the same results, a cheaper backward pass. Without a tape (inference,
+or ``tf.gradients`` in a TF1 graph) it runs ``MpsMaxPool2D`` and the gradient finds each
+arg-max again from ``x``.
+
 Ops: ``MpsMaxPool2D``, ``MpsAvgPool2D``, ``MpsMaxPool2DGrad(input, grad)``,
 ``MpsAvgPool2DGrad(input_sizes, grad)``, ``MpsMaxPool2DGradGrad(input, grad)``; attributes
 ``ksize`` and ``strides`` (``[h, w]`` or ``[1, h, w, 1]``) and ``padding``.
@@ -79,6 +86,23 @@ def _padding(op: str, padding) -> str:
     raise _invalid(f"{op}: padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
+try:  # whether a gradient tape records an op on x (TF's own check, as its ops use)
+    from tensorflow.python.eager.record import should_record_backprop as _should_record
+except ImportError:  # pragma: no cover - another TensorFlow layout: never the arg-max op
+    def _should_record(tensors):
+        return False
+
+
+def _with_argmax(x, ksize) -> bool:
+    """Whether max_pool2d keeps its arg-max for the gradient: a tape records x, and every
+    window has at most 256 cells inside the image (a uint8 counter names them)."""
+    if not _should_record([x]):
+        return False
+    h = x.shape[1] if x.shape.rank == 4 and x.shape[1] is not None else ksize[0]
+    w = x.shape[2] if x.shape.rank == 4 and x.shape[2] is not None else ksize[1]
+    return min(ksize[0], h) * min(ksize[1], w) <= 256
+
+
 def _pool(op: str, raw, x, pool_size, strides, padding, name):
     ksize = _hw(op, "pool_size", pool_size)
     stride = ksize if strides is None else _hw(op, "strides", strides)
@@ -89,6 +113,8 @@ def _pool(op: str, raw, x, pool_size, strides, padding, name):
             raise _invalid(f"{op}: x must be float32 or float16, got {x.dtype.name}")
         if x.shape.rank not in (None, 4):
             raise _invalid(f"{op}: x must be 4-D [batch, height, width, channels], got shape {x.shape}")
+        if op == "max_pool2d" and _with_argmax(x, ksize):
+            return _lib.load().mps_max_pool2d_with_argmax(input=x, ksize=ksize, strides=stride, padding=pad)[0]
         return raw(input=x, ksize=ksize, strides=stride, padding=pad)
 
 
@@ -141,6 +167,18 @@ def _attrs(op) -> dict:
 @tf.RegisterGradient("MpsMaxPool2D")
 def _max_pool2d_grad(op, dy):
     return _lib.load().mps_max_pool2d_grad(input=op.inputs[0], grad=dy, **_attrs(op))
+
+
+@tf.RegisterGradient("MpsMaxPool2DWithArgmax")
+def _max_pool2d_with_argmax_grad(op, dy, _):
+    return _lib.load().mps_max_pool2d_grad_with_argmax(input=op.inputs[0], argmax=op.outputs[1], grad=dy,
+                                                       **_attrs(op))
+
+
+@tf.RegisterGradient("MpsMaxPool2DGradWithArgmax")
+def _max_pool2d_grad_with_argmax_grad(op, g):
+    x = op.inputs[0]
+    return [tf.zeros_like(x), None, _lib.load().mps_max_pool2d_grad_grad(input=x, grad=g, **_attrs(op))]
 
 
 @tf.RegisterGradient("MpsAvgPool2D")
