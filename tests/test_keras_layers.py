@@ -57,12 +57,14 @@ def _needs(module, fn):
         pytest.skip(f"tf_mps.ops.{module}.{fn} not written yet")
 
 
-def _twins(mps_cls, keras_cls, kwargs, shape, seed=0):
+def _twins(mps_cls, keras_cls, kwargs, shape, seed=0, ours_device=None):
     keras_kwargs = dict(kwargs, groups=-1) if keras_cls is keras.layers.GroupNormalization else kwargs
     ref = keras_cls(**keras_kwargs)
     ours = mps_cls(**kwargs)
-    ref.build(shape)
-    ours.build(shape)
+    with tf.device("/CPU:0"):  # the reference's variables where XLA (grouped convs) reaches them
+        ref.build(shape)
+    with tf.device(ours_device):
+        ours.build(shape)
     rng = np.random.default_rng(seed)
     weights = [rng.standard_normal(w.shape).astype(np.float32) * 0.5 for w in ref.get_weights()]
     if keras_cls is keras.layers.BatchNormalization:  # moving variance must be positive
@@ -77,16 +79,20 @@ def _twins(mps_cls, keras_cls, kwargs, shape, seed=0):
 def test_outputs_and_gradients_match_keras(case, training, device):
     name, mps_cls, keras_cls, kwargs, shape, needs = case
     _needs(*needs)
-    ours, ref = _twins(mps_cls, keras_cls, kwargs, shape)
-    x = tf.constant(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    ours, ref = _twins(mps_cls, keras_cls, kwargs, shape, ours_device=device)
+    with tf.device("/CPU:0"):  # an XLA function runs where its inputs are
+        x = tf.constant(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
     results = []
     for layer in (ours, ref):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-            # A loss whose gradient differs per element.
-            loss = tf.reduce_sum(y * tf.reshape(tf.cos(tf.range(tf.size(y), dtype=tf.float32)), tf.shape(y)))
-        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        # Keras's grouped convolution compiles with XLA, which cannot target the tf-mps
+        # device: the reference runs on the CPU.
+        with tf.device(device if layer is ours else "/CPU:0"):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                # A loss whose gradient differs per element.
+                loss = tf.reduce_sum(y * tf.reshape(tf.cos(tf.range(tf.size(y), dtype=tf.float32)), tf.shape(y)))
+            grads = tape.gradient(loss, [x] + layer.trainable_weights)
         results.append((y.numpy(), [g.numpy() for g in grads], [w.numpy() for w in layer.weights]))
     (y0, g0, w0), (y1, g1, w1) = results
     np.testing.assert_allclose(y0, y1, rtol=2e-5, atol=2e-5, err_msg=f"{name}: outputs")
@@ -216,11 +222,14 @@ def test_custom_training_loop_and_saved_model_export(tmp_path):
 
 
 def test_inside_xla_the_layers_use_keras_math():
+    """(On the CPU: XLA cannot target the tf-mps device, "No JIT device registered".)"""
     _needs("conv", "conv2d")
-    ours, ref = _twins(L.Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3, activation="relu"), (1, 6, 6, 2))
+    ours, ref = _twins(L.Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3, activation="relu"), (1, 6, 6, 2),
+                       ours_device="/CPU:0")
     x = tf.constant(np.random.default_rng(2).standard_normal((1, 6, 6, 2)).astype(np.float32))
-    y = tf.function(lambda t: ours(t), jit_compile=True)(x)
-    np.testing.assert_allclose(y.numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+    with tf.device("/CPU:0"):
+        y = tf.function(lambda t: ours(t), jit_compile=True)(x)
+        np.testing.assert_allclose(y.numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_tf_mps_ops_exports_the_layer_ops():

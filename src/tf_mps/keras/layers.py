@@ -89,10 +89,10 @@ class Conv2D(_AccumulatorPrecision, keras.layers.Conv2D):
     def call(self, inputs):
         if self._keras_math():
             return super().call(inputs)
-        from tf_mps.ops import conv
+        from tf_mps.ops.conv import conv2d
 
         fused, after = _fused_activation(self.activation)
-        y = conv.conv2d(inputs, self.kernel, strides=list(self.strides), padding=self.padding.upper(),
+        y = conv2d(inputs, self.kernel, strides=list(self.strides), padding=self.padding.upper(),
                         dilations=list(self.dilation_rate), groups=self.groups,
                         bias=self.bias if self.use_bias else None, activation=fused,
                         accumulator_precision=self.accumulator_precision)
@@ -114,7 +114,7 @@ class Conv2DTranspose(_AccumulatorPrecision, keras.layers.Conv2DTranspose):
             return super().call(inputs)
         from keras.src.backend.common.backend_utils import compute_conv_transpose_output_shape
 
-        from tf_mps.ops import conv
+        from tf_mps.ops.conv import conv2d_transpose
 
         shape = list(inputs.shape)
         if shape[0] is None:
@@ -123,7 +123,7 @@ class Conv2DTranspose(_AccumulatorPrecision, keras.layers.Conv2DTranspose):
             shape, self.kernel_size, self.filters, self.strides, self.padding, self.output_padding,
             self.data_format, self.dilation_rate)
         fused, after = _fused_activation(self.activation)
-        y = conv.conv2d_transpose(inputs, self.kernel, tf.stack(out_shape), strides=list(self.strides),
+        y = conv2d_transpose(inputs, self.kernel, tf.stack(out_shape), strides=list(self.strides),
                                   padding=self.padding.upper(), dilations=list(self.dilation_rate),
                                   bias=self.bias if self.use_bias else None, activation=fused,
                                   accumulator_precision=self.accumulator_precision)
@@ -142,10 +142,10 @@ class Dense(_AccumulatorPrecision, keras.layers.Dense):
     def call(self, inputs, training=None):
         if self._keras_math() or self.lora_enabled or getattr(self, "quantization_mode", None) is not None:
             return super().call(inputs, training=training)
-        from tf_mps.ops import dense
+        from tf_mps.ops.dense import dense
 
         fused, after = _fused_activation(self.activation)
-        y = dense.dense(inputs, self.kernel, self.bias, activation=fused,
+        y = dense(inputs, self.kernel, self.bias, activation=fused,
                         accumulator_precision=self.accumulator_precision)
         return after(y) if after is not None else y
 
@@ -156,7 +156,7 @@ class _Pooling(_TfMpsLayer):
     def call(self, inputs):
         if self._keras_math():
             return super().call(inputs)
-        from tf_mps.ops import pool
+        from tf_mps.ops import pool  # the module (the package exports no `pool` name)
 
         return getattr(pool, self._op)(inputs, list(self.pool_size), strides=list(self.strides),
                                        padding=self.padding.upper())
@@ -204,7 +204,7 @@ class BatchNormalization(_TfMpsLayer, keras.layers.BatchNormalization):
         if (self._keras_math() or mask is not None or self.renorm or self.synchronized
                 or not _channels_last(self, inputs)):
             return super().call(inputs, training=training, mask=mask)
-        from tf_mps.ops import norm
+        from tf_mps.ops.norm import batch_norm
 
         c = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([c], tf.float32)
@@ -212,11 +212,11 @@ class BatchNormalization(_TfMpsLayer, keras.layers.BatchNormalization):
         moving_mean = tf.cast(self.moving_mean, tf.float32)
         moving_variance = tf.cast(self.moving_variance, tf.float32)
         if training and self.trainable:
-            y, mean, variance = norm.batch_norm(inputs, gamma, beta, epsilon=self.epsilon, training=True)
+            y, mean, variance = batch_norm(inputs, gamma, beta, epsilon=self.epsilon, training=True)
             self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
         else:
-            y = norm.batch_norm(inputs, gamma, beta, moving_mean, moving_variance, epsilon=self.epsilon,
+            y = batch_norm(inputs, gamma, beta, moving_mean, moving_variance, epsilon=self.epsilon,
                                 training=False)
         return tf.cast(y, self.compute_dtype)
 
@@ -242,12 +242,12 @@ class InstanceNormalization(_TfMpsLayer, keras.layers.GroupNormalization):
     def call(self, inputs, mask=None):
         if self._keras_math() or mask is not None or not _channels_last(self, inputs) or len(inputs.shape) < 3:
             return super().call(inputs, mask=mask)
-        from tf_mps.ops import norm
+        from tf_mps.ops.norm import instance_norm
 
         c = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([c], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([c], tf.float32)
-        y = norm.instance_norm(inputs, gamma, beta, epsilon=self.epsilon)
+        y = instance_norm(inputs, gamma, beta, epsilon=self.epsilon)
         return tf.cast(y, self.compute_dtype)
 
 
