@@ -11,7 +11,8 @@ import pytest
 
 import tf_mps
 
-PKG = os.path.dirname(tf_mps.__file__)
+# The built package (tf_mps.__file__ is the checkout's when pytest runs from the repository root).
+PKG = tf_mps.__path__[0]
 
 
 def _run(code, env_extra=None, cwd=None):
@@ -31,7 +32,7 @@ def test_missing_library_is_a_clear_error(tmp_path):
     _copy_package(tmp_path, with_library=False)
     r = _run("import tf_mps", {"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert r.returncode == 1, r.stderr
-    assert "LibraryLoadError" in r.stderr and "is missing" in r.stderr and "pip install ." in r.stderr
+    assert "LibraryLoadError" in r.stderr and "is missing" in r.stderr and "scripts/setup.sh" in r.stderr
 
 
 def test_tensorflow_version_mismatch_is_a_clear_error(tmp_path):
@@ -61,6 +62,44 @@ def test_second_copy_is_refused_and_same_copy_reloads(tmp_path):
     """)
     assert r.returncode == 0, r.stderr
     assert "REFUSED: tf-mps: another copy of the tf-mps op library is already loaded" in r.stdout
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_checkout_on_sys_path_uses_the_installed_build():
+    # `python` started in the repository root finds the unbuilt tf_mps/ first.
+    assert not os.path.exists(os.path.join(ROOT, "tf_mps", "_build_info.py"))
+    r = _run("""
+        import tf_mps, tf_mps.ops, tf_mps.keras
+        print(tf_mps.__file__); print(tf_mps.__path__[0]); print(tf_mps.ops.__file__); print(tf_mps.library_path())
+    """, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    init, path, ops, lib = r.stdout.split()[-4:]
+    assert init == os.path.join(ROOT, "tf_mps", "__init__.py")
+    assert os.path.samefile(path, PKG)
+    assert ops.startswith(PKG) and lib.startswith(PKG)
+
+
+def test_unbuilt_checkout_without_a_build_says_what_to_run():
+    r = _run("""
+        import importlib.metadata as md
+        def missing(name):
+            raise md.PackageNotFoundError(name)
+        md.distribution = missing  # as in a Python where tf-mps was never installed
+        import tf_mps
+    """, cwd=ROOT)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: tf_mps: this is the source checkout"), r.stderr
+    assert "scripts/setup.sh" in last and "pip install" in last
+
+
+def test_module_main_runs_from_the_checkout():
+    r = subprocess.run([sys.executable, "-m", "tf_mps", "--help"], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "usage" in r.stdout.lower()
 
 
 def test_environment_report_and_self_check():

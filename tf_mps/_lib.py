@@ -62,10 +62,9 @@ def load():
     path = library_path()
     if not os.path.exists(path):
         raise LibraryLoadError(
-            f"tf-mps: the op library {path} is missing. tf_mps was imported from a "
-            "directory where it was never built (a source checkout on sys.path?). Install "
-            "it with `pip install .` (or `pip install --no-build-isolation -e .` for "
-            "development) and import it from the installed copy."
+            f"tf-mps: the op library {path} is missing: this copy of tf_mps was never "
+            "built, or lost its libraries. Reinstall tf-mps (in a source checkout: "
+            "`scripts/setup.sh`, or `pip install .`) and import it from the installed copy."
         )
     try:
         from tf_mps import _build_info

@@ -11,8 +11,14 @@ Submodules: ``tf_mps.ops`` (the ops), ``tf_mps.keras`` (Keras optimizers),
 ``python -m tf_mps`` prints an environment report with a self-check.
 """
 
-from tf_mps._lib import LibraryLoadError, build_info, library_path
-from tf_mps._lib import load as _load
+# Run from a source checkout (the repository root on sys.path), this file is found before
+# the installed package: use the installed build, or say what to run (tf_mps/_checkout.py).
+from tf_mps._checkout import use_build as _use_build
+
+_use_build(globals())
+
+from tf_mps._lib import LibraryLoadError, build_info, library_path  # noqa: E402
+from tf_mps._lib import load as _load  # noqa: E402
 
 __version__ = "0.1.0"
 
