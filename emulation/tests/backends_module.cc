@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "emulation/runtime/objc_emu.h"
+#include "emulation/tests/backends_common.h"
 #include "emulation/tests/backends_images.h"
 #include "ops/common/metal_context.h"
 #include "ops/conv/conv.h"
@@ -38,53 +39,13 @@ using tfmps::BackendStatus;
 
 namespace {
 
-using F32 = py::array_t<float, py::array::c_style>;
-
-py::tuple Result(const BackendStatus& s) {
-  const int code = s.code == BackendStatus::Code::kOk            ? 0
-                   : s.code == BackendStatus::Code::kUnsupported ? 1
-                                                                 : 2;
-  return py::make_tuple(code, s.message);
-}
-
-// A shared-storage MTLBuffer holding a copy of `bytes` bytes at `offset`; freed (and so
-// released) when it goes out of scope.
-class Staged {
- public:
-  Staged(const void* src, size_t bytes, size_t offset) : bytes_(bytes), offset_(offset) {
-    base_ = static_cast<char*>(tfmps::metal::AllocateSharedBuffer(offset + bytes + 1));
-    if (base_ == nullptr) throw std::runtime_error("AllocateSharedBuffer failed (no Metal device?)");
-    if (src != nullptr && bytes != 0) std::memcpy(base_ + offset, src, bytes);
-  }
-  ~Staged() { tfmps::metal::FreeSharedBuffer(base_); }
-  Staged(const Staged&) = delete;
-  Staged& operator=(const Staged&) = delete;
-  char* data() const { return base_ + offset_; }
-  void CopyTo(void* dst) const {
-    if (bytes_ != 0) std::memcpy(dst, data(), bytes_);
-  }
-
- private:
-  char* base_;
-  size_t bytes_, offset_;
-};
-
-// The staged copies of one call's arrays; results are written back on Commit().
-struct Stage {
-  size_t offset;
-  std::vector<std::pair<std::unique_ptr<Staged>, F32>> arrays;
-
-  float* Add(F32& a, bool optional = false) {
-    if (optional && a.size() == 0) return nullptr;
-    auto staged = std::make_unique<Staged>(a.data(), static_cast<size_t>(a.nbytes()), offset);
-    float* p = reinterpret_cast<float*>(staged->data());
-    arrays.emplace_back(std::move(staged), a);
-    return p;
-  }
-  void Commit() {
-    for (auto& [staged, array] : arrays) staged->CopyTo(array.mutable_data());
-  }
-};
+using tfmps_test::F32;
+using tfmps_test::NoGil;
+using tfmps_test::OnStream;
+using tfmps_test::Result;
+using tfmps_test::ShapeOf;
+using tfmps_test::Stage;
+using tfmps_test::Staged;
 
 tfmps::optim::GradientTransform Transform(const py::dict& d) {
   tfmps::optim::GradientTransform g;
@@ -118,14 +79,6 @@ void CheckSizes(const std::vector<F32>& a, const std::vector<F32>& b, const char
       throw std::invalid_argument(std::string(what) + "[" + std::to_string(i) + "]: size differs from vars");
     }
   }
-}
-
-// Runs `body` with the GIL released: the backends block on command buffers whose
-// completion handlers run on the queue's worker thread.
-template <typename Body>
-BackendStatus NoGil(Body body) {
-  py::gil_scoped_release release;
-  return body();
 }
 
 py::tuple Adam(py::dict p, std::vector<F32> vars, std::vector<F32> ms, std::vector<F32> vs,
@@ -329,17 +282,6 @@ tfmps::conv::Conv2DGeometry ConvGeometry(const std::vector<int64_t>& x, const st
   return g;
 }
 
-// With stream, the call runs as in a device stream (backends_images.h's WithStream): its
-// results are read only after the stream's wait.
-template <typename Body>
-BackendStatus OnStream(bool stream, Body body) {
-  return stream ? tfmps_test::WithStream(body) : body();
-}
-
-std::vector<int64_t> ShapeOf(const F32& a) {
-  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
-}
-
 py::tuple ConvForward(F32 x, F32 w, F32 bias, bool relu, std::vector<int64_t> strides, std::vector<int64_t> dilations,
                       const std::string& padding, std::vector<int64_t> pads, size_t offset, bool half_accumulation,
                       bool stream) {
@@ -478,5 +420,8 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
         py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0, py::arg("stream") = false,
         "Conv2DBackpropFilterMetal: ((code, message), dw, db)");
   m.def("hwio_to_ohwi", [](py::array a) { return Repack(a, true); });
+  tfmps_test::BindPool(m);
+  tfmps_test::BindNorm(m);
+  tfmps_test::BindDense(m);
   m.def("ohwi_to_hwio", [](py::array a) { return Repack(a, false); });
 }

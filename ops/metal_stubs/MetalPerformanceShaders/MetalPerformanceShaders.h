@@ -492,4 +492,9 @@ typedef NS_OPTIONS(NSUInteger, MPSCNNConvolutionGradientOption) {
 - (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
 @end
 
+// One header per family added after the convolution (as Apple splits MPSNeuralNetwork).
+#include "MPSCNNConvolutionTranspose.h"
+#include "MPSCNNNormalization.h"
+#include "MPSCNNPooling.h"
+
 #endif  // TFMPS_STUB_METALPERFORMANCESHADERS_H_
