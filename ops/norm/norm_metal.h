@@ -1,5 +1,21 @@
 // Metal backend of batch and instance normalization (MPSCNNBatchNormalization, MPSCNNInstanceNormalization and their gradient kernels),
 // behind the backend seam (norm.h). macOS; on Linux it runs against the Metal emulation.
+//
+// Every entry point returns
+//   kOk           the results are (or, in a device stream, will be once the stream's
+//                 work has run) in the output buffers;
+//   kUnsupported  MPS cannot compute these arguments exactly, or the path is not written
+//                 yet (the message says which): the caller runs the CPU backend on the
+//                 same memory; nothing was written;
+//   kInternal     an MPS initializer returned nil or the command buffer failed.
+// x and y must lie in registered Metal buffers at 16-byte aligned offsets (else
+// kUnsupported); gamma, beta and the given statistics are read on the CPU (MPS takes
+// them from an MPSCNNBatchNormalizationDataSource at initialization), so with a device
+// stream the call first waits for the stream's queued work.
+//
+// What runs on Metal (norm_metal.mm says why the rest does not):
+//   NormForwardMetal   batch norm inference, float32.
+//   NormBackwardMetal  nothing yet (always kUnsupported).
 #ifndef TFMPS_NORM_NORM_METAL_H_
 #define TFMPS_NORM_NORM_METAL_H_
 
@@ -7,7 +23,13 @@
 #include "ops/norm/norm.h"
 
 namespace tfmps {
-namespace norm {}  // namespace norm
+namespace norm {
+
+// instance: MpsInstanceNorm's view of x (groups = the batch), else batch norm's.
+BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool instance);
+BackendStatus NormBackwardMetal(const NormShape& s, const BackwardArgs& a, bool instance);
+
+}  // namespace norm
 }  // namespace tfmps
 
 #endif  // TFMPS_NORM_NORM_METAL_H_

@@ -1,7 +1,298 @@
-// Metal backend of batch and instance normalization (MPSCNNBatchNormalization, MPSCNNInstanceNormalization and their gradient kernels) (see norm_metal.h).
-#import <Foundation/Foundation.h>
-#import <Metal/Metal.h>
+// Metal backend of batch and instance normalization (see norm_metal.h). Built with ARC.
+// Nothing here has run on a Mac yet: it is type-checked against the project's
+// declarations of Apple's API and executed on Linux against the Metal emulation
+// (emulation/mps/mps_cnn_norm.mm, docs/metal-emulation.md).
+//
+// One command buffer per call (the stream's, with a thread target), as conv_metal.mm:
+//   NHWC buffer --MPSMatrixCopyToImage--> MPSImage --MPSCNNBatchNormalization-->
+//   MPSImage --MPSImageCopyToMatrix--> NHWC buffer
+// Batch norm reduces over every row of x viewed as [R, C], so any factorization
+// R = N * H * W gives the same result: the image is N images of H x W pixels with
+// W the largest divisor of R within Metal's texture side (16384), H likewise of R / W,
+// and N the rest (at most 2048 / ceil(C/4) texture slices, else kUnsupported).
+//
+// Batch norm inference (a.mean_in, a.var_in given): Apple documents
+//   out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c]
+// (MPSCNNBatchNormalization(3)), the op's formula (norm.h: y = (x - mean) * gamma *
+// inv_std + beta, inv_std = 1 / sqrt(variance + epsilon)) up to float32 rounding. The
+// kernel's epsilon property is set to the op's epsilon explicitly (and the data source
+// answers -epsilon with it too), since Apple's pages do not state the default. The
+// statistics outputs are written on the CPU after the stream's wait: mean and variance
+// are the given ones, inv_std = 1 / sqrt(variance + epsilon) computed as the CPU backend
+// does (in double, rounded once), so those are bit-identical to the CPU backend.
+//
+// kUnsupported (the CPU backend runs): float16 data; training (batch statistics:
+// MPSCNNBatchNormalizationStatistics, not written yet); instance norm and every
+// gradient (not written yet); no rows (the empty-statistics case); images beyond
+// Metal's limits; x or y not in a registered, 16-byte aligned buffer.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
 
 #include "ops/common/metal_context.h"
 #include "ops/norm/norm_metal.h"
+
+// The per-channel parameters of one batch normalization, over the op's arrays (read on
+// the CPU by the kernel's initializer). mean and variance NULL: none (training).
+@interface TFMPSBatchNormDataSource : NSObject <MPSCNNBatchNormalizationDataSource>
+- (instancetype)initWithChannels:(NSUInteger)channels
+                           gamma:(const float*)gamma
+                            beta:(const float*)beta
+                            mean:(const float*)mean
+                        variance:(const float*)variance
+                         epsilon:(float)epsilon;
+@end
+
+@implementation TFMPSBatchNormDataSource {
+  NSUInteger _channels;
+  const float* _gamma;
+  const float* _beta;
+  const float* _mean;
+  const float* _variance;
+  float _epsilon;
+}
+
+- (instancetype)initWithChannels:(NSUInteger)channels
+                           gamma:(const float*)gamma
+                            beta:(const float*)beta
+                            mean:(const float*)mean
+                        variance:(const float*)variance
+                         epsilon:(float)epsilon {
+  self = [super init];
+  if (self == nil) return nil;
+  _channels = channels;
+  _gamma = gamma;
+  _beta = beta;
+  _mean = mean;
+  _variance = variance;
+  _epsilon = epsilon;
+  return self;
+}
+
+- (NSUInteger)numberOfFeatureChannels {
+  return _channels;
+}
+
+// MPS reads, never writes, these.
+- (float*)gamma {
+  return const_cast<float*>(_gamma);
+}
+- (float*)beta {
+  return const_cast<float*>(_beta);
+}
+- (float*)mean {
+  return const_cast<float*>(_mean);
+}
+- (float*)variance {
+  return const_cast<float*>(_variance);
+}
+- (float)epsilon {
+  return _epsilon;
+}
+
+// The arrays are the op's own: nothing to bring in or drop.
+- (BOOL)load {
+  return YES;
+}
+- (void)purge {
+}
+
+- (NSString*)label {
+  return @"tf-mps batch norm parameters";
+}
+
+- (id)copyWithZone:(NSZone*)zone {
+  return [[TFMPSBatchNormDataSource alloc] initWithChannels:_channels
+                                                      gamma:_gamma
+                                                       beta:_beta
+                                                       mean:_mean
+                                                   variance:_variance
+                                                    epsilon:_epsilon];
+}
+
+@end
+
+namespace tfmps {
+namespace norm {
+namespace {
+
+constexpr int64_t kMaxArraySlices = 2048;  // Metal: layers of a 2D texture array
+constexpr int64_t kMaxTextureSide = 16384;
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+// n images of h x w pixels of c channels.
+struct ImageShape {
+  int64_t n = 0, h = 0, w = 0, c = 0;
+};
+
+int64_t LargestDivisorAtMost(int64_t value, int64_t limit) {
+  for (int64_t d = std::min(value, limit); d > 1; --d) {
+    if (value % d == 0) return d;
+  }
+  return 1;
+}
+
+// x [G, R, C] as images: `groups` fixed as the image count times something (instance
+// norm: one image per group; batch norm: any). "" or why not.
+std::string ImagesOf(const NormShape& s, bool instance, ImageShape* im) {
+  im->c = s.channels;
+  im->w = LargestDivisorAtMost(s.rows, kMaxTextureSide);
+  const int64_t rest = s.rows / im->w;
+  if (instance) {
+    im->h = rest;
+    im->n = s.groups;
+  } else {
+    im->h = LargestDivisorAtMost(rest, kMaxTextureSide);
+    im->n = rest / im->h;
+  }
+  if (im->h > kMaxTextureSide) return "an image side of " + Str(im->h) + " (Metal's limit is 16384)";
+  const int64_t slices = im->n * ((im->c + 3) / 4);
+  if (slices > kMaxArraySlices) {
+    return "an image of " + Str(slices) + " texture slices (Metal's limit is " + Str(kMaxArraySlices) + ")";
+  }
+  return "";
+}
+
+MPSImage* MakeImage(const ImageShape& s) {
+  MPSImageDescriptor* d =
+      [MPSImageDescriptor imageDescriptorWithChannelFormat:MPSImageFeatureChannelFormatFloat32
+                                                     width:static_cast<NSUInteger>(s.w)
+                                                    height:static_cast<NSUInteger>(s.h)
+                                           featureChannels:static_cast<NSUInteger>(s.c)
+                                            numberOfImages:static_cast<NSUInteger>(s.n)
+                                                     usage:MTLTextureUsageShaderRead | MTLTextureUsageShaderWrite];
+  if (d == nil) return nil;
+  d.storageMode = MTLStorageModePrivate;  // only the GPU touches these
+  return [[MPSImage alloc] initWithDevice:metal::Device() imageDescriptor:d];
+}
+
+// An NHWC tensor as an MPSMatrix of n rows (images) of h*w*c floats over its buffer.
+// nil with *found false: not in a registered aligned buffer; nil with *found true: MPS
+// returned nil.
+MPSMatrix* Rows(const void* p, const ImageShape& s, bool* found) {
+  const size_t row_bytes = static_cast<size_t>(s.h * s.w * s.c) * sizeof(float);
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(s.n) * row_bytes);
+  *found = ref.found();
+  if (!ref.found()) return nil;
+  MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(s.n)
+                                                                 columns:static_cast<NSUInteger>(s.h * s.w * s.c)
+                                                                rowBytes:row_bytes
+                                                                dataType:MPSDataTypeFloat32];
+  if (d == nil) return nil;
+  return [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+}
+
+// The matrices and images of one call; Internal/Unsupported on the first failure.
+struct Operands {
+  std::string op;
+  BackendStatus status = BackendStatus::Ok();
+
+  MPSMatrix* Matrix(const char* name, const void* p, const ImageShape& s) {
+    if (!status.ok()) return nil;
+    bool found = false;
+    MPSMatrix* m = Rows(p, s, &found);
+    if (!found) {
+      status = BackendStatus::Unsupported(op + ": " + name + " is not in a 16-byte aligned, registered Metal buffer");
+    } else if (m == nil) {
+      status = BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil for " + name);
+    }
+    return m;
+  }
+  MPSImage* Image(const char* name, const ImageShape& s) {
+    if (!status.ok()) return nil;
+    MPSImage* image = MakeImage(s);
+    if (image == nil) status = BackendStatus::Internal(op + ": MPSImage initWithDevice: returned nil for " + name);
+    return image;
+  }
+  template <typename T>
+  T* Kernel(T* kernel, const char* what) {
+    if (status.ok() && kernel == nil) status = BackendStatus::Internal(op + ": " + what + " returned nil");
+    return kernel;
+  }
+};
+
+MPSMatrixCopyToImage* ToImage(Operands* ops) {
+  return ops->Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
+                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                     "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+}
+
+MPSImageCopyToMatrix* ToMatrix(Operands* ops) {
+  return ops->Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
+                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                     "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+}
+
+// The data source reads gamma, beta and the statistics on the CPU, and the statistics
+// outputs are written there: GPU work queued on this thread's stream must be done first.
+BackendStatus WaitForStream(const std::string& op) {
+  if (metal::ThreadTarget() == nullptr) return BackendStatus::Ok();
+  return metal::SubmitAndWait(op, [](id<MTLCommandBuffer>) {});
+}
+
+}  // namespace
+
+BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool instance) {
+  const std::string op = instance ? "InstanceNormForwardMetal" : "BatchNormForwardMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  if (a.dtype != DataType::kFloat32) return BackendStatus::Unsupported(op + ": float16 data (float32 only)");
+  if (instance) return BackendStatus::Unsupported(op + ": instance norm is not on Metal yet");
+  if (a.mean_in == nullptr) {
+    return BackendStatus::Unsupported(op + ": training (batch statistics) is not on Metal yet");
+  }
+  if (s.rows == 0 || s.groups != 1 || s.channels == 0) {
+    return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the statistics)");
+  }
+  ImageShape shape;
+  const std::string why = ImagesOf(s, instance, &shape);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* x = ops.Matrix("x", a.x, shape);
+    MPSMatrix* y = ops.Matrix("y", a.y, shape);
+    MPSImage* xi = ops.Image("x", shape);
+    MPSImage* yi = ops.Image("y", shape);
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+    if (!ops.status.ok()) return ops.status;
+    BackendStatus st = WaitForStream(op);
+    if (!st.ok()) return st;
+    TFMPSBatchNormDataSource* source =
+        [[TFMPSBatchNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(s.channels)
+                                                     gamma:a.gamma
+                                                      beta:a.beta
+                                                      mean:a.mean_in
+                                                  variance:a.var_in
+                                                   epsilon:a.epsilon];
+    MPSCNNBatchNormalization* bn = [[MPSCNNBatchNormalization alloc] initWithDevice:metal::Device()
+                                                                         dataSource:source];
+    if (bn == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalization initWithDevice:dataSource: returned nil");
+    bn.epsilon = a.epsilon;
+    // The statistics outputs, as the CPU backend writes them (the stream is idle here).
+    for (int64_t c = 0; c < s.channels; ++c) {
+      a.mean[c] = a.mean_in[c];
+      a.variance[c] = a.var_in[c];
+      a.inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.var_in[c]) + a.epsilon));
+    }
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+      [bn encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+      [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
+    });
+  }
+}
+
+BackendStatus NormBackwardMetal(const NormShape& s, const BackwardArgs& a, bool instance) {
+  (void)s;
+  (void)a;
+  const std::string op = instance ? "InstanceNormBackwardMetal" : "BatchNormBackwardMetal";
+  return BackendStatus::Unsupported(op + ": the gradients are not on Metal yet");
+}
+
+}  // namespace norm
+}  // namespace tfmps

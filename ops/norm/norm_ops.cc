@@ -32,6 +32,7 @@
 
 #ifdef TFMPS_DEVICE_KERNELS
 #include "ops/device/device_kernels_glue.h"
+#include "ops/norm/norm_metal.h"
 #endif
 
 namespace tfmps {
@@ -228,21 +229,28 @@ class NormCpuIsaOp : public OpKernel {
   }
 };
 
-// Runs the CPU backend; on the tf-mps device (TFMPS_DEVICE_KERNELS) after the stream's
-// queued work. The Metal half (MPSCNNBatchNormalization(+Gradient) and
-// MPSCNNInstanceNormalization(+Gradient) on MPSImages) comes with the MPSImage path being
-// written in emulation/; until then Metal declines and the CPU backend runs on the
-// device's (unified) memory.
+// Runs the CPU backend; on the tf-mps device (TFMPS_DEVICE_KERNELS) `metal` first (the
+// Metal backend, norm_metal.h, encoding into the kernel's stream) and, when it declines
+// (kUnsupported: float16, or a path not on Metal), the CPU backend after the stream's
+// queued work, on the device's (unified) memory.
 template <typename CpuFn>
 void RunBackend(OpKernelContext* ctx, CpuFn cpu) {
 #ifdef TFMPS_DEVICE_KERNELS
-  device_glue::Run(
-      ctx, []() { return BackendStatus::Unsupported("norm: the Metal backend comes with the MPSImage path"); },
-      cpu);
+  device_glue::Run(ctx, []() { return BackendStatus::Unsupported("norm: no Metal path for this case"); }, cpu);
 #else
   cpu();
 #endif
 }
+
+#ifdef TFMPS_DEVICE_KERNELS
+template <typename MetalFn, typename CpuFn>
+void RunBackend(OpKernelContext* ctx, MetalFn metal, CpuFn cpu) {
+  device_glue::Run(ctx, metal, cpu);
+}
+#define TFMPS_NORM_RUN(ctx, metal, cpu) RunBackend(ctx, [&] { return metal; }, cpu)
+#else
+#define TFMPS_NORM_RUN(ctx, metal, cpu) RunBackend(ctx, cpu)
+#endif
 
 // What every norm kernel shares: the view of x, shape checks with the op's wording, and
 // the workspace.
@@ -357,7 +365,8 @@ class NormForwardOp : public NormKernel {
     Tensor scratch;
     double* ws = nullptr;
     OP_REQUIRES_OK(ctx, Workspace(ctx, ForwardCpuWorkspace(s, training_), &scratch, &ws));
-    RunBackend(ctx, [&] { ForwardCpu(s, a, ws, tfglue::CpuParallelFor(ctx)); });
+    TFMPS_NORM_RUN(ctx, NormForwardMetal(s, a, kind_.instance),
+                   [&] { ForwardCpu(s, a, ws, tfglue::CpuParallelFor(ctx)); });
   }
 
  private:
@@ -414,7 +423,8 @@ class NormGradOp : public NormKernel {
     Tensor scratch;
     double* ws = nullptr;
     OP_REQUIRES_OK(ctx, Workspace(ctx, BackwardCpuWorkspace(s, training_), &scratch, &ws));
-    RunBackend(ctx, [&] { BackwardCpu(s, a, ws, tfglue::CpuParallelFor(ctx)); });
+    TFMPS_NORM_RUN(ctx, NormBackwardMetal(s, a, kind_.instance),
+                   [&] { BackwardCpu(s, a, ws, tfglue::CpuParallelFor(ctx)); });
   }
 
  private:

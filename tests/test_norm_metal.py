@@ -1,0 +1,191 @@
+"""The Metal backend of batch / instance normalization (ops/norm/norm_metal.mm:
+MPSCNNBatchNormalization on MPSImages) executed on the Linux Metal emulation, against
+the CPU backend (the MpsBatchNorm op on the CPU device).
+
+What is on Metal so far: batch norm inference (given mean and variance), float32. Every
+other case (training statistics, instance norm, the gradients, float16, no rows) returns
+Unsupported, so the caller runs the CPU backend: tested here to write nothing.
+
+What this can tell (docs/metal-emulation.md): the emulation's fake
+(emulation/mps/mps_cnn_norm.mm) computes Apple's documented formula with the CPU
+backend's own loops after its own image <-> NHWC index maps, so these tests check what
+norm_metal.mm does with MPS: the view of [R, C] as images, the data source, epsilon, the
+statistics outputs, buffer offsets, waits, nil handling and object lifetimes. They cannot
+tell how Apple's kernel rounds, nor confirm the fake's choices where Apple is silent
+(listed in mps_cnn_norm.mm).
+"""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import metal_emu
+from tf_mps import _lib
+
+emu = metal_emu.load()
+lib = _lib.load()
+
+OK, UNSUPPORTED, INTERNAL = 0, 1, 2
+UNWRITTEN = -7.0  # what the bindings fill the outputs with
+NONE = np.zeros(0, np.float32)
+
+PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
+                    "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
+                    "MPSMatrixCopyToImage", "MPSCNNBatchNormalization", "TFMPSBatchNormDataSource", "NSError"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    assert emu.available(), "the metal context found no device on the emulation"
+    import tf_mps.device
+
+    count = tf_mps.device.loaded() is None
+    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+    yield
+    emu.reset_hooks()
+    if not count:
+        return
+    for _ in range(100):
+        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+        if after == before:
+            break
+        time.sleep(0.01)
+    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+
+
+def _check(result, code=OK):
+    got, message = result
+    assert got == code, f"Metal backend returned code {got} ({message}), expected {code}"
+    return message
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    mean = rng.standard_normal(c).astype(np.float32)
+    variance = (rng.random(c) * 4).astype(np.float32)
+    return x, gamma, beta, mean, variance
+
+
+def cpu_inference(x, gamma, beta, mean, variance, epsilon):
+    with tf.device("/CPU:0"):
+        outs = lib.mps_batch_norm(x=x, gamma=gamma, beta=beta, mean=mean, variance=variance, epsilon=epsilon,
+                                  is_training=False)
+    return [t.numpy() for t in outs]
+
+
+def _compare(x, gamma, beta, mean, variance, epsilon=1e-3, offset=0, stream=False):
+    r, y, m, v, inv = emu.norm_forward(x, gamma, beta, mean, variance, epsilon, offset=offset, stream=stream)
+    _check(r)
+    y_cpu, m_cpu, v_cpu, inv_cpu = cpu_inference(x, gamma, beta, mean, variance, epsilon)
+    # MPS's documented formula, (x - mean) * gamma / sqrt(var + eps) + beta, is the CPU
+    # backend's up to float32 rounding: a few ulps of the result's scale.
+    scale = max(1.0, float(np.max(np.abs(y_cpu))) if y_cpu.size else 1.0)
+    np.testing.assert_allclose(y, y_cpu, rtol=1e-5, atol=1e-6 * scale, err_msg="y: Metal != CPU backend")
+    # The statistics are written as the CPU backend writes them: bit-identical.
+    np.testing.assert_array_equal(m, m_cpu)
+    np.testing.assert_array_equal(v, v_cpu)
+    np.testing.assert_array_equal(inv, inv_cpu)
+
+
+def _assert_unwritten(*arrays):
+    for a in arrays:
+        assert np.all(a == UNWRITTEN), "an Unsupported call wrote an output"
+
+
+# ------------------------------------------------------------------ batch norm inference
+@settings(max_examples=25, deadline=None)
+@given(dims=st.lists(st.integers(1, 6), min_size=1, max_size=4), channels=st.integers(1, 13),
+       epsilon=st.sampled_from([1e-3, 1e-5, 0.5]), seed=st.integers(0, 2**16))
+def test_inference_matches_cpu_backend(dims, channels, epsilon, seed):
+    _compare(*_data(tuple(dims) + (channels,), seed), epsilon=epsilon)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (5, 7), (1, 1, 1, 1), (3, 2, 2, 2, 5), (4, 3, 3, 17), (2, 9, 9, 64)])
+def test_inference_shapes(shape):
+    _compare(*_data(shape))
+
+
+def test_rows_beyond_one_texture_side():
+    # 3 * 17 * 401 = 20451 rows: more than one 16384-wide row of pixels.
+    _compare(*_data((3, 17, 401, 3)))
+
+
+def test_prime_row_count_beyond_texture_side_is_unsupported():
+    # 16411 is prime: no factorization into images fits Metal's limits (16384 x 16384
+    # pixels, 2048 slices).
+    x, g, b, m, v = _data((16411, 2))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, m, v, 1e-3)
+    assert "Metal's limit" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+def test_texture_array_limit():
+    # 8193 channels are 2049 texture-array slices: Metal allows 2048.
+    x, g, b, m, v = _data((2, 8193))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, m, v, 1e-3)
+    assert "2048" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+    _compare(*_data((2, 8192)))  # 2048 slices: fine
+
+
+def test_in_a_device_stream():
+    x, g, b, m, v = _data((3, 5, 4, 6))
+    _compare(x, g, b, m, v, stream=True)
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r = emu.norm_forward(x, g, b, m, v, 1e-3, stream=True)[0]
+    assert "injected GPU fault" in _check(r, INTERNAL)
+
+
+def test_aligned_offsets_are_fine_unaligned_unsupported():
+    x, g, b, m, v = _data((2, 3, 3, 5))
+    _compare(x, g, b, m, v, offset=32)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, m, v, 1e-3, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+# ------------------------------------------------------------------ what returns Unsupported / Internal
+def test_training_is_unsupported_and_writes_nothing():
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
+    assert "training" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+def test_instance_norm_is_unsupported_and_writes_nothing():
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)
+    assert "instance" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+def test_no_rows_is_unsupported():
+    x, g, b, m, v = _data((0, 3, 5))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, m, v, 1e-3)
+    _check(r, UNSUPPORTED)
+    _assert_unwritten(mo, vo, inv)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNBatchNormalization", "MPSImage", "MPSMatrix", "MPSMatrixCopyToImage",
+                                 "MPSImageCopyToMatrix"])
+def test_nil_initializer_is_internal(cls):
+    x, g, b, m, v = _data((2, 3, 3, 5))
+    emu.fail_next_init(cls, 1)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, m, v, 1e-3)
+    assert "nil" in _check(r, INTERNAL)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+def test_failed_command_buffer_is_internal():
+    x, g, b, m, v = _data((2, 3, 3, 5))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r = emu.norm_forward(x, g, b, m, v, 1e-3)[0]
+    assert "injected GPU fault" in _check(r, INTERNAL)
