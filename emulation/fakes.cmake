@@ -12,7 +12,7 @@
 #   $OBJC -fobjc-arc -c emulation/metal/metal.mm
 #   $OBJC -fobjc-arc -c emulation/mps/mps.mm
 #   $OBJC -fobjc-arc -c emulation/mps/mps_optimizers.mm
-#   $OBJC -fobjc-arc -c emulation/mps/mps_cnn.mm   (and mps_cnn_{transpose,norm,pooling}.mm)
+#   $OBJC -fobjc-arc -c emulation/mps/mps_cnn.mm   (and mps_cnn_{transpose,fc,norm,pooling}.mm)
 # and the objects link into one shared library with emulation/runtime/image_register.c,
 # the runtime, the CPU backends (ops/optim/optim_cpu.cc, ops/conv/conv_*.cc: the fakes compute with them), -lBlocksRuntime
 # and -lpthread.
@@ -27,6 +27,7 @@ set(TFMPS_EMU_FAKE_SOURCES
   ${_tfmps_fakes_dir}/mps/mps_optimizers.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_transpose.mm
+  ${_tfmps_fakes_dir}/mps/mps_cnn_fc.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_norm.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_pooling.mm
   ${_tfmps_fakes_dir}/shaders/shaders.cc
@@ -49,6 +50,7 @@ set_source_files_properties(
   ${_tfmps_fakes_dir}/mps/mps_optimizers.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_transpose.mm
+  ${_tfmps_fakes_dir}/mps/mps_cnn_fc.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_norm.mm
   ${_tfmps_fakes_dir}/mps/mps_cnn_pooling.mm
   ${_tfmps_fakes_dir}/tests/fakes_test.mm

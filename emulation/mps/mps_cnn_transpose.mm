@@ -1,4 +1,4 @@
-// CPU fakes of MPS's MPSCNNConvolution.h: MPSCNNConvolutionTranspose(+Gradient), MPSCNNFullyConnected(+Gradient).
+// CPU fakes of MPS's MPSCNNConvolution.h: MPSCNNConvolutionTranspose(+Gradient).
 // Linux emulation only; built with ARC. They compute with the CPU backend.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 

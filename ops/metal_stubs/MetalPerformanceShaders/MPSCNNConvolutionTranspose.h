@@ -1,4 +1,4 @@
-// The project's declarations of MPSCNNConvolution.h's MPSCNNConvolutionTranspose(+Gradient) and MPSCNNFullyConnected(+Gradient)
+// The project's declarations of MPSCNNConvolution.h's MPSCNNConvolutionTranspose(+Gradient)
 // (included by MetalPerformanceShaders.h; what tf-mps uses, as Apple declares it).
 #ifndef TFMPS_STUB_MPSCNNCONVOLUTIONTRANSPOSE_H_
 #define TFMPS_STUB_MPSCNNCONVOLUTIONTRANSPOSE_H_

@@ -494,6 +494,7 @@ typedef NS_OPTIONS(NSUInteger, MPSCNNConvolutionGradientOption) {
 
 // One header per family added after the convolution (as Apple splits MPSNeuralNetwork).
 #include "MPSCNNConvolutionTranspose.h"
+#include "MPSCNNFullyConnected.h"
 #include "MPSCNNNormalization.h"
 #include "MPSCNNPooling.h"
 
