@@ -12,6 +12,13 @@ filter) for a given output gradient: 3 convolutions' worth of multiply-adds, cou
 transposed case compares tf_mps.ops.conv.conv2d_transpose with tf.nn.conv2d_transpose
 (its FLOPs: those of the convolution it transposes).
 
+The "BN+ReLU+pool" cases time the block that follows a convolution in a CNN: batch
+normalization with batch statistics, ReLU, max pooling; forward, and forward plus the
+gradients w.r.t. x, gamma and beta. tf-mps: tf_mps.ops.norm.batch_norm (MpsBatchNorm) +
+tf.nn.relu + tf_mps.ops.pool.max_pool2d (MpsMaxPool2D); TF: FusedBatchNormV3 (what
+Keras's BatchNormalization calls) + tf.nn.relu + tf.nn.max_pool2d. Memory-bound work, so
+those lines print milliseconds per call, not GFLOP/s.
+
 --dtype float16 runs both on float16 data (tf-mps: float32 accumulation, rounded once;
 TF: its float16 kernels, Eigen's unless oneDNN has an AVX-512 build); add
 --accumulator-precision float16 for tf-mps's exact half-accumulation emulation (much
@@ -38,7 +45,67 @@ CASES = [
     ("N16 56x56 C64->128 3x3", 16, 56, 56, 64, 128, 3, "conv"),
     ("depthwise N32 56x56 C64 3x3", 32, 56, 56, 64, 64, 3, "depthwise"),
     ("transpose N16 28->56 C128->64 3x3 s2", 16, 56, 56, 64, 128, 3, "transpose"),
+    # BN+ReLU+pool: K is the pooling window, stride 2, VALID (O unused)
+    ("BN+ReLU+pool N32 56x56 C64 2x2/2", 32, 56, 56, 64, 64, 2, "bn_relu_pool"),
+    ("BN+ReLU+pool N32 28x28 C128 3x3/2", 32, 28, 28, 128, 128, 3, "bn_relu_pool"),
 ]
+
+
+def bn_relu_pool_case(tf, tf_mps, name, shape, k, dtype, repeats, calls, rng):
+    """Times one BN+ReLU+pool case; returns its table line."""
+    x = tf.constant((rng.standard_normal(shape) * 2 + 0.5).astype(dtype))
+    c = shape[-1]
+    gamma = tf.constant(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    beta = tf.constant(rng.standard_normal(c).astype(np.float32))
+    n, h, w, _ = shape
+    dy = tf.constant(rng.standard_normal((n, (h - k) // 2 + 1, (w - k) // 2 + 1, c)).astype(dtype))
+
+    def ours(x, gamma, beta):
+        y, _, _ = tf_mps.ops.norm.batch_norm(x, gamma, beta, epsilon=1e-3, training=True)
+        return tf_mps.ops.pool.max_pool2d(tf.nn.relu(y), k, 2, "VALID")
+
+    def stock(x, gamma, beta):
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=1e-3, is_training=True)
+        return tf.nn.max_pool2d(tf.nn.relu(y), k, 2, "VALID")
+
+    def step(block):
+        @tf.function
+        def forward(x):
+            return block(x, gamma, beta)
+
+        @tf.function
+        def forward_backward(x):
+            with tf.GradientTape() as tape:
+                tape.watch([x, gamma, beta])
+                y = block(x, gamma, beta)
+            return (y, *tape.gradient(y, [x, gamma, beta], output_gradients=dy))
+
+        return forward, forward_backward
+
+    ours_f, ours_fb = step(ours)
+    tf_f, tf_fb = step(stock)
+    # Same results first. The two batch norms round differently (a few ulps), and where
+    # a pooling window holds two near-equal maxima that is enough to send the gradient to
+    # the other one: a handful of dx elements (and, through them, dgamma and dbeta a
+    # little) differ by a whole dy value. So: y to 1e-4; dx equal to 1e-4 except at most
+    # 1 element in 10^4; dgamma and dbeta to 1e-2.
+    scale = 1e-4 if dtype == np.float32 else 1e-2
+    got, ref = ours_fb(x), tf_fb(x)
+    for label, a, b in zip(("y", "dx", "dgamma", "dbeta"), got, ref):
+        a, b = tf.cast(a, tf.float64), tf.cast(b, tf.float64)
+        off = tf.abs(a - b) / tf.reduce_max(tf.abs(b))
+        if label == "dx":
+            bad = int(tf.reduce_sum(tf.cast(off > scale, tf.int64)))
+            assert bad <= a.shape.num_elements() // 10000, f"{name}: dx disagrees at {bad} elements"
+        else:
+            err = float(tf.reduce_max(off))
+            limit = scale if label == "y" else 1e-2
+            assert err < limit, f"{name}: tf-mps and TF disagree on {label} (relative {err:.2g})"
+    times = time_interleaved({"ours_f": lambda: ours_f(x), "tf_f": lambda: tf_f(x),
+                              "ours_fb": lambda: ours_fb(x), "tf_fb": lambda: tf_fb(x)}, calls, repeats)
+    t = {key: statistics.median(v) * 1e3 for key, v in times.items()}
+    return (f"{name:<38} {'ms':>6} | {t['ours_f']:10.2f} {t['tf_f']:8.2f} {t['tf_f'] / t['ours_f']:5.2f}x | "
+            f"{t['ours_fb']:10.2f} {t['tf_fb']:8.2f} {t['tf_fb'] / t['ours_fb']:5.2f}x")
 
 
 def main(argv=None) -> int:
@@ -77,6 +144,10 @@ def main(argv=None) -> int:
     print("-" * len(header))
     rng = np.random.default_rng(0)
     for name, n, h, w, c, o, k, kind in cases:
+        if kind == "bn_relu_pool":
+            print(bn_relu_pool_case(tf, tf_mps, name, (n, h, w, c), k, dtype, args.repeats, args.calls, rng),
+                  flush=True)
+            continue
         depthwise = kind == "depthwise"
         if kind == "transpose":
             # y [n, h, w, c] = conv2d_transpose(x [n, h/2, w/2, o], filter [k, k, c, o])
@@ -156,7 +227,7 @@ def main(argv=None) -> int:
               f"{t['tf_f'] / t['ours_f']:5.2f}x | {gf(t['ours_fb'], 3):10.1f} {gf(t['tf_fb'], 3):8.1f} "
               f"{t['tf_fb'] / t['ours_fb']:5.2f}x", flush=True)
     print("\nGFLOP/s columns; ratio = TF time / tf-mps time (> 1: tf-mps is faster). f+b = forward and both "
-          "gradients, 3 x GFLOP.")
+          "gradients, 3 x GFLOP; BN+ReLU+pool lines: milliseconds per call.")
     return 0
 
 
