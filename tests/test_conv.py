@@ -105,7 +105,12 @@ def check(x, f, *, strides=1, padding="SAME", dilations=1, groups=1, bias=None, 
     ((2, 10, 10, 4), (3, 3, 4, 4), dict(dilations=2, padding="SAME")),
     ((2, 7, 6, 8), (1, 1, 8, 12), dict(padding="VALID")),  # pointwise: sgemm on the input rows
     ((2, 7, 6, 8), (1, 1, 8, 12), dict(strides=2, padding="VALID")),  # 1x1 strided: im2col
-    ((4, 9, 9, 1), (3, 3, 1, 32), dict(padding="SAME")),  # one input channel: GEMM with k = 9
+    # few input channels (KH*KW*C < 32, >= 8 outputs): x86's direct kernel (else GEMM, k = 9)
+    ((4, 9, 9, 1), (3, 3, 1, 32), dict(padding="SAME")),
+    ((3, 13, 12, 2), (3, 3, 2, 37), dict(strides=2, padding="SAME")),  # vector blocks and a tail
+    ((2, 12, 14, 1), (5, 3, 1, 48), dict(padding=[[2, 1], [0, 2]], dilations=2)),
+    ((2, 8, 9, 3), (3, 3, 3, 8), dict(padding="VALID")),  # fewer outputs than a block: per pixel
+    ((2, 30, 30, 1), (3, 3, 1, 32), dict(strides=[1, 2], padding="VALID")),
     ((2, 6, 6, 4), (3, 3, 4, 3), dict(padding=[[5, 0], [0, 4]])),  # padding beyond the filter
     ((2, 8, 8, 6), (3, 3, 3, 4), dict(groups=2, padding="SAME")),  # grouped
     ((2, 8, 8, 12), (3, 3, 4, 6), dict(groups=3, strides=2, padding="SAME")),  # grouped, scatter
@@ -162,6 +167,10 @@ def test_depthwise_matches_tf(device, case):
     xs, mult, kw = case
     c = xs[-1]
     check(_rand(xs, 6), _rand((3, 3, 1, c * mult), 7), groups=c, ref=_depthwise_reference, **kw)
+
+
+def test_few_input_channels_with_bias_and_relu(device):
+    check(_rand((3, 28, 28, 1), 13), _rand((3, 3, 1, 40), 14), bias=_rand((40,), 15), relu=True)
 
 
 def test_depthwise_with_bias_and_relu(device):
@@ -310,7 +319,8 @@ cases = [((2, 9, 8, 20), (3, 3, 20, 40), dict(padding="SAME")),
          ((2, 11, 9, 24), (3, 3, 12, 34), dict(strides=2, padding="SAME", groups=2)),
          ((2, 12, 11, 8), (3, 3, 1, 8), dict(groups=8, padding="SAME")),
          ((2, 12, 11, 8), (3, 3, 1, 16), dict(groups=8, strides=2, padding="VALID")),
-         ((3, 9, 9, 3), (3, 3, 3, 5), dict(padding=[[1, 2], [0, 1]], dilations=2))]
+         ((3, 9, 9, 3), (3, 3, 3, 5), dict(padding=[[1, 2], [0, 1]], dilations=2)),
+         ((2, 13, 12, 2), (3, 3, 2, 37), dict(strides=2, padding="SAME"))]
 for i, (xs, fs, kw) in enumerate(cases):
     ref = T._depthwise_reference if kw.get("groups", 1) == xs[-1] else T.reference
     T.check(T._rand(xs, i), T._rand(fs, i + 1), ref=ref, bias=T._rand((fs[-1],), i + 2), relu=True, **kw)
