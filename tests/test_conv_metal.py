@@ -34,7 +34,7 @@ OK, UNSUPPORTED, INTERNAL = 0, 1, 2
 PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSEmuBlitEncoder", "TFMPSHeapString",
                     "MPSMatrix", "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor",
                     "MPSImageCopyToMatrix", "MPSMatrixCopyToImage", "MPSCNNConvolution",
-                    "MPSCNNConvolutionGradient", "MPSCNNConvolutionGradientState", "MPSCNNConvolutionDescriptor",
+                    "MPSCNNConvolutionGradient", "MPSCNNConvolutionGradientState", "MPSCNNConvolutionTranspose", "MPSCNNConvolutionDescriptor",
                     "MPSCNNDepthWiseConvolutionDescriptor", "MPSNNNeuronDescriptor", "TFMPSConvDataSource",
                     "NSError"]
 
@@ -341,3 +341,157 @@ def test_empty_batch_is_a_no_op():
                                            [1, 1], "SAME")
     _check(r)
     assert not dw.any() and not db.any()
+
+
+# ------------------------------------------------------------------ the transposed convolution
+# Conv2DTransposeMetal (MPSCNNConvolutionTranspose) against tf_mps.ops.conv2d_transpose on
+# the CPU device (the CPU backend's input gradient plus the fused epilogue). y_shape is
+# the transpose's output [N, H, W, C]; x its input [N, OH, OW, O]; w [KH, KW, C/G, O].
+def cpu_transpose(x, w, y_shape, bias, relu, strides, padding, pads=(), dilations=(1, 1)):
+    with tf.device("/CPU:0"):
+        y = tf_mps.ops.conv2d_transpose(x, w, y_shape, strides=strides, padding=_cpu_padding(padding, pads),
+                                        dilations=list(dilations), bias=bias, activation="relu" if relu else None)
+    return y.numpy()
+
+
+def _transpose_data(n, h, w_, c, kh, kw, o, strides, padding, pads=(), groups=1, seed=0):
+    rng = np.random.default_rng(seed)
+    oh = _out_size(h, kh, strides[0], 1, padding, *(pads[0:2] if pads else (0, 0)))
+    ow = _out_size(w_, kw, strides[1], 1, padding, *(pads[2:4] if pads else (0, 0)))
+    x = rng.standard_normal((n, oh, ow, o)).astype(np.float32)
+    w = rng.standard_normal((kh, kw, c // groups, o)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    return x, w, b, [n, h, w_, c]
+
+
+def run_transpose(x, w, y_shape, bias, relu, strides, padding, pads=(), offset=0, stream=False):
+    r, y = emu.conv2d_transpose(x, w, y_shape, np.zeros(0, np.float32) if bias is None else bias, relu, strides,
+                                [1, 1], padding, list(pads), offset, stream=stream)
+    _check(r)
+    _close(y, cpu_transpose(x, w, y_shape, bias, relu, strides, padding, pads), "conv2d_transpose")
+    return y
+
+
+def test_transpose_weights_are_rotated_and_swapped():
+    w = np.random.default_rng(1).standard_normal((3, 2, 8, 12)).astype(np.float32)
+    for groups in (1, 2, 4):
+        got = emu.hwio_to_transpose_weights(w, groups)
+        og = 12 // groups
+        want = np.concatenate([w[::-1, ::-1, :, g * og:(g + 1) * og].transpose(2, 0, 1, 3) for g in range(groups)])
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("padding,pads", [("SAME", ()), ("VALID", ()), ("EXPLICIT", (1, 0, 2, 1)),
+                                          ("EXPLICIT", (0, 3, 0, 0))])
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2], [3, 2], [1, 3]])
+def test_transpose_padding_and_strides(padding, pads, strides):
+    x, w, b, ys = _transpose_data(2, 9, 8, 5, 3, 3, 6, strides, padding, pads)
+    run_transpose(x, w, ys, None, False, strides, padding, pads)
+
+
+@pytest.mark.parametrize("k", [(1, 1), (2, 2), (4, 3), (5, 5), (2, 5)])
+def test_transpose_kernel_sizes_odd_and_even(k):
+    for strides in ([1, 1], [2, 2]):
+        x, w, b, ys = _transpose_data(1, 10, 9, 3, k[0], k[1], 7, strides, "SAME")
+        run_transpose(x, w, ys, None, False, strides, "SAME")
+        x, w, b, ys = _transpose_data(1, 10, 9, 3, k[0], k[1], 7, strides, "VALID")
+        run_transpose(x, w, ys, None, False, strides, "VALID")
+
+
+def test_transpose_output_shape_variants():
+    # A stride leaves the remainder open: every output size with the same convolution
+    # output (SAME: ceil(h / s) == oh; VALID: (h - k) // s + 1 == oh).
+    for padding in ("SAME", "VALID"):
+        for h in range(7, 12):
+            x, w, b, ys = _transpose_data(2, h, h + 1, 4, 3, 3, 5, [3, 3], padding)
+            run_transpose(x, w, ys, b, True, [3, 3], padding)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_transpose_fused_bias_and_relu(relu):
+    x, w, b, ys = _transpose_data(3, 6, 7, 6, 3, 3, 5, [2, 2], "SAME")
+    run_transpose(x, w, ys, b, relu, [2, 2], "SAME")
+    run_transpose(x, w, ys, None, relu, [2, 2], "SAME")
+
+
+def test_transpose_matches_tf_nn_conv2d_transpose():
+    x, w, b, ys = _transpose_data(2, 11, 10, 3, 4, 3, 5, [2, 3], "SAME")
+    r, y = emu.conv2d_transpose(x, w, ys, np.zeros(0, np.float32), False, [2, 3], [1, 1], "SAME")
+    _check(r)
+    with tf.device("/CPU:0"):
+        ref = tf.nn.conv2d_transpose(x, w, ys, strides=[1, 2, 3, 1], padding="SAME").numpy()
+    _close(y, ref, "tf.nn.conv2d_transpose")
+
+
+def test_transpose_groups():
+    x, w, b, ys = _transpose_data(2, 6, 6, 8, 3, 3, 16, [2, 1], "SAME", groups=2)
+    run_transpose(x, w, ys, b, False, [2, 1], "SAME")
+    x, w, b, ys = _transpose_data(1, 6, 6, 6, 3, 3, 4, [1, 1], "SAME", groups=2)  # 3 per group
+    r, y = emu.conv2d_transpose(x, w, ys, b, False, [1, 1], [1, 1], "SAME")
+    assert "multiples of 4" in _check(r, UNSUPPORTED)
+    assert not y.any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_transpose_random_shapes_match_cpu_backend(data):
+    n = data.draw(st.integers(1, 3))
+    c = data.draw(st.integers(1, 9))
+    o = data.draw(st.integers(1, 9))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    padding = data.draw(st.sampled_from(["SAME", "VALID", "EXPLICIT"]))
+    pads = tuple(data.draw(st.integers(0, 2)) for _ in range(4)) if padding == "EXPLICIT" else ()
+    h, w_ = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    oh = _out_size(h, kh, sh, 1, padding, *(pads[0:2] if pads else (0, 0)))
+    ow = _out_size(w_, kw, sw, 1, padding, *(pads[2:4] if pads else (0, 0)))
+    assume(oh > 0 and ow > 0)
+    x, w, b, ys = _transpose_data(n, h, w_, c, kh, kw, o, [sh, sw], padding, pads, seed=data.draw(st.integers(0, 99)))
+    with_bias = data.draw(st.booleans())
+    relu = data.draw(st.booleans())
+    run_transpose(x, w, ys, b if with_bias else None, relu, [sh, sw], padding, pads,
+                  stream=data.draw(st.booleans()))
+
+
+def test_transpose_in_a_device_stream():
+    x, w, b, ys = _transpose_data(2, 7, 6, 5, 3, 3, 8, [2, 1], "SAME")
+    run_transpose(x, w, ys, b, True, [2, 1], "SAME", stream=True)
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, _ = emu.conv2d_transpose(x, w, ys, b, False, [2, 1], [1, 1], "SAME", stream=True)
+    assert "injected GPU fault" in _check(r, INTERNAL)
+
+
+def test_transpose_unsupported_cases_write_nothing():
+    x, w, b, ys = _transpose_data(1, 8, 8, 4, 3, 3, 4, [1, 1], "SAME")
+    r, y = emu.conv2d_transpose(x, w, ys, b, False, [1, 1], [2, 2], "SAME")
+    assert "dilation" in _check(r, UNSUPPORTED) and not y.any()
+    r, y = emu.conv2d_transpose(x, w, ys, b, False, [1, 1], [1, 1], "SAME", half_accumulation=True)
+    assert "float16" in _check(r, UNSUPPORTED) and not y.any()
+    r, y = emu.conv2d_transpose(x, w, ys, b, False, [1, 1], [1, 1], "SAME", offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED) and not y.any()
+    run_transpose(x, w, ys, b, False, [1, 1], "SAME", offset=32)
+    # Depthwise (G == C, one channel per group).
+    xd, wd, bd, ysd = _transpose_data(1, 5, 5, 4, 3, 3, 4, [1, 1], "SAME", groups=4)
+    r, y = emu.conv2d_transpose(xd, wd, ysd, bd, False, [1, 1], [1, 1], "SAME")
+    _check(r, UNSUPPORTED)
+    assert not y.any()
+    # 600 images of 16 channels: beyond Metal's 2048 texture-array slices.
+    xb, wb, bb, ysb = _transpose_data(600, 1, 1, 16, 1, 1, 4, [1, 1], "VALID")
+    r, y = emu.conv2d_transpose(xb, wb, ysb, bb, False, [1, 1], [1, 1], "VALID")
+    assert "2048" in _check(r, UNSUPPORTED) and not y.any()
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNConvolutionTranspose", "MPSImage", "MPSMatrix", "MPSImageCopyToMatrix"])
+def test_transpose_nil_initializer_is_internal(cls):
+    x, w, b, ys = _transpose_data(1, 4, 4, 4, 3, 3, 4, [1, 1], "SAME")
+    emu.fail_next_init(cls, 1)
+    r, _ = emu.conv2d_transpose(x, w, ys, b, False, [1, 1], [1, 1], "SAME")
+    assert "nil" in _check(r, INTERNAL)
+
+
+def test_transpose_empty_batch_is_a_no_op():
+    x = np.zeros((0, 4, 4, 4), np.float32)
+    w = np.ones((3, 3, 4, 4), np.float32)
+    r, y = emu.conv2d_transpose(x, w, [0, 4, 4, 4], np.zeros(0, np.float32), False, [1, 1], [1, 1], "SAME")
+    _check(r)
+    assert y.shape == (0, 4, 4, 4)

@@ -339,6 +339,31 @@ py::tuple ConvBackpropFilter(F32 x, std::vector<int64_t> w_shape, F32 dy, bool b
   return py::make_tuple(Result(s), dw, db);
 }
 
+// Conv2DTransposeMetal: x [N, OH, OW, O] (the convolution's output), w HWIO of the
+// convolution from an image of y_shape [N, H, W, C] to x's shape.
+py::tuple ConvTranspose(F32 x, F32 w, std::vector<int64_t> y_shape, F32 bias, bool relu, std::vector<int64_t> strides,
+                        std::vector<int64_t> dilations, const std::string& padding, std::vector<int64_t> pads,
+                        size_t offset, bool half_accumulation, bool stream) {
+  const auto g = ConvGeometry(y_shape, ShapeOf(w), strides, dilations, padding, pads);
+  if (ShapeOf(x) != std::vector<int64_t>{g.batch, g.out_h, g.out_w, g.out_c}) {
+    throw std::invalid_argument("conv: x has the wrong shape for y_shape");
+  }
+  F32 y(std::vector<py::ssize_t>(y_shape.begin(), y_shape.end()));
+  std::fill(y.mutable_data(), y.mutable_data() + y.size(), 0.0f);
+  Stage stage{offset, {}};
+  tfmps::conv::Conv2DTransposeArgs a{};
+  a.input = stage.Add(x, /*optional=*/true);
+  a.filter = w.data();
+  a.bias = bias.size() == 0 ? nullptr : bias.data();
+  a.activation = relu ? tfmps::conv::Activation::kRelu : tfmps::conv::Activation::kNone;
+  a.output = stage.Add(y, /*optional=*/true);
+  const auto acc = half_accumulation ? tfmps::conv::Accumulator::kFloat16 : tfmps::conv::Accumulator::kFloat32;
+  BackendStatus s =
+      NoGil([&] { return OnStream(stream, [&] { return tfmps::conv::Conv2DTransposeMetal(g, a, acc); }); });
+  if (s.ok()) stage.Commit();
+  return py::make_tuple(Result(s), y);
+}
+
 // conv_repack.h on a HWIO (to_ohwi) or OHWI array of float32 or float16.
 py::array Repack(py::array a, bool to_ohwi) {
   a = py::array::ensure(a, py::array::c_style);
@@ -419,6 +444,20 @@ PYBIND11_MODULE(_tfmps_metal_emu, m) {
         py::arg("bias"), py::arg("strides"), py::arg("dilations"), py::arg("padding"),
         py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0, py::arg("stream") = false,
         "Conv2DBackpropFilterMetal: ((code, message), dw, db)");
+  m.def("conv2d_transpose", &ConvTranspose, py::arg("x"), py::arg("w"), py::arg("y_shape"), py::arg("bias"),
+        py::arg("relu"), py::arg("strides"), py::arg("dilations"), py::arg("padding"),
+        py::arg("pads") = std::vector<int64_t>(), py::arg("offset") = 0, py::arg("half_accumulation") = false,
+        py::arg("stream") = false, "Conv2DTransposeMetal: ((code, message), y)");
+  m.def("hwio_to_transpose_weights", [](F32 w, int64_t groups) {
+    if (w.ndim() != 4 || groups < 1 || w.shape(3) % groups != 0) {
+      throw std::invalid_argument("repack: HWIO [KH, KW, Cg, O] with O divisible by groups expected");
+    }
+    tfmps::conv::FilterShape s;
+    s.k_h = w.shape(0), s.k_w = w.shape(1), s.in_c_per_group = w.shape(2), s.out_c = w.shape(3);
+    F32 out(std::vector<py::ssize_t>{groups * s.in_c_per_group, s.k_h, s.k_w, s.out_c / groups});
+    tfmps::conv::HwioToTransposeWeights(s, groups, w.data(), out.mutable_data());
+    return out;
+  });
   m.def("hwio_to_ohwi", [](py::array a) { return Repack(a, true); });
   tfmps_test::BindPool(m);
   tfmps_test::BindNorm(m);

@@ -37,6 +37,23 @@ BackendStatus Conv2DBackpropInputMetal(const Conv2DGeometry& g, const Conv2DBack
 BackendStatus Conv2DBackpropFilterMetal(const Conv2DGeometry& g, const Conv2DBackpropFilterArgs& a,
                                         Accumulator acc = Accumulator::kFloat32);
 
+// tf.nn.conv2d_transpose (the MpsConv2DTranspose op) on MPSCNNConvolutionTranspose:
+//   output = act(Conv2DBackpropInput(g, filter, input) + bias)
+// with g the geometry of the convolution from an image of the output's shape
+// [N, H, W, C] (g.in_*) to the input's [N, OH, OW, O] (g.out_*), the filter that
+// convolution's HWIO [KH, KW, C/G, O] and the bias [C] or nullptr (conv_metal.mm says
+// which geometries map; the rest is kUnsupported). Buffers as above: input and output in
+// registered Metal buffers, filter and bias read on the CPU.
+struct Conv2DTransposeArgs {
+  const float* input;   // [N, OH, OW, O]
+  const float* filter;  // [KH, KW, C/G, O]
+  const float* bias;    // [C] or nullptr
+  Activation activation;
+  float* output;        // [N, H, W, C]
+};
+BackendStatus Conv2DTransposeMetal(const Conv2DGeometry& g, const Conv2DTransposeArgs& a,
+                                   Accumulator acc = Accumulator::kFloat32);
+
 }  // namespace conv
 }  // namespace tfmps
 

@@ -51,6 +51,29 @@
 // its destinationGradient is an unwritten image MPS does not write (GradientWithWeights
 // AndBias). To settle on a Mac: whether MPSCNNConvolutionGradient places its kernel from
 // the state as assumed, and what storage the state's gradient buffers have.
+//
+// The transposed convolution (Conv2DTransposeMetal) runs on MPSCNNConvolutionTranspose,
+// source = the op's input [N, OH, OW, O], destination = its output [N, H, W, C]. Apple
+// (MPSCNNConvolution.h): a stride s puts s - 1 zeros between source pixels (the expanded
+// image E, E[i*s] = source[i], zero elsewhere and outside), then "a convolution is done
+// over the expanded image", with the weights as given (no rotation), starting at
+// totalOffset = offset * stride + kernelOffset in E's frame. Reading that start as the
+// position of the kernel's centre tap (K >> 1) for destination pixel 0, as
+// MPSCNNConvolution's offset is (the fake's choice, flagged there for a Mac run):
+//   dst[x] = sum_kx E[T + x - (K >> 1) + kx] * W[kx],   T = offset.x * s + kernelOffsetX.
+// TF's transpose is the input gradient dx[h] = sum over i*s - pt + kh = h of dy[i] * w[kh]
+// (dilation 1); with e = i*s = h + pt - kh, matching e = T + h - (K >> 1) + kx gives
+// kx = pt - T + (K >> 1) - kh, the whole range 0..K-1 exactly when kx = K - 1 - kh:
+//   W[c][kx][o] = w[K-1-kx][c][o]  (rotated 180 degrees, I and O swapped: conv_repack.h),
+//   offset = 0,  kernelOffsetX = pad_left + (k_w >> 1) - (k_w - 1)  (Y likewise),
+// and the destination image is exactly [N, H, W, C]: edgeMode Zero supplies the zeros
+// past E's edges, so every padding (SAME, VALID, EXPLICIT) and every output_shape the
+// glue accepts maps. kUnsupported: dilation > 1 (Apple does not say how the transpose
+// dilates), groups > 1 unless C/G and O/G are multiples of 4 (so depthwise), plus the
+// limits above. The fused bias ([C], the destination's channels) and ReLU go through the
+// data source and descriptor as for the forward convolution. The op's gradients are a
+// forward convolution of dy (Conv2DForwardMetal) and a filter gradient
+// (Conv2DBackpropFilterMetal): tf_mps/ops/conv.py calls those ops.
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <cstddef>
@@ -64,13 +87,19 @@
 #include "ops/conv/conv_repack.h"
 
 // The weights of one convolution, over the TF filter (HWIO) or zeros (hwio NULL), and
-// the TF bias or NULL. Apple's contract: -load before -weights/-biasTerms, each load
+// the TF bias or NULL; with transposeGroups > 0, MPSCNNConvolutionTranspose's weights for
+// TF's conv2d_transpose of that filter (conv_repack.h's HwioToTransposeWeights). Apple's contract: -load before -weights/-biasTerms, each load
 // balanced by a purge; what -weights returns stays valid until -purge.
 @interface TFMPSConvDataSource : NSObject <MPSCNNConvolutionDataSource>
 - (instancetype)initWithDescriptor:(MPSCNNConvolutionDescriptor*)descriptor
                              shape:(tfmps::conv::FilterShape)shape
                               hwio:(const float*)hwio
                               bias:(const float*)bias;
+- (instancetype)initWithDescriptor:(MPSCNNConvolutionDescriptor*)descriptor
+                             shape:(tfmps::conv::FilterShape)shape
+                              hwio:(const float*)hwio
+                              bias:(const float*)bias
+                   transposeGroups:(int64_t)transposeGroups;
 @end
 
 @implementation TFMPSConvDataSource {
@@ -78,6 +107,7 @@
   tfmps::conv::FilterShape _shape;
   const float* _hwio;
   const float* _bias;
+  int64_t _transposeGroups;  // 0: a convolution's weights
   std::vector<float> _ohwi;  // filled by -load, freed by -purge
 }
 
@@ -85,12 +115,21 @@
                              shape:(tfmps::conv::FilterShape)shape
                               hwio:(const float*)hwio
                               bias:(const float*)bias {
+  return [self initWithDescriptor:descriptor shape:shape hwio:hwio bias:bias transposeGroups:0];
+}
+
+- (instancetype)initWithDescriptor:(MPSCNNConvolutionDescriptor*)descriptor
+                             shape:(tfmps::conv::FilterShape)shape
+                              hwio:(const float*)hwio
+                              bias:(const float*)bias
+                   transposeGroups:(int64_t)transposeGroups {
   self = [super init];
   if (self == nil) return nil;
   _descriptor = descriptor;
   _shape = shape;
   _hwio = hwio;
   _bias = bias;
+  _transposeGroups = transposeGroups;
   return self;
 }
 
@@ -104,7 +143,11 @@
 
 - (BOOL)load {
   _ohwi.assign(static_cast<size_t>(_shape.elements()), 0.0f);
-  if (_hwio != nullptr) tfmps::conv::HwioToOhwi(_shape, _hwio, _ohwi.data());
+  if (_hwio != nullptr && _transposeGroups > 0) {
+    tfmps::conv::HwioToTransposeWeights(_shape, _transposeGroups, _hwio, _ohwi.data());
+  } else if (_hwio != nullptr) {
+    tfmps::conv::HwioToOhwi(_shape, _hwio, _ohwi.data());
+  }
   return YES;
 }
 
@@ -126,7 +169,11 @@
 }
 
 - (id)copyWithZone:(NSZone*)zone {
-  return [[TFMPSConvDataSource alloc] initWithDescriptor:_descriptor shape:_shape hwio:_hwio bias:_bias];
+  return [[TFMPSConvDataSource alloc] initWithDescriptor:_descriptor
+                                                   shape:_shape
+                                                    hwio:_hwio
+                                                    bias:_bias
+                                         transposeGroups:_transposeGroups];
 }
 
 @end
@@ -454,6 +501,72 @@ BackendStatus Conv2DBackpropFilterMetal(const Conv2DGeometry& g, const Conv2DBac
     OhwiToHwio(shape, static_cast<const float*>([staged_w contents]), a.filter_backprop);
     if (staged_b != nil) std::memcpy(a.bias_backprop, [staged_b contents], b_bytes);
     return BackendStatus::Ok();
+  }
+}
+
+BackendStatus Conv2DTransposeMetal(const Conv2DGeometry& g, const Conv2DTransposeArgs& a, Accumulator acc) {
+  const std::string op = "Conv2DTransposeMetal";
+  BackendStatus s;
+  if (!Precheck(op, g, acc, &s)) return s;
+  if (g.dilation_h > 1 || g.dilation_w > 1) {
+    return BackendStatus::Unsupported(op + ": dilation > 1 (Apple does not document how the transpose dilates)");
+  }
+  if (g.groups > 1 && (g.in_c_per_group % 4 != 0 || g.out_c_per_group % 4 != 0)) {
+    return BackendStatus::Unsupported(op + ": groups with " + Str(g.in_c_per_group) + " output / " +
+                                      Str(g.out_c_per_group) +
+                                      " input channels per group (MPS needs multiples of 4)");
+  }
+  if (g.in_pixels() == 0) return BackendStatus::Ok();
+  // An empty source with a non-empty destination is act(bias): the CPU backend's.
+  if (g.out_pixels() == 0) return BackendStatus::Unsupported(op + ": an empty input with a non-empty output");
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* x = ops.Matrix("input", a.input, g.batch, g.out_h, g.out_w, g.out_c);
+    MPSMatrix* y = ops.Matrix("output", a.output, g.batch, g.in_h, g.in_w, g.in_c);
+    MPSImage* xi = ops.Image("input", g.batch, g.out_h, g.out_w, g.out_c);
+    MPSImage* yi = ops.Image("output", g.batch, g.in_h, g.in_w, g.in_c);
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+    if (!ops.status.ok()) return ops.status;
+    s = WaitForStream(op);
+    if (!s.ok()) return s;
+    // Source channels O, destination channels C.
+    MPSCNNConvolutionDescriptor* d =
+        [MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:static_cast<NSUInteger>(g.k_w)
+                                                                kernelHeight:static_cast<NSUInteger>(g.k_h)
+                                                        inputFeatureChannels:static_cast<NSUInteger>(g.out_c)
+                                                       outputFeatureChannels:static_cast<NSUInteger>(g.in_c)];
+    if (d == nil) return BackendStatus::Internal(op + ": MPSCNNConvolutionDescriptor returned nil");
+    d.strideInPixelsX = static_cast<NSUInteger>(g.stride_w);
+    d.strideInPixelsY = static_cast<NSUInteger>(g.stride_h);
+    d.groups = static_cast<NSUInteger>(g.groups);
+    if (a.activation == Activation::kRelu) {
+      d.fusedNeuronDescriptor = [MPSNNNeuronDescriptor cnnNeuronDescriptorWithType:MPSCNNNeuronTypeReLU a:0.0f];
+    }
+    TFMPSConvDataSource* weights = [[TFMPSConvDataSource alloc] initWithDescriptor:d
+                                                                             shape:ShapeOf(g)
+                                                                              hwio:a.filter
+                                                                              bias:a.bias
+                                                                   transposeGroups:g.groups];
+    MPSCNNConvolutionTranspose* tr = [[MPSCNNConvolutionTranspose alloc] initWithDevice:metal::Device()
+                                                                                weights:weights];
+    if (tr == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNConvolutionTranspose initWithDevice:weights: returned nil");
+    }
+    MPSOffset zero;
+    zero.x = 0;
+    zero.y = 0;
+    zero.z = 0;
+    tr.offset = zero;
+    tr.kernelOffsetX = static_cast<NSInteger>(g.pad_left + (g.k_w >> 1) - (g.k_w - 1));
+    tr.kernelOffsetY = static_cast<NSInteger>(g.pad_top + (g.k_h >> 1) - (g.k_h - 1));
+    tr.edgeMode = MPSImageEdgeModeZero;
+    tr.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+      [tr encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+      [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
+    });
   }
 }
 

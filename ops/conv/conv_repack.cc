@@ -40,5 +40,17 @@ void OhwiToHwio(const FilterShape& s, const uint16_t* ohwi, uint16_t* hwio) {
   Transpose(s.out_c, Patch(s), ohwi, hwio);
 }
 
+void HwioToTransposeWeights(const FilterShape& s, int64_t groups, const float* hwio, float* out) {
+  const int64_t KH = s.k_h, KW = s.k_w, Cg = s.in_c_per_group, O = s.out_c, Og = O / groups;
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const float* src = hwio + (((KH - 1 - kh) * KW + (KW - 1 - kw)) * Cg + c) * O + g * Og;
+          float* dst = out + (((g * Cg + c) * KH + kh) * KW + kw) * Og;
+          std::copy(src, src + Og, dst);
+        }
+}
+
 }  // namespace conv
 }  // namespace tfmps

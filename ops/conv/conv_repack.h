@@ -34,6 +34,17 @@ void OhwiToHwio(const FilterShape& s, const float* ohwi, float* hwio);
 void HwioToOhwi(const FilterShape& s, const uint16_t* hwio, uint16_t* ohwi);  // float16 bits
 void OhwiToHwio(const FilterShape& s, const uint16_t* ohwi, uint16_t* hwio);
 
+// The weights of MPSCNNConvolutionTranspose that compute TF's conv2d_transpose (the input
+// gradient of the convolution whose filter `hwio` is, with `groups` groups; s.out_c the
+// transpose's source channels O, G * s.in_c_per_group its destination channels C):
+//
+//   out[((g*Cg + c)*KH + kh)*KW + kw)*Og + o] = hwio[(((KH-1-kh)*KW + (KW-1-kw))*Cg + c)*O + g*Og + o]
+//
+// [C][KH][KW][Og] (MPS's [outputFeatureChannels][kernelHeight][kernelWidth]
+// [inputFeatureChannels / groups], Og = O / groups), rotated by 180 degrees: MPS applies the
+// weights as given over the stride-expanded source (conv_metal.mm derives the rotation).
+void HwioToTransposeWeights(const FilterShape& s, int64_t groups, const float* hwio, float* out);
+
 }  // namespace conv
 }  // namespace tfmps
 
