@@ -750,6 +750,13 @@ class Conv2DTransposeOp : public FusedKernel {
              }
              BiasActivationCpu(y.data, g.in_pixels(), g.in_c, b.data, activation_, cpu);
              Finish(y, cpu);
+           }, [&] {
+#ifdef TFMPS_DEVICE_KERNELS
+             if (!MetalCanTake({&d, &w, &b}, {&y})) return BackendStatus::Unsupported("conv: float16 data or accumulation");
+             return Conv2DTransposeMetal(g, Conv2DTransposeArgs{d.data, w.data, b.data, activation_, y.data});
+#else
+             return BackendStatus::Unsupported("");
+#endif
            });
   }
 };
