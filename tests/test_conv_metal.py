@@ -495,3 +495,31 @@ def test_transpose_empty_batch_is_a_no_op():
     r, y = emu.conv2d_transpose(x, w, [0, 4, 4, 4], np.zeros(0, np.float32), False, [1, 1], [1, 1], "SAME")
     _check(r)
     assert y.shape == (0, 4, 4, 4)
+
+
+@pytest.mark.parametrize("padding,pads,strides", [("SAME", (), [2, 2]), ("VALID", (), [1, 3]),
+                                                  ("EXPLICIT", (1, 2, 0, 1), [2, 1])])
+@pytest.mark.parametrize("relu", [False, True])
+def test_transpose_gradients_through_the_metal_conv_entry_points(padding, pads, strides, relu):
+    # tf_mps/ops/conv.py's gradient of MpsConv2DTranspose: d/dx = conv2d(dy') and
+    # d/dw = conv2d_backprop_filter(input dy', out_backprop x), dy' = dy through relu's
+    # derivative, d/dbias = sum of dy'. The Metal forward and filter-gradient entry points
+    # compute them in the very geometry the transpose was built with.
+    x, w, b, ys = _transpose_data(2, 7, 8, 5, 3, 3, 6, strides, padding, pads)
+    dy = np.random.default_rng(5).standard_normal(ys).astype(np.float32)
+    with tf.device("/CPU:0"):
+        xt, wt, bt = tf.constant(x), tf.constant(w), tf.constant(b)
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt, bt])
+            y = tf_mps.ops.conv2d_transpose(xt, wt, ys, strides=strides, padding=_cpu_padding(padding, pads),
+                                            bias=bt, activation="relu" if relu else None)
+        gx, gw, gb = [g.numpy() for g in tape.gradient(y, [xt, wt, bt], output_gradients=tf.constant(dy))]
+    y_metal = run_transpose(x, w, ys, b, relu, strides, padding, pads)
+    d = np.where(y_metal > 0, dy, 0).astype(np.float32) if relu else dy
+    r, dx = emu.conv2d_forward(d, w, np.zeros(0, np.float32), False, strides, [1, 1], padding, list(pads))
+    _check(r)
+    _close(dx, gx, "d/dx")
+    r, dw, _ = emu.conv2d_backprop_filter(d, list(w.shape), x, False, strides, [1, 1], padding, list(pads))
+    _check(r)
+    _close(dw, gw, "d/dw")
+    _close(d.sum(axis=(0, 1, 2)), gb, "d/dbias")
