@@ -26,8 +26,10 @@
 //    as MPSCNNConvolution's offset places its centre:
 //      dst[x] = bias + sum_{kx, c} E[T + x - (kernelWidth >> 1) + kx][c] * W[o][kx][c]
 //    (T = offset.x * strideInPixelsX + kernelOffsetX; rows likewise), reads outside E
-//    being 0 (edgeMode Zero; other edge modes abort). The destination's size is the
-//    caller's (the stateless encode; no padding policy runs).
+//    being 0 (edgeMode Zero; other edge modes abort). The other reading, T as the
+//    window's first tap, would shift every destination by kernelWidth >> 1 (odd and even
+//    kernels alike): a Mac run with one impulse tells them apart. The destination's size
+//    is the caller's (the stateless encode; no padding policy runs).
 //  * Dilation rates other than 1 are not emulated (abort: Apple does not say how the
 //    transpose dilates). groups as MPSCNNConvolutionDescriptor documents them (divisible,
 //    multiples of 4 per group when > 1); a depthwise descriptor aborts.

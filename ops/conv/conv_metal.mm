@@ -65,8 +65,10 @@
 // (dilation 1); with e = i*s = h + pt - kh, matching e = T + h - (K >> 1) + kx gives
 // kx = pt - T + (K >> 1) - kh, the whole range 0..K-1 exactly when kx = K - 1 - kh:
 //   W[c][kx][o] = w[K-1-kx][c][o]  (rotated 180 degrees, I and O swapped: conv_repack.h),
-//   offset = 0,  kernelOffsetX = pad_left + (k_w >> 1) - (k_w - 1)  (Y likewise),
-// and the destination image is exactly [N, H, W, C]: edgeMode Zero supplies the zeros
+//   offset = 0,  kernelOffsetX = pad_left + (k_w >> 1) - (k_w - 1)  (Y likewise).
+// (Were Apple's start the window's first tap instead of its centre, kernelOffsetX would
+// be pad_left - (k_w - 1): to settle on a Mac, e.g. one impulse through a 1-channel
+// 3x3 transpose.) The destination image is exactly [N, H, W, C]: edgeMode Zero supplies the zeros
 // past E's edges, so every padding (SAME, VALID, EXPLICIT) and every output_shape the
 // glue accepts maps. kUnsupported: dilation > 1 (Apple does not say how the transpose
 // dilates), groups > 1 unless C/G and O/G are multiples of 4 (so depthwise), plus the
