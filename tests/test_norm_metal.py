@@ -2,9 +2,10 @@
 MPSCNNBatchNormalization on MPSImages) executed on the Linux Metal emulation, against
 the CPU backend (the MpsBatchNorm op on the CPU device).
 
-What is on Metal so far: batch norm inference (given mean and variance), float32. Every
-other case (training statistics, instance norm, the gradients, float16, no rows) returns
-Unsupported, so the caller runs the CPU backend: tested here to write nothing.
+What is on Metal so far: batch norm inference (given mean and variance) and training (batch
+statistics: MPSCNNBatchNormalizationStatistics into an MPSCNNBatchNormalizationState), float32.
+Every other case (instance norm, the gradients, float16, no rows) returns Unsupported, so
+the caller runs the CPU backend: tested here to write nothing.
 
 What this can tell (docs/metal-emulation.md): the emulation's fake
 (emulation/mps/mps_cnn_norm.mm) computes Apple's documented formula with the CPU
@@ -35,7 +36,8 @@ NONE = np.zeros(0, np.float32)
 
 PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
                     "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
-                    "MPSMatrixCopyToImage", "MPSCNNBatchNormalization", "TFMPSBatchNormDataSource", "NSError"]
+                    "MPSMatrixCopyToImage", "MPSCNNBatchNormalization", "TFMPSBatchNormDataSource", "NSError",
+                    "MPSCNNBatchNormalizationState", "MPSCNNBatchNormalizationStatistics"]
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +81,28 @@ def cpu_inference(x, gamma, beta, mean, variance, epsilon):
         outs = lib.mps_batch_norm(x=x, gamma=gamma, beta=beta, mean=mean, variance=variance, epsilon=epsilon,
                                   is_training=False)
     return [t.numpy() for t in outs]
+
+
+def cpu_training(x, gamma, beta, epsilon):
+    with tf.device("/CPU:0"):
+        outs = lib.mps_batch_norm(x=x, gamma=gamma, beta=beta, mean=NONE, variance=NONE, epsilon=epsilon,
+                                  is_training=True)
+    return [t.numpy() for t in outs]
+
+
+def _compare_training(x, gamma, beta, epsilon=1e-3, offset=0, stream=False):
+    r, y, m, v, inv = emu.norm_forward(x, gamma, beta, NONE, NONE, epsilon, offset=offset, stream=stream)
+    _check(r)
+    y_cpu, m_cpu, v_cpu, inv_cpu = cpu_training(x, gamma, beta, epsilon)
+    # The fake's statistics are the CPU backend's (same loops): bit-identical here; on a
+    # Mac they are MPS's sums. y is normalized with the float32 statistics (MPS's formula),
+    # the CPU backend with its float64 ones: float32 rounding of the result's scale.
+    np.testing.assert_array_equal(m, m_cpu)
+    np.testing.assert_array_equal(v, v_cpu)
+    # inv_std from the float32 variance (the CPU backend uses its float64 one): 1 ulp.
+    np.testing.assert_allclose(inv, inv_cpu, rtol=3e-7, atol=0)
+    scale = max(1.0, float(np.max(np.abs(y_cpu))))
+    np.testing.assert_allclose(y, y_cpu, rtol=1e-5, atol=2e-6 * scale, err_msg="y: Metal != CPU backend")
 
 
 def _compare(x, gamma, beta, mean, variance, epsilon=1e-3, offset=0, stream=False):
@@ -152,12 +176,64 @@ def test_aligned_offsets_are_fine_unaligned_unsupported():
     _assert_unwritten(y, mo, vo, inv)
 
 
-# ------------------------------------------------------------------ what returns Unsupported / Internal
-def test_training_is_unsupported_and_writes_nothing():
-    x, g, b, _, _ = _data((2, 3, 3, 5))
-    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
-    assert "training" in _check(r, UNSUPPORTED)
+# ------------------------------------------------------------------ batch norm training
+@settings(max_examples=25, deadline=None)
+@given(dims=st.lists(st.integers(1, 6), min_size=1, max_size=4), channels=st.integers(1, 13),
+       epsilon=st.sampled_from([1e-3, 1e-5, 0.5]), seed=st.integers(0, 2**16))
+def test_training_matches_cpu_backend(dims, channels, epsilon, seed):
+    x, g, b, _, _ = _data(tuple(dims) + (channels,), seed)
+    _compare_training(x, g, b, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (5, 7), (1, 1, 1, 1), (3, 2, 2, 2, 5), (4, 3, 3, 17), (2, 9, 9, 64),
+                                   (3, 17, 401, 3)])
+def test_training_shapes(shape):
+    x, g, b, _, _ = _data(shape, 3)
+    _compare_training(x, g, b)
+
+
+def test_training_constant_channel():
+    # Zero variance: inv_std = 1 / sqrt(epsilon), y = beta.
+    x, g, b, _, _ = _data((4, 3, 3, 6), 5)
+    x[..., 2] = 1.5
+    _compare_training(x, g, b)
+
+
+def test_training_in_a_device_stream_and_offsets():
+    x, g, b, _, _ = _data((3, 5, 4, 6), 7)
+    _compare_training(x, g, b, stream=True)
+    _compare_training(x, g, b, offset=32)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
     _assert_unwritten(y, mo, vo, inv)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNBatchNormalization", "MPSCNNBatchNormalizationStatistics",
+                                 "MPSCNNBatchNormalizationState", "MPSImage", "MPSMatrix"])
+def test_training_nil_initializer_is_internal(cls):
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    emu.fail_next_init(cls, 1)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
+    assert "nil" in _check(r, INTERNAL)
+    _assert_unwritten(mo, vo, inv)
+
+
+def test_training_failed_command_buffer_is_internal():
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
+    assert "injected GPU fault" in _check(r, INTERNAL)
+    _assert_unwritten(mo, vo, inv)
+
+
+def test_training_too_many_slices_is_unsupported():
+    x, g, b, _, _ = _data((2, 8193))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
+    assert "2048" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+# ------------------------------------------------------------------ what returns Unsupported / Internal
 
 
 def test_instance_norm_is_unsupported_and_writes_nothing():

@@ -1,9 +1,12 @@
 // CPU fakes of MPS's MPSCNNBatchNormalization.h, MPSCNNInstanceNormalization.h: the kernels, data sources, states and gradients.
 // Linux emulation only; built with ARC. They compute with the CPU backend.
 //
-// What is emulated so far: MPSCNNBatchNormalization's initializer and its inherited
+// What is emulated so far: MPSCNNBatchNormalization's initializer, its inherited
 // -encodeToCommandBuffer:sourceImage:destinationImage: (inference, the data source's
-// statistics). What Apple documents, and what the fake does with it:
+// statistics), -resultStateForSourceImage:sourceStates:destinationImage: and
+// -encodeToCommandBuffer:sourceImage:batchNormalizationState:destinationImage:
+// (training, the state's statistics); MPSCNNBatchNormalizationStatistics' batch encode.
+// What Apple documents, and what the fake does with it:
 //  * MPSCNNBatchNormalization(3): per feature channel c,
 //      out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c].
 //    The fake computes this with the CPU backend's inference forward (ops/norm/norm.h:
@@ -14,7 +17,25 @@
 //    -numberOfFeatureChannels, -gamma, -beta, -mean, -variance, then -purge, so every
 //    load is balanced; the kernel keeps copies (MPS copies the parameters into its own
 //    buffers; -reloadDataSource: exists to pick up changes).
+//  * MPSCNNBatchNormalizationStatistics (header): updates the state "with the batch
+//    statistics necessary to perform a batch normalization ... as described in"
+//    arXiv 1502.03167v3. The paper's training transform uses the biased batch variance
+//    (1/m) sum (x - mean)^2, the op's (norm.h): the fake computes mean and variance with
+//    the CPU backend's training forward over every pixel of every image of the batch.
+//  * The state (header): no public initializer, "cannot initialize the size of its own
+//    underlying resources"; -mean / -variance: "the most recently computed batch mean
+//    / variance values"; -gamma / -beta: "the state's current" values.
+//  * The data source's -epsilon: the header says "Default value if method unavailable:
+//    FLT_MIN" (the kernel's epsilon property is separate and documented without a
+//    default).
 // Where Apple is silent, what the fake chooses (flag for a Mac run):
+//  * The variance is the biased one (the paper's, see above); Apple's pages never write
+//    the formula. Mean and variance are accumulated "over multiple images": the fake
+//    emulates one statistics encode per fresh (or -reset) state and aborts on a second.
+//  * The state's buffers are private (the code must blit them to read them); -gamma and
+//    -beta hold the kernel's; -gradientForGamma / -gradientForBeta are nil (no gradient
+//    kernel ran). A state used by the normalization before any statistics encode aborts.
+//  * With a state, the normalization uses the kernel's gamma, beta and epsilon property.
 //  * NULL gamma or beta: not emulated (abort). NULL mean or variance: allowed at init
 //    (training gets them from a state), but then the stateless encode aborts.
 //  * epsilon: Apple's pages do not state the default. The fake takes the data source's
@@ -104,6 +125,23 @@ bool SameSize(MPSImage* a, MPSImage* b) {
 }  // namespace
 
 // ------------------------------------------------------------------ batch normalization
+@implementation MPSCNNBatchNormalizationState {
+ @public
+  MPSCNNBatchNormalization* _batchNormalization;
+  id<MTLBuffer> _gamma, _beta, _mean, _variance;
+  int64_t _channels;
+  bool _hasStatistics;  // a statistics encode was made on this state (since -reset)
+}
+- (MPSCNNBatchNormalization*)batchNormalization { return _batchNormalization; }
+- (void)reset { _hasStatistics = false; }
+- (id<MTLBuffer>)gamma { return _gamma; }
+- (id<MTLBuffer>)beta { return _beta; }
+- (id<MTLBuffer>)mean { return _mean; }
+- (id<MTLBuffer>)variance { return _variance; }
+- (id<MTLBuffer>)gradientForGamma { return nil; }
+- (id<MTLBuffer>)gradientForBeta { return nil; }
+@end
+
 @implementation MPSCNNBatchNormalization {
   id<MPSCNNBatchNormalizationDataSource> _dataSource;
   int64_t _channels;
@@ -149,10 +187,71 @@ bool SameSize(MPSImage* a, MPSImage* b) {
 - (void)setEpsilon:(float)v { _epsilon = v; }
 - (id<MPSCNNBatchNormalizationDataSource>)dataSource { return _dataSource; }
 
+- (MPSCNNBatchNormalizationState*)resultStateForSourceImage:(MPSImage*)sourceImage
+                                               sourceStates:(NSArray<MPSState*>*)sourceStates
+                                           destinationImage:(MPSImage*)destinationImage {
+  const char* method = "-[MPSCNNBatchNormalization resultStateForSourceImage:sourceStates:destinationImage:]";
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationImage", destinationImage, [self device]);
+  if (static_cast<int64_t>([sourceImage featureChannels]) != _channels) {
+    EmuValidationFailure(method, "sourceImage has " + S([sourceImage featureChannels]) +
+                                     " feature channels; numberOfFeatureChannels is " + S(_channels));
+  }
+  if (EmuInitShouldFail("MPSCNNBatchNormalizationState")) return nil;
+  MPSCNNBatchNormalizationState* state = [[MPSCNNBatchNormalizationState alloc] init];
+  if (state == nil) return nil;
+  const size_t bytes = static_cast<size_t>(_channels) * sizeof(float);
+  id<MTLDevice> device = [self device];
+  state->_batchNormalization = self;
+  state->_channels = _channels;
+  state->_gamma = [device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  state->_beta = [device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  state->_mean = [device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  state->_variance = [device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  if (state->_gamma == nil || state->_beta == nil || state->_mean == nil || state->_variance == nil) return nil;
+  std::memcpy(EmuBufferBytes(state->_gamma), _gamma.data(), bytes);
+  std::memcpy(EmuBufferBytes(state->_beta), _beta.data(), bytes);
+  EmuFillUndefined(EmuBufferBytes(state->_mean), bytes);
+  EmuFillUndefined(EmuBufferBytes(state->_variance), bytes);
+  return state;
+}
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+      batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState
+             destinationImage:(MPSImage*)destinationImage {
+  const char* method =
+      "-[MPSCNNBatchNormalization encodeToCommandBuffer:sourceImage:batchNormalizationState:destinationImage:]";
+  if (batchNormalizationState == nil) EmuValidationFailure(method, "batchNormalizationState is nil");
+  if (batchNormalizationState->_channels != _channels) {
+    EmuValidationFailure(method, "the state is for " + S(batchNormalizationState->_channels) + " channels, not " +
+                                     S(_channels));
+  }
+  if (!batchNormalizationState->_hasStatistics) {
+    EmuValidationFailure(method, "emulation check: no MPSCNNBatchNormalizationStatistics was encoded on the state");
+  }
+  [self encodeEmu:commandBuffer source:sourceImage state:batchNormalizationState destination:destinationImage
+           method:method];
+}
+
 - (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
                   sourceImage:(MPSImage*)sourceImage
              destinationImage:(MPSImage*)destinationImage {
   const char* method = "-[MPSCNNBatchNormalization encodeToCommandBuffer:sourceImage:destinationImage:]";
+  if (_mean.empty()) {
+    EmuValidationFailure(method, "emulation check: no batchNormalizationState and the data source gave no mean "
+                                 "and variance");
+  }
+  [self encodeEmu:commandBuffer source:sourceImage state:nil destination:destinationImage method:method];
+}
+
+// The normalization with the data source's statistics (state nil) or the state's (read
+// when the command buffer runs).
+- (void)encodeEmu:(id<MTLCommandBuffer>)commandBuffer
+           source:(MPSImage*)sourceImage
+            state:(MPSCNNBatchNormalizationState*)state
+      destination:(MPSImage*)destinationImage
+           method:(const char*)method {
   if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
   if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
   CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
@@ -167,22 +266,27 @@ bool SameSize(MPSImage* a, MPSImage* b) {
   if (sourceImage == destinationImage) {
     EmuValidationFailure(method, "emulation check: the source and destination are one image");
   }
-  if (_mean.empty()) {
-    EmuValidationFailure(method, "emulation check: no batchNormalizationState and the data source gave no mean "
-                                 "and variance");
-  }
   if (std::isnan(_epsilon)) {
     EmuValidationFailure(method, "emulation check: epsilon was never set (Apple's pages do not state its "
                                  "default: set it, or answer -epsilon in the data source)");
   }
-  const std::vector<float> gamma = _gamma, beta = _beta, mean = _mean, variance = _variance;
+  const std::vector<float> gamma = _gamma, beta = _beta, fixed_mean = _mean, fixed_variance = _variance;
   const float epsilon = _epsilon;
   MPSImage* src = sourceImage;
   MPSImage* dst = destinationImage;
+  id<MTLBuffer> state_mean = state == nil ? nil : state->_mean;
+  id<MTLBuffer> state_variance = state == nil ? nil : state->_variance;
   [dst beginGpuWrite];
   EmuEncode(
       commandBuffer, method,
-      [gamma, beta, mean, variance, epsilon, src, dst] {
+      [gamma, beta, fixed_mean, fixed_variance, state_mean, state_variance, epsilon, src, dst] {
+        std::vector<float> mean = fixed_mean, variance = fixed_variance;
+        if (state_mean != nil) {
+          const float* m = static_cast<const float*>(EmuBufferBytes(state_mean));
+          const float* v = static_cast<const float*>(EmuBufferBytes(state_variance));
+          mean.assign(m, m + gamma.size());
+          variance.assign(v, v + gamma.size());
+        }
         const std::vector<float> x = ReadNhwc(src);
         std::vector<float> y(x.size());
         tfmps::norm::NormShape s;
@@ -208,6 +312,78 @@ bool SameSize(MPSImage* a, MPSImage* b) {
         WriteNhwc(dst, y);
       },
       [dst] { [dst endGpuWrite]; });
+}
+
+@end
+
+// ------------------------------------------------------------------ batch statistics
+@implementation MPSCNNBatchNormalizationStatistics
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device {
+  return [super initEmuWithDevice:device];
+}
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+             destinationImage:(MPSImage*)destinationImage {
+  EmuValidationFailure("-[MPSCNNBatchNormalizationStatistics encodeToCommandBuffer:sourceImage:destinationImage:]",
+                       "unavailable (Apple: use the batch encode with a state)");
+}
+
+- (void)encodeBatchToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                      sourceImages:(MPSImageBatch*)sourceImages
+           batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState {
+  const char* method =
+      "-[MPSCNNBatchNormalizationStatistics encodeBatchToCommandBuffer:sourceImages:batchNormalizationState:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  if (batchNormalizationState == nil) EmuValidationFailure(method, "batchNormalizationState is nil");
+  if (sourceImages == nil || [sourceImages count] == 0) EmuValidationFailure(method, "sourceImages is empty");
+  MPSCNNBatchNormalizationState* state = batchNormalizationState;
+  const int64_t channels = state->_channels;
+  std::vector<MPSImage*> images;
+  for (NSUInteger i = 0; i < [sourceImages count]; ++i) {
+    MPSImage* image = [sourceImages objectAtIndex:i];
+    CheckFloatImage(method, "a source image", image, [self device]);
+    if (static_cast<int64_t>([image featureChannels]) != channels) {
+      EmuValidationFailure(method, "a source image has " + S([image featureChannels]) + " feature channels; the "
+                                       "state's batch normalization has " + S(channels));
+    }
+    images.push_back(image);
+  }
+  if (state->_hasStatistics) {
+    EmuValidationFailure(method, "emulation limit: accumulating statistics over several encodes on one state (Apple "
+                                 "allows it; the fake emulates one encode per fresh or -reset state)");
+  }
+  state->_hasStatistics = true;
+  id<MTLBuffer> mean_buffer = state->_mean;
+  id<MTLBuffer> variance_buffer = state->_variance;
+  EmuEncode(commandBuffer, method, [images, channels, mean_buffer, variance_buffer] {
+    std::vector<float> x;
+    for (MPSImage* image : images) {
+      const std::vector<float> part = ReadNhwc(image);
+      x.insert(x.end(), part.begin(), part.end());
+    }
+    tfmps::norm::NormShape s;
+    s.groups = 1;
+    s.channels = channels;
+    s.rows = static_cast<int64_t>(x.size()) / channels;
+    std::vector<float> y(x.size()), inv_std(static_cast<size_t>(channels));
+    std::vector<float> ones(static_cast<size_t>(channels), 1.0f), zeros(static_cast<size_t>(channels), 0.0f);
+    tfmps::norm::ForwardArgs a;
+    a.dtype = tfmps::norm::DataType::kFloat32;
+    a.x = x.data();
+    a.gamma = ones.data();
+    a.beta = zeros.data();
+    a.epsilon = 0.0f;
+    a.y = y.data();
+    a.mean = static_cast<float*>(EmuBufferBytes(mean_buffer));
+    a.variance = static_cast<float*>(EmuBufferBytes(variance_buffer));
+    a.inv_std = inv_std.data();
+    std::vector<double> workspace(
+        static_cast<size_t>(std::max<int64_t>(1, tfmps::norm::ForwardCpuWorkspace(s, /*training=*/true))));
+    tfmps::norm::ForwardCpu(s, a, workspace.data(), kSerial);
+  });
 }
 
 @end

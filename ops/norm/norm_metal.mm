@@ -235,6 +235,11 @@ BackendStatus WaitForStream(const std::string& op) {
   return metal::SubmitAndWait(op, [](id<MTLCommandBuffer>) {});
 }
 
+// 1 / sqrt(variance + epsilon) as the CPU backend forms it (in double, rounded once).
+float InvStd(float variance, float epsilon) {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(variance) + epsilon));
+}
+
 }  // namespace
 
 BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool instance) {
@@ -242,12 +247,10 @@ BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool in
   if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   if (a.dtype != DataType::kFloat32) return BackendStatus::Unsupported(op + ": float16 data (float32 only)");
   if (instance) return BackendStatus::Unsupported(op + ": instance norm is not on Metal yet");
-  if (a.mean_in == nullptr) {
-    return BackendStatus::Unsupported(op + ": training (batch statistics) is not on Metal yet");
-  }
   if (s.rows == 0 || s.groups != 1 || s.channels == 0) {
     return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the statistics)");
   }
+  const bool training = a.mean_in == nullptr;
   ImageShape shape;
   const std::string why = ImagesOf(s, instance, &shape);
   if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
@@ -273,17 +276,52 @@ BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool in
                                                                          dataSource:source];
     if (bn == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalization initWithDevice:dataSource: returned nil");
     bn.epsilon = a.epsilon;
-    // The statistics outputs, as the CPU backend writes them (the stream is idle here).
-    for (int64_t c = 0; c < s.channels; ++c) {
-      a.mean[c] = a.mean_in[c];
-      a.variance[c] = a.var_in[c];
-      a.inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.var_in[c]) + a.epsilon));
+    if (!training) {
+      // The statistics outputs, as the CPU backend writes them (the stream is idle here).
+      for (int64_t c = 0; c < s.channels; ++c) {
+        a.mean[c] = a.mean_in[c];
+        a.variance[c] = a.var_in[c];
+        a.inv_std[c] = InvStd(a.var_in[c], a.epsilon);
+      }
+      return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+        [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+        [bn encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+        [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
+      });
     }
-    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+    // Training: the batch statistics into a state, the normalization with them, the
+    // state's (private) mean and variance blitted to a shared staging buffer the host
+    // reads after the wait (inv_std is formed on the host, as the CPU backend does).
+    MPSCNNBatchNormalizationStatistics* stats =
+        [[MPSCNNBatchNormalizationStatistics alloc] initWithDevice:metal::Device()];
+    if (stats == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationStatistics initWithDevice: returned nil");
+    }
+    MPSCNNBatchNormalizationState* state = [bn resultStateForSourceImage:xi sourceStates:nil destinationImage:yi];
+    if (state == nil || state.mean == nil || state.variance == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalization resultStateForSourceImage: returned nil");
+    }
+    const size_t bytes = static_cast<size_t>(s.channels) * sizeof(float);
+    id<MTLBuffer> staged = [metal::Device() newBufferWithLength:2 * bytes options:MTLResourceStorageModeShared];
+    if (staged == nil) return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");
+    st = metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
       [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
-      [bn encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+      [stats encodeBatchToCommandBuffer:cb sourceImages:@[ xi ] batchNormalizationState:state];
+      [bn encodeToCommandBuffer:cb sourceImage:xi batchNormalizationState:state destinationImage:yi];
       [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      [blit copyFromBuffer:state.mean sourceOffset:0 toBuffer:staged destinationOffset:0 size:bytes];
+      [blit copyFromBuffer:state.variance sourceOffset:0 toBuffer:staged destinationOffset:bytes size:bytes];
+      [blit endEncoding];
     });
+    if (!st.ok()) return st;
+    const float* stat = static_cast<const float*>([staged contents]);
+    for (int64_t c = 0; c < s.channels; ++c) {
+      a.mean[c] = stat[c];
+      a.variance[c] = stat[s.channels + c];
+      a.inv_std[c] = InvStd(a.variance[c], a.epsilon);
+    }
+    return BackendStatus::Ok();
   }
 }
 

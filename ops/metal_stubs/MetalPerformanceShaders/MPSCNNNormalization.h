@@ -6,6 +6,15 @@
 // per feature channel c,
 //   out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c]
 // (epsilon inside the square root, added to the variance).
+// MPSCNNBatchNormalization.h (the header's own comments) adds: the data source's
+// optional -epsilon defaults to FLT_MIN when the data source does not implement it; an
+// MPSCNNBatchNormalizationState "cannot initialize the size of its own underlying
+// resources" (made by -[MPSCNNBatchNormalization resultStateForSourceImage:...]);
+// MPSCNNBatchNormalizationStatistics "may be executed multiple times with multiple
+// images to accumulate" the batch statistics "as described in" Ioffe & Szegedy
+// (arXiv 1502.03167v3, whose training transform normalizes with the biased batch
+// variance, (1/m) sum (x - mean)^2); the state's -mean / -variance are "the most recently
+// computed batch mean / variance values".
 #ifndef TFMPS_STUB_MPSCNNNORMALIZATION_H_
 #define TFMPS_STUB_MPSCNNNORMALIZATION_H_
 
@@ -27,6 +36,26 @@
 - (float)epsilon;
 @end
 
+// MPSImage.h (macOS 10.13.4).
+typedef NSArray<MPSImage*> MPSImageBatch;
+
+@class MPSCNNBatchNormalization;
+
+// MPSCNNBatchNormalization.h (macOS 10.13.4): the statistics (and, after the gradient
+// kernels, the gradients for gamma and beta) of one batch normalization. No public
+// initializer: made by -[MPSCNNBatchNormalization resultStateForSourceImage:...].
+@interface MPSCNNBatchNormalizationState : MPSNNGradientState
+@property(readonly, retain, nonatomic) MPSCNNBatchNormalization* batchNormalization;
+- (instancetype)initWithResource:(id<MTLResource>)resource NS_UNAVAILABLE;
+- (void)reset;
+- (id<MTLBuffer>)gamma;
+- (id<MTLBuffer>)beta;
+- (id<MTLBuffer>)mean;
+- (id<MTLBuffer>)variance;
+- (id<MTLBuffer>)gradientForGamma;
+- (id<MTLBuffer>)gradientForBeta;
+@end
+
 // MPSCNNBatchNormalization.h (macOS 10.13.4). The inherited
 // -encodeToCommandBuffer:sourceImage:destinationImage: normalizes with the data
 // source's mean and variance (inference).
@@ -38,6 +67,27 @@
 // Reads the data source (load, the parameters, purge) at initialization.
 - (instancetype)initWithDevice:(id<MTLDevice>)device
                     dataSource:(id<MPSCNNBatchNormalizationDataSource>)dataSource;
+- (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
+// Normalizes with the state's statistics (training: those the statistics kernel wrote).
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+      batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState
+             destinationImage:(MPSImage*)destinationImage;
+- (MPSCNNBatchNormalizationState*)resultStateForSourceImage:(MPSImage*)sourceImage
+                                               sourceStates:(NSArray<MPSState*>*)sourceStates
+                                           destinationImage:(MPSImage*)destinationImage;
+@end
+
+// MPSCNNBatchNormalization.h (macOS 10.13.4): writes the batch statistics of the source
+// images into the state. Only the batch encode with a state is available.
+@interface MPSCNNBatchNormalizationStatistics : MPSCNNKernel
+- (instancetype)initWithDevice:(id<MTLDevice>)device;
+- (void)encodeBatchToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                      sourceImages:(MPSImageBatch*)sourceImages
+           batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+             destinationImage:(MPSImage*)destinationImage NS_UNAVAILABLE;
 @end
 
 #endif  // TFMPS_STUB_MPSCNNNORMALIZATION_H_
