@@ -34,7 +34,7 @@ OK, UNSUPPORTED, INTERNAL = 0, 1, 2
 UNWRITTEN = -7.0  # what the bindings fill the outputs with
 NONE = np.zeros(0, np.float32)
 
-PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
+PER_CALL_CLASSES = ["MPSCNNBatchNormalizationStatisticsGradient", "MPSCNNBatchNormalizationGradient", "TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
                     "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
                     "MPSMatrixCopyToImage", "MPSCNNBatchNormalization", "TFMPSBatchNormDataSource", "NSError",
                     "MPSCNNBatchNormalizationState", "MPSCNNBatchNormalizationStatistics"]
@@ -231,6 +231,118 @@ def test_training_too_many_slices_is_unsupported():
     r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3)
     assert "2048" in _check(r, UNSUPPORTED)
     _assert_unwritten(y, mo, vo, inv)
+
+
+# ------------------------------------------------------------------ batch norm training gradient
+def cpu_backward(dy, x, gamma, mean, inv_std, gm=NONE, gv=NONE, training=True):
+    with tf.device("/CPU:0"):
+        outs = lib.mps_batch_norm_grad(dy=dy, x=x, gamma=gamma, mean=mean, inv_std=inv_std, mean_backprop=gm,
+                                       variance_backprop=gv, is_training=training)
+    return [t.numpy() for t in outs]
+
+
+def _backward_data(shape, seed=0, epsilon=1e-3):
+    x, g, b, _, _ = _data(shape, seed)
+    dy = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
+    _, m, _, inv = cpu_training(x, g, b, epsilon)
+    return dy, x, g, m, inv
+
+
+def _compare_backward(dy, x, g, m, inv, gm=NONE, gv=NONE, offset=0, stream=False):
+    r, dx, dgamma, dbeta = emu.norm_backward(dy, x, g, m, inv, gm, gv, offset=offset, stream=stream)
+    _check(r)
+    dx_cpu, dgamma_cpu, dbeta_cpu = cpu_backward(dy, x, g, m, inv, gm, gv)
+    # The fake runs the CPU backend's backward with inv_std re-formed from the variance
+    # 1 / inv_std^2 it was given (epsilon 0): float32 rounding of inv_std, a few ulps of
+    # each sum's scale. On a Mac: MPS's sums.
+    rows = x.size // x.shape[-1]
+    dscale = float(np.sqrt(rows)) * 4
+    np.testing.assert_allclose(dbeta, dbeta_cpu, rtol=1e-5, atol=1e-6 * dscale, err_msg="dbeta")
+    np.testing.assert_allclose(dgamma, dgamma_cpu, rtol=1e-5, atol=1e-6 * dscale, err_msg="dgamma")
+    scale = max(1.0, float(np.max(np.abs(dx_cpu))))
+    np.testing.assert_allclose(dx, dx_cpu, rtol=1e-4, atol=1e-5 * scale, err_msg="dx: Metal != CPU backend")
+
+
+@settings(max_examples=25, deadline=None)
+@given(dims=st.lists(st.integers(1, 6), min_size=1, max_size=4), channels=st.integers(1, 13),
+       epsilon=st.sampled_from([1e-3, 1e-5, 0.5]), seed=st.integers(0, 2**16))
+def test_backward_matches_cpu_backend(dims, channels, epsilon, seed):
+    _compare_backward(*_backward_data(tuple(dims) + (channels,), seed, epsilon))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (5, 7), (1, 1, 1, 1), (3, 2, 2, 2, 5), (4, 3, 3, 17), (2, 9, 9, 64),
+                                   (3, 17, 401, 3)])
+def test_backward_shapes(shape):
+    _compare_backward(*_backward_data(shape, 11))
+
+
+def test_backward_zero_statistics_gradients_are_fine():
+    dy, x, g, m, inv = _backward_data((3, 4, 4, 5), 2)
+    z = np.zeros(5, np.float32)
+    _compare_backward(dy, x, g, m, inv, z, z)
+
+
+def test_backward_stream_and_offsets():
+    args = _backward_data((3, 5, 4, 6), 4)
+    _compare_backward(*args, stream=True)
+    _compare_backward(*args, offset=32)
+    r, dx, dg, db = emu.norm_backward(*args, NONE, NONE, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+@pytest.mark.parametrize("which", ["mean", "variance"])
+def test_backward_nonzero_statistics_gradient_is_unsupported(which):
+    dy, x, g, m, inv = _backward_data((3, 4, 4, 5), 2)
+    z = np.zeros(5, np.float32)
+    nz = z.copy()
+    nz[3] = 0.25
+    gm, gv = (nz, z) if which == "mean" else (z, nz)
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, inv, gm, gv)
+    assert "nonzero" in _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+def test_backward_inference_is_unsupported():
+    dy, x, g, m, inv = _backward_data((3, 4, 4, 5), 2)
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, inv, NONE, NONE, training=False)
+    assert "inference" in _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.inf, np.nan])
+def test_backward_bad_inv_std_is_unsupported(bad):
+    dy, x, g, m, inv = _backward_data((3, 4, 4, 5), 2)
+    inv[1] = bad
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, inv, NONE, NONE)
+    _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+def test_backward_empty_is_unsupported():
+    x = np.zeros((0, 3, 5), np.float32)
+    g = np.ones(5, np.float32)
+    r, dx, dg, db = emu.norm_backward(x, x, g, np.zeros(5, np.float32), np.ones(5, np.float32), NONE, NONE)
+    _check(r, UNSUPPORTED)
+    _assert_unwritten(dg, db)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNBatchNormalization", "MPSCNNBatchNormalizationStatisticsGradient",
+                                 "MPSCNNBatchNormalizationGradient", "MPSCNNBatchNormalizationState", "MPSImage",
+                                 "MPSMatrix"])
+def test_backward_nil_initializer_is_internal(cls):
+    args = _backward_data((2, 3, 3, 5))
+    emu.fail_next_init(cls, 1)
+    r, dx, dg, db = emu.norm_backward(*args, NONE, NONE)
+    assert "nil" in _check(r, INTERNAL)
+    _assert_unwritten(dx, dg, db)
+
+
+def test_backward_failed_command_buffer_is_internal():
+    args = _backward_data((2, 3, 3, 5))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r = emu.norm_backward(*args, NONE, NONE)[0]
+    assert "injected GPU fault" in _check(r, INTERNAL)
 
 
 # ------------------------------------------------------------------ what returns Unsupported / Internal

@@ -5,7 +5,9 @@
 // -encodeToCommandBuffer:sourceImage:destinationImage: (inference, the data source's
 // statistics), -resultStateForSourceImage:sourceStates:destinationImage: and
 // -encodeToCommandBuffer:sourceImage:batchNormalizationState:destinationImage:
-// (training, the state's statistics); MPSCNNBatchNormalizationStatistics' batch encode.
+// (training, the state's statistics); MPSCNNBatchNormalizationStatistics' batch encode;
+// MPSCNNBatchNormalizationStatisticsGradient's batch encode and
+// MPSCNNBatchNormalizationGradient's single-image encode (no fused neuron).
 // What Apple documents, and what the fake does with it:
 //  * MPSCNNBatchNormalization(3): per feature channel c,
 //      out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c].
@@ -36,6 +38,19 @@
 //    -beta hold the kernel's; -gradientForGamma / -gradientForBeta are nil (no gradient
 //    kernel ran). A state used by the normalization before any statistics encode aborts.
 //  * With a state, the normalization uses the kernel's gamma, beta and epsilon property.
+//  * The data source's mean and variance (when given) initialize the state (Apple's
+//    protocol page says so) and count as its statistics: the gradient kernels accept
+//    such a state although Apple's gradient pages speak of a state "previously updated
+//    using" MPSCNNBatchNormalizationStatistics (flag for a Mac run).
+//  * The gradients: Apple gives no formula. The fake computes the paper's training
+//    gradient, the CPU backend's training backward with zero mean/variance gradients,
+//    from the state's mean, variance and gamma and the kernel's epsilon at the
+//    statistics-gradient encode (inv_std = 1 / sqrt(variance + epsilon) formed in double,
+//    as the CPU backend does): dgamma = sum dy * xhat, dbeta = sum dy into the state's
+//    gradientForGamma / gradientForBeta (private buffers, made by that encode; nil
+//    before), dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)) by the
+//    gradient kernel, which requires the statistics-gradient encode first. One gradient
+//    encode per state (accumulating over several batches aborts).
 //  * NULL gamma or beta: not emulated (abort). NULL mean or variance: allowed at init
 //    (training gets them from a state), but then the stateless encode aborts.
 //  * epsilon: Apple's pages do not state the default. The fake takes the data source's
@@ -68,6 +83,13 @@
  @protected
   MPSOffset _offset;
   MPSImageEdgeMode _edgeMode;
+}
+@end
+
+// MPSCNNGradientKernel's, likewise (mps_cnn.mm).
+@interface MPSCNNGradientKernel () {
+ @protected
+  NSInteger _kernelOffsetX, _kernelOffsetY;
 }
 @end
 
@@ -129,17 +151,23 @@ bool SameSize(MPSImage* a, MPSImage* b) {
  @public
   MPSCNNBatchNormalization* _batchNormalization;
   id<MTLBuffer> _gamma, _beta, _mean, _variance;
+  id<MTLBuffer> _gradientForGamma, _gradientForBeta;  // nil until a statistics gradient encode
   int64_t _channels;
-  bool _hasStatistics;  // a statistics encode was made on this state (since -reset)
+  float _epsilon;       // the batch normalization's at the statistics gradient encode
+  bool _hasStatistics;  // statistics from the data source or a statistics encode
+  bool _fromStatisticsKernel;  // a statistics encode was made on this state (since -reset)
 }
 - (MPSCNNBatchNormalization*)batchNormalization { return _batchNormalization; }
-- (void)reset { _hasStatistics = false; }
+- (void)reset {
+  _hasStatistics = _fromStatisticsKernel = false;
+  _gradientForGamma = _gradientForBeta = nil;
+}
 - (id<MTLBuffer>)gamma { return _gamma; }
 - (id<MTLBuffer>)beta { return _beta; }
 - (id<MTLBuffer>)mean { return _mean; }
 - (id<MTLBuffer>)variance { return _variance; }
-- (id<MTLBuffer>)gradientForGamma { return nil; }
-- (id<MTLBuffer>)gradientForBeta { return nil; }
+- (id<MTLBuffer>)gradientForGamma { return _gradientForGamma; }
+- (id<MTLBuffer>)gradientForBeta { return _gradientForBeta; }
 @end
 
 @implementation MPSCNNBatchNormalization {
@@ -211,8 +239,14 @@ bool SameSize(MPSImage* a, MPSImage* b) {
   if (state->_gamma == nil || state->_beta == nil || state->_mean == nil || state->_variance == nil) return nil;
   std::memcpy(EmuBufferBytes(state->_gamma), _gamma.data(), bytes);
   std::memcpy(EmuBufferBytes(state->_beta), _beta.data(), bytes);
-  EmuFillUndefined(EmuBufferBytes(state->_mean), bytes);
-  EmuFillUndefined(EmuBufferBytes(state->_variance), bytes);
+  if (_mean.empty()) {
+    EmuFillUndefined(EmuBufferBytes(state->_mean), bytes);
+    EmuFillUndefined(EmuBufferBytes(state->_variance), bytes);
+  } else {  // Apple: the data source's mean and variance initialize the state
+    std::memcpy(EmuBufferBytes(state->_mean), _mean.data(), bytes);
+    std::memcpy(EmuBufferBytes(state->_variance), _variance.data(), bytes);
+    state->_hasStatistics = true;
+  }
   return state;
 }
 
@@ -351,11 +385,11 @@ bool SameSize(MPSImage* a, MPSImage* b) {
     }
     images.push_back(image);
   }
-  if (state->_hasStatistics) {
+  if (state->_fromStatisticsKernel) {
     EmuValidationFailure(method, "emulation limit: accumulating statistics over several encodes on one state (Apple "
                                  "allows it; the fake emulates one encode per fresh or -reset state)");
   }
-  state->_hasStatistics = true;
+  state->_hasStatistics = state->_fromStatisticsKernel = true;
   id<MTLBuffer> mean_buffer = state->_mean;
   id<MTLBuffer> variance_buffer = state->_variance;
   EmuEncode(commandBuffer, method, [images, channels, mean_buffer, variance_buffer] {
@@ -387,3 +421,172 @@ bool SameSize(MPSImage* a, MPSImage* b) {
 }
 
 @end
+
+// ------------------------------------------------------------------ batch norm gradients
+namespace {
+
+// The state's statistics and gamma as the CPU backend's training backward takes them
+// (inv_std = 1 / sqrt(variance + epsilon) in double, rounded once, as it forms it), over
+// dy and x read from the images; dx, dgamma, dbeta out.
+void BatchNormBackwardEmu(MPSCNNBatchNormalizationState* state, const std::vector<float>& dy,
+                          const std::vector<float>& x, std::vector<float>* dx, float* dgamma, float* dbeta);
+
+void CheckGradientImages(const char* method, MPSImage* gradient, MPSImage* source, int64_t channels,
+                         id<MTLDevice> device) {
+  CheckFloatImage(method, "the source gradient", gradient, device);
+  CheckFloatImage(method, "the source image", source, device);
+  if (!SameSize(gradient, source)) EmuValidationFailure(method, "the source gradient is not the size of the source image");
+  if (static_cast<int64_t>([source featureChannels]) != channels) {
+    EmuValidationFailure(method, "the source image has " + S([source featureChannels]) + " feature channels; the "
+                                     "state's batch normalization has " + S(channels));
+  }
+}
+
+}  // namespace
+
+@implementation MPSCNNBatchNormalizationStatisticsGradient
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+         fusedNeuronDescriptor:(MPSNNNeuronDescriptor*)fusedNeuronDescriptor {
+  if (fusedNeuronDescriptor != nil) {
+    EmuValidationFailure("-[MPSCNNBatchNormalizationStatisticsGradient initWithDevice:fusedNeuronDescriptor:]",
+                         "emulation limit: a fused neuron is not emulated");
+  }
+  return [super initEmuWithDevice:device];
+}
+
+- (void)encodeBatchToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                   sourceGradients:(MPSImageBatch*)sourceGradients
+                      sourceImages:(MPSImageBatch*)sourceImages
+           batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState {
+  const char* method = "-[MPSCNNBatchNormalizationStatisticsGradient "
+                       "encodeBatchToCommandBuffer:sourceGradients:sourceImages:batchNormalizationState:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  MPSCNNBatchNormalizationState* state = batchNormalizationState;
+  if (state == nil) EmuValidationFailure(method, "batchNormalizationState is nil");
+  if (sourceGradients == nil || sourceImages == nil || [sourceGradients count] != [sourceImages count] ||
+      [sourceImages count] == 0) {
+    EmuValidationFailure(method, "sourceGradients and sourceImages are not two batches of one length");
+  }
+  if (!state->_hasStatistics) {
+    EmuValidationFailure(method, "emulation check: the state has no statistics (no data source mean and variance, no "
+                                 "MPSCNNBatchNormalizationStatistics encode)");
+  }
+  state->_epsilon = [state->_batchNormalization epsilon];
+  if (std::isnan(state->_epsilon)) EmuValidationFailure(method, "emulation check: the batch normalization's epsilon was never set");
+  if (state->_gradientForGamma != nil) {
+    EmuValidationFailure(method, "emulation limit: accumulating gradients over several encodes on one state");
+  }
+  std::vector<MPSImage*> grads, images;
+  for (NSUInteger i = 0; i < [sourceImages count]; ++i) {
+    CheckGradientImages(method, [sourceGradients objectAtIndex:i], [sourceImages objectAtIndex:i], state->_channels,
+                        [self device]);
+    grads.push_back([sourceGradients objectAtIndex:i]);
+    images.push_back([sourceImages objectAtIndex:i]);
+  }
+  const size_t bytes = static_cast<size_t>(state->_channels) * sizeof(float);
+  state->_gradientForGamma = [[self device] newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  state->_gradientForBeta = [[self device] newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  if (state->_gradientForGamma == nil || state->_gradientForBeta == nil) {
+    EmuValidationFailure(method, "emulation: newBufferWithLength: failed");
+  }
+  id<MTLBuffer> dgamma = state->_gradientForGamma, dbeta = state->_gradientForBeta;
+  EmuEncode(commandBuffer, method, [state, grads, images, dgamma, dbeta] {
+    std::vector<float> dy, x, dx;
+    for (size_t i = 0; i < images.size(); ++i) {
+      const std::vector<float> g = ReadNhwc(grads[i]), v = ReadNhwc(images[i]);
+      dy.insert(dy.end(), g.begin(), g.end());
+      x.insert(x.end(), v.begin(), v.end());
+    }
+    BatchNormBackwardEmu(state, dy, x, &dx, static_cast<float*>(EmuBufferBytes(dgamma)),
+                         static_cast<float*>(EmuBufferBytes(dbeta)));
+  });
+}
+
+@end
+
+@implementation MPSCNNBatchNormalizationGradient
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+         fusedNeuronDescriptor:(MPSNNNeuronDescriptor*)fusedNeuronDescriptor {
+  if (fusedNeuronDescriptor != nil) {
+    EmuValidationFailure("-[MPSCNNBatchNormalizationGradient initWithDevice:fusedNeuronDescriptor:]",
+                         "emulation limit: a fused neuron is not emulated");
+  }
+  return [super initEmuWithDevice:device];
+}
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+      batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState
+          destinationGradient:(MPSImage*)destinationGradient {
+  const char* method = "-[MPSCNNBatchNormalizationGradient "
+                       "encodeToCommandBuffer:sourceGradient:sourceImage:batchNormalizationState:destinationGradient:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  MPSCNNBatchNormalizationState* state = batchNormalizationState;
+  if (state == nil) EmuValidationFailure(method, "batchNormalizationState is nil");
+  CheckGradientImages(method, sourceGradient, sourceImage, state->_channels, [self device]);
+  CheckFloatImage(method, "destinationGradient", destinationGradient, [self device]);
+  if (!SameSize(sourceImage, destinationGradient)) {
+    EmuValidationFailure(method, "emulation limit: destinationGradient is not the size of sourceImage");
+  }
+  if (destinationGradient == sourceGradient || destinationGradient == sourceImage) {
+    EmuValidationFailure(method, "emulation check: the destination is a source");
+  }
+  if (state->_gradientForGamma == nil) {
+    EmuValidationFailure(method, "the state was not updated by an MPSCNNBatchNormalizationStatisticsGradient encode");
+  }
+  MPSImage* dst = destinationGradient;
+  MPSImage* g = sourceGradient;
+  MPSImage* src = sourceImage;
+  [dst beginGpuWrite];
+  EmuEncode(
+      commandBuffer, method,
+      [state, g, src, dst] {
+        std::vector<float> dx, dgamma(static_cast<size_t>(state->_channels)), dbeta(dgamma.size());
+        BatchNormBackwardEmu(state, ReadNhwc(g), ReadNhwc(src), &dx, dgamma.data(), dbeta.data());
+        WriteNhwc(dst, dx);
+      },
+      [dst] { [dst endGpuWrite]; });
+}
+
+@end
+
+namespace {
+
+void BatchNormBackwardEmu(MPSCNNBatchNormalizationState* state, const std::vector<float>& dy,
+                          const std::vector<float>& x, std::vector<float>* dx, float* dgamma, float* dbeta) {
+  const int64_t C = state->_channels;
+  const float* mean = static_cast<const float*>(EmuBufferBytes(state->_mean));
+  const float* variance = static_cast<const float*>(EmuBufferBytes(state->_variance));
+  const float* gamma = static_cast<const float*>(EmuBufferBytes(state->_gamma));
+  std::vector<float> inv_std(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    inv_std[static_cast<size_t>(c)] =
+        static_cast<float>(1.0 / std::sqrt(static_cast<double>(variance[c]) + state->_epsilon));
+  }
+  tfmps::norm::NormShape s;
+  s.groups = 1;
+  s.channels = C;
+  s.rows = static_cast<int64_t>(x.size()) / C;
+  dx->assign(x.size(), 0.0f);
+  tfmps::norm::BackwardArgs a;
+  a.dtype = tfmps::norm::DataType::kFloat32;
+  a.training = true;
+  a.dy = dy.data();
+  a.x = x.data();
+  a.gamma = gamma;
+  a.mean = mean;
+  a.inv_std = inv_std.data();
+  a.dx = dx->data();
+  a.gamma_backprop = dgamma;
+  a.beta_backprop = dbeta;
+  std::vector<double> workspace(
+      static_cast<size_t>(std::max<int64_t>(1, tfmps::norm::BackwardCpuWorkspace(s, /*training=*/true))));
+  tfmps::norm::BackwardCpu(s, a, workspace.data(), kSerial);
+}
+
+}  // namespace

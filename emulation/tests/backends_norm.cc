@@ -64,6 +64,39 @@ py::tuple Forward(F32 x, F32 gamma, F32 beta, F32 mean_in, F32 var_in, float eps
   return py::make_tuple(Result(st), y, mean, variance, inv_std);
 }
 
+// NormBackwardMetal: ((code, message), dx, dgamma, dbeta). mean_backprop /
+// variance_backprop of size 0: none (nullptr). Outputs start as -7.
+py::tuple Backward(F32 dy, F32 x, F32 gamma, F32 mean, F32 inv_std, F32 mean_backprop, F32 variance_backprop,
+                   bool training, bool instance, size_t offset, bool stream) {
+  const tfmps::norm::NormShape s = ViewOf(x, instance);
+  const int64_t stats = instance ? s.groups * s.channels : s.channels;
+  if (dy.size() != x.size() || gamma.size() != s.channels || mean.size() != stats || inv_std.size() != stats ||
+      (mean_backprop.size() != 0 && mean_backprop.size() != stats) ||
+      (variance_backprop.size() != 0 && variance_backprop.size() != stats)) {
+    throw std::invalid_argument("norm: dy like x, gamma [C], mean, inv_std (and the backprops) like the statistics");
+  }
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  F32 dx = Filled(shape, -7.0f), dgamma = Filled({s.channels}, -7.0f), dbeta = Filled({s.channels}, -7.0f);
+  Stage stage{offset, {}};
+  tfmps::norm::BackwardArgs a;
+  a.dtype = tfmps::norm::DataType::kFloat32;
+  a.training = training;
+  a.dy = stage.Add(dy, /*optional=*/true);
+  a.x = stage.Add(x, /*optional=*/true);
+  a.gamma = stage.Add(gamma);
+  a.mean = stage.Add(mean);
+  a.inv_std = stage.Add(inv_std);
+  a.mean_backprop = stage.Add(mean_backprop, /*optional=*/true);
+  a.variance_backprop = stage.Add(variance_backprop, /*optional=*/true);
+  a.dx = stage.Add(dx, /*optional=*/true);
+  a.gamma_backprop = stage.Add(dgamma);
+  a.beta_backprop = stage.Add(dbeta);
+  BackendStatus st =
+      NoGil([&] { return OnStream(stream, [&] { return tfmps::norm::NormBackwardMetal(s, a, instance); }); });
+  if (st.ok()) stage.Commit();
+  return py::make_tuple(Result(st), dx, dgamma, dbeta);
+}
+
 }  // namespace
 
 void BindNorm(py::module_& m) {
@@ -71,6 +104,10 @@ void BindNorm(py::module_& m) {
         py::arg("variance"), py::arg("epsilon"), py::arg("instance") = false, py::arg("offset") = 0,
         py::arg("stream") = false,
         "NormForwardMetal: ((code, message), y, mean, variance, inv_std); mean/variance empty: training");
+  m.def("norm_backward", &Backward, py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("mean"),
+        py::arg("inv_std"), py::arg("mean_backprop"), py::arg("variance_backprop"), py::arg("training") = true,
+        py::arg("instance") = false, py::arg("offset") = 0, py::arg("stream") = false,
+        "NormBackwardMetal: ((code, message), dx, dgamma, dbeta); the backprops empty: none");
 }
 
 }  // namespace tfmps_test

@@ -14,8 +14,9 @@
 // stream the call first waits for the stream's queued work.
 //
 // What runs on Metal (norm_metal.mm says why the rest does not):
-//   NormForwardMetal   batch norm inference, float32.
-//   NormBackwardMetal  nothing yet (always kUnsupported).
+//   NormForwardMetal   batch norm inference and training (batch statistics), float32.
+//   NormBackwardMetal  the batch norm training gradient (dx, dgamma, dbeta), float32, when
+//                      the statistics outputs' own gradients are absent or zero.
 #ifndef TFMPS_NORM_NORM_METAL_H_
 #define TFMPS_NORM_NORM_METAL_H_
 

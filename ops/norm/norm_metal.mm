@@ -21,10 +21,39 @@
 // are the given ones, inv_std = 1 / sqrt(variance + epsilon) computed as the CPU backend
 // does (in double, rounded once), so those are bit-identical to the CPU backend.
 //
-// kUnsupported (the CPU backend runs): float16 data; training (batch statistics:
-// MPSCNNBatchNormalizationStatistics, not written yet); instance norm and every
-// gradient (not written yet); no rows (the empty-statistics case); images beyond
-// Metal's limits; x or y not in a registered, 16-byte aligned buffer.
+// Batch norm training (no mean_in): MPSCNNBatchNormalizationStatistics writes the batch
+// statistics into an MPSCNNBatchNormalizationState (made by the kernel's
+// -resultStateForSourceImage:...), the kernel's state encode normalizes with them. Apple
+// says the statistics are those of Ioffe & Szegedy (arXiv 1502.03167v3), whose training
+// transform uses the biased batch variance, the op's; Apple's pages never write the
+// formula (flag for a Mac run). The state's mean and variance buffers are blitted into a
+// shared staging buffer in the same command buffer; the call waits (the host must read
+// them: inv_std = 1 / sqrt(variance + epsilon) is formed here as the CPU backend does,
+// from the float32 variance) and writes the three statistics outputs. The moving
+// averages are not the op's (tf_mps/ops/norm.py: Keras updates them from batch_mean and
+// batch_variance, on whatever device runs those ops).
+//
+// Batch norm training gradient: MPSCNNBatchNormalizationStatisticsGradient (the
+// gradients for gamma and beta into the state) then MPSCNNBatchNormalizationGradient
+// (dx), both without a fused neuron; the state's gradientForGamma / gradientForBeta are
+// blitted into the op's outputs. MPS's dx is the gradient through the batch statistics
+// (the paper's), the op's with zero mean/variance gradients (norm.h: gm = gv = 0): the
+// host reads mean_backprop and variance_backprop after the stream's wait and declines
+// when any is nonzero. The op's statistics (mean, inv_std as the forward produced them)
+// reach the state through the data source: Apple documents its mean and variance as the
+// values "with which to initialize the state for a subsequent batch normalization";
+// variance = 1 / inv_std^2 with epsilon 0 makes MPS's 1 / sqrt(variance + epsilon)
+// inv_std up to float32 rounding. No MPSCNNBatchNormalizationStatistics encode runs:
+// it would replace them with statistics recomputed from x with an epsilon the gradient
+// op does not have. Apple's gradient pages say the state was "previously updated using"
+// the statistics kernel and the source images: that a data-source-initialized state
+// serves is the one assumption here a Mac run must confirm.
+//
+// kUnsupported (the CPU backend runs): float16 data; instance norm (not written yet);
+// the inference gradient (MPS's gradient kernels are the training one); nonzero
+// gradients of the statistics outputs; inv_std not positive and finite; no rows (the
+// empty-statistics case); images beyond Metal's limits; x, y, dy, dx not in a
+// registered, 16-byte aligned buffer (dgamma, dbeta: not in a registered buffer).
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <algorithm>
@@ -32,6 +61,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ops/common/metal_context.h"
 #include "ops/norm/norm_metal.h"
@@ -326,10 +356,122 @@ BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool in
 }
 
 BackendStatus NormBackwardMetal(const NormShape& s, const BackwardArgs& a, bool instance) {
-  (void)s;
-  (void)a;
   const std::string op = instance ? "InstanceNormBackwardMetal" : "BatchNormBackwardMetal";
-  return BackendStatus::Unsupported(op + ": the gradients are not on Metal yet");
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  if (a.dtype != DataType::kFloat32) return BackendStatus::Unsupported(op + ": float16 data (float32 only)");
+  if (instance) return BackendStatus::Unsupported(op + ": instance norm is not on Metal yet");
+  if (!a.training) {
+    return BackendStatus::Unsupported(op + ": the inference gradient (MPS's gradient kernels are the training "
+                                           "gradient of the batch statistics)");
+  }
+  if (s.rows == 0 || s.groups != 1 || s.channels == 0) {
+    return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the zero sums)");
+  }
+  ImageShape shape;
+  const std::string why = ImagesOf(s, instance, &shape);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  const size_t bytes = static_cast<size_t>(s.channels) * sizeof(float);
+  const metal::BufferRef dgamma_ref = metal::FindBuffer(a.gamma_backprop, bytes);
+  const metal::BufferRef dbeta_ref = metal::FindBuffer(a.beta_backprop, bytes);
+  if (!dgamma_ref.found() || !dbeta_ref.found()) {
+    return BackendStatus::Unsupported(op + ": gamma_backprop or beta_backprop is not in a registered Metal buffer");
+  }
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* dy = ops.Matrix("dy", a.dy, shape);
+    MPSMatrix* x = ops.Matrix("x", a.x, shape);
+    MPSMatrix* dx = ops.Matrix("dx", a.dx, shape);
+    MPSImage* dyi = ops.Image("dy", shape);
+    MPSImage* xi = ops.Image("x", shape);
+    MPSImage* dxi = ops.Image("dx", shape);
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+    if (!ops.status.ok()) return ops.status;
+    BackendStatus st = WaitForStream(op);
+    if (!st.ok()) return st;
+    // MPS's gradient is the one of y's dependence on x through the batch statistics; the
+    // extra terms of the statistics outputs' own gradients (norm.h: gm, gv) are not in it.
+    for (int64_t c = 0; c < s.channels; ++c) {
+      if ((a.mean_backprop != nullptr && a.mean_backprop[c] != 0.0f) ||
+          (a.variance_backprop != nullptr && a.variance_backprop[c] != 0.0f)) {
+        return BackendStatus::Unsupported(op + ": nonzero gradients of the batch mean or variance outputs");
+      }
+    }
+    // The forward's statistics, given as mean and inv_std, initialize the state through
+    // the data source (Apple: its mean and variance "initialize the state for a
+    // subsequent batch normalization"); with epsilon 0 MPS's 1 / sqrt(variance + epsilon)
+    // is inv_std up to float32 rounding when variance = 1 / inv_std^2.
+    std::vector<float> variance(static_cast<size_t>(s.channels)), zeros(static_cast<size_t>(s.channels), 0.0f);
+    for (int64_t c = 0; c < s.channels; ++c) {
+      const double inv = a.inv_std[c];
+      if (!(inv > 0.0) || !std::isfinite(inv) || !std::isfinite(a.mean[c])) {
+        return BackendStatus::Unsupported(op + ": inv_std is not positive and finite, or mean is not finite");
+      }
+      variance[static_cast<size_t>(c)] = static_cast<float>(1.0 / (inv * inv));
+      if (!std::isfinite(variance[static_cast<size_t>(c)]) || variance[static_cast<size_t>(c)] <= 0.0f) {
+        return BackendStatus::Unsupported(op + ": 1 / inv_std^2 is not a positive float32");
+      }
+    }
+    TFMPSBatchNormDataSource* source =
+        [[TFMPSBatchNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(s.channels)
+                                                     gamma:a.gamma
+                                                      beta:zeros.data()
+                                                      mean:a.mean
+                                                  variance:variance.data()
+                                                   epsilon:0.0f];
+    MPSCNNBatchNormalization* bn = [[MPSCNNBatchNormalization alloc] initWithDevice:metal::Device()
+                                                                         dataSource:source];
+    if (bn == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalization initWithDevice:dataSource: returned nil");
+    bn.epsilon = 0.0f;
+    MPSCNNBatchNormalizationStatisticsGradient* stats_grad =
+        [[MPSCNNBatchNormalizationStatisticsGradient alloc] initWithDevice:metal::Device() fusedNeuronDescriptor:nil];
+    if (stats_grad == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationStatisticsGradient initWithDevice: returned nil");
+    }
+    MPSCNNBatchNormalizationGradient* grad =
+        [[MPSCNNBatchNormalizationGradient alloc] initWithDevice:metal::Device() fusedNeuronDescriptor:nil];
+    if (grad == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationGradient initWithDevice: returned nil");
+    MPSCNNBatchNormalizationState* state = [bn resultStateForSourceImage:xi sourceStates:nil destinationImage:dxi];
+    if (state == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalization resultStateForSourceImage: returned nil");
+    }
+    bool no_gradients = false;
+    st = metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:dy destinationImage:dyi];
+      [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+      [stats_grad encodeBatchToCommandBuffer:cb
+                             sourceGradients:@[ dyi ]
+                                sourceImages:@[ xi ]
+                     batchNormalizationState:state];
+      [grad encodeToCommandBuffer:cb
+                   sourceGradient:dyi
+                      sourceImage:xi
+          batchNormalizationState:state
+              destinationGradient:dxi];
+      [to_matrix encodeToCommandBuffer:cb sourceImage:dxi destinationMatrix:dx];
+      // Apple: nil while no gradient kernel has generated them (then an Internal error).
+      if (state.gradientForGamma == nil || state.gradientForBeta == nil) {
+        no_gradients = true;
+        return;
+      }
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      [blit copyFromBuffer:state.gradientForGamma
+               sourceOffset:0
+                   toBuffer:metal::BufferOf(dgamma_ref)
+          destinationOffset:dgamma_ref.offset
+                       size:bytes];
+      [blit copyFromBuffer:state.gradientForBeta
+               sourceOffset:0
+                   toBuffer:metal::BufferOf(dbeta_ref)
+          destinationOffset:dbeta_ref.offset
+                       size:bytes];
+      [blit endEncoding];
+    });
+    if (st.ok() && no_gradients) {
+      return BackendStatus::Internal(op + ": the state's gradientForGamma or gradientForBeta is nil");
+    }
+    return st;
+  }
 }
 
 }  // namespace norm

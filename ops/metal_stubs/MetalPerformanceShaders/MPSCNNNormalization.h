@@ -90,4 +90,34 @@ typedef NSArray<MPSImage*> MPSImageBatch;
              destinationImage:(MPSImage*)destinationImage NS_UNAVAILABLE;
 @end
 
+// MPSCNNBatchNormalization.h (macOS 10.13.4; the fused-neuron initializers 10.14):
+// the gradients for gamma and beta into the state (gradientForGamma, gradientForBeta),
+// from a state "previously updated using a MPSCNNBatchNormalizationStatistics kernel
+// and the source images".
+@interface MPSCNNBatchNormalizationStatisticsGradient : MPSCNNGradientKernel
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+         fusedNeuronDescriptor:(MPSNNNeuronDescriptor*)fusedNeuronDescriptor;
+- (void)encodeBatchToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                   sourceGradients:(MPSImageBatch*)sourceGradients
+                      sourceImages:(MPSImageBatch*)sourceImages
+           batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+                gradientState:(MPSState*)gradientState
+          destinationGradient:(MPSImage*)destinationGradient NS_UNAVAILABLE;
+@end
+
+// MPSCNNBatchNormalization.h: dL/dsource from a state "previously updated using a
+// MPSCNNBatchNormalizationStatisticsGradient kernel and the source images".
+@interface MPSCNNBatchNormalizationGradient : MPSCNNGradientKernel
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+         fusedNeuronDescriptor:(MPSNNNeuronDescriptor*)fusedNeuronDescriptor;
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+      batchNormalizationState:(MPSCNNBatchNormalizationState*)batchNormalizationState
+          destinationGradient:(MPSImage*)destinationGradient;
+@end
+
 #endif  // TFMPS_STUB_MPSCNNNORMALIZATION_H_
