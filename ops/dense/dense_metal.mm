@@ -1,7 +1,235 @@
-// Metal backend of the fully connected layer (MPSCNNFullyConnected and its gradient) (see dense_metal.h).
+// Metal backend of the fully connected layer (MPSCNNFullyConnected and its gradient) (see
+// dense_metal.h). Built with ARC. Nothing here has run on a Mac yet: it is type-checked
+// against the project's declarations of Apple's API and executed on Linux against the
+// Metal emulation (emulation/mps/mps_cnn_fc.mm).
+//
+// One command buffer per call (the stream's, with a thread target), as norm_metal.mm:
+//   x [N, K] --MPSMatrixCopyToImage--> N images 1 x 1 x K --MPSCNNFullyConnected-->
+//   N images 1 x 1 x M --MPSImageCopyToMatrix--> y [N, M]
+// Apple (MPSCNNFullyConnected): kernelWidth == source.width, kernelHeight ==
+// source.height, a 1 x 1 destination, Weights[No][source.width][source.height][Ni].
+// With 1 x 1 sources that is [M][K], W's transpose (KernelToFcWeights); the width-
+// before-height order of wider sources never arises here (x is always 1 x 1 x K).
+// Bias: the data source's -biasTerms ([M] floats). Relu: the descriptor's fused neuron
+// MPSCNNNeuronTypeReLU with a = 0 (Apple: f(x) = x if x >= 0, a * x if x < 0), which is
+// dense.h's relu up to the sign of a zero result (x < 0 gives 0 * x = -0 where the CPU
+// backend writes +0; NaN stays NaN in both) -- the convolution's Metal backend fuses it
+// the same way.
+//
+// kUnsupported (the CPU backend runs): float16 data or accumulation; no rows, features
+// or outputs (the CPU backend's zero/bias-only cases); N * ceil(K / 4) or
+// N * ceil(M / 4) beyond Metal's 2048 texture-array slices; x or y not in a registered,
+// 16-byte aligned buffer.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "ops/common/metal_context.h"
 #include "ops/dense/dense_metal.h"
+
+// The weights of one fully connected layer over the dense kernel W [K][M] and bias [M]
+// (or NULL): -load repacks W into Apple's [M][1][1][K]; what -weights returns stays valid
+// until -purge. Apple's contract: -load before -weights/-biasTerms, balanced by -purge.
+@interface TFMPSDenseDataSource : NSObject <MPSCNNConvolutionDataSource>
+- (instancetype)initWithDescriptor:(MPSCNNConvolutionDescriptor*)descriptor
+                            kernel:(const float*)kernel
+                              bias:(const float*)bias
+                                in:(int64_t)in
+                               out:(int64_t)out;
+@end
+
+@implementation TFMPSDenseDataSource {
+  MPSCNNConvolutionDescriptor* _descriptor;
+  const float* _kernel;
+  const float* _bias;
+  int64_t _in, _out;
+  std::vector<float> _weights;  // [M][K] while loaded
+}
+
+- (instancetype)initWithDescriptor:(MPSCNNConvolutionDescriptor*)descriptor
+                            kernel:(const float*)kernel
+                              bias:(const float*)bias
+                                in:(int64_t)in
+                               out:(int64_t)out {
+  self = [super init];
+  if (self == nil) return nil;
+  _descriptor = descriptor;
+  _kernel = kernel;
+  _bias = bias;
+  _in = in;
+  _out = out;
+  return self;
+}
+
+- (MPSDataType)dataType {
+  return MPSDataTypeFloat32;
+}
+
+- (MPSCNNConvolutionDescriptor*)descriptor {
+  return _descriptor;
+}
+
+- (BOOL)load {
+  _weights.resize(static_cast<size_t>(_in * _out));
+  tfmps::dense::KernelToFcWeights(_in, _out, _kernel, _weights.data());
+  return YES;
+}
+
+- (void)purge {
+  std::vector<float>().swap(_weights);
+}
+
+- (void*)weights {
+  return _weights.data();
+}
+
+// MPS reads, never writes, these.
+- (float*)biasTerms {
+  return const_cast<float*>(_bias);
+}
+
+- (NSString*)label {
+  return @"tf-mps dense weights";
+}
+
+- (id)copyWithZone:(NSZone*)zone {
+  return [[TFMPSDenseDataSource alloc] initWithDescriptor:_descriptor kernel:_kernel bias:_bias in:_in out:_out];
+}
+
+@end
+
+namespace tfmps {
+namespace dense {
+namespace {
+
+constexpr int64_t kMaxArraySlices = 2048;  // Metal: layers of a 2D texture array
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+// `images` images of 1 x 1 x `channels`.
+MPSImage* MakeImage(int64_t images, int64_t channels) {
+  MPSImageDescriptor* d =
+      [MPSImageDescriptor imageDescriptorWithChannelFormat:MPSImageFeatureChannelFormatFloat32
+                                                     width:1
+                                                    height:1
+                                           featureChannels:static_cast<NSUInteger>(channels)
+                                            numberOfImages:static_cast<NSUInteger>(images)
+                                                     usage:MTLTextureUsageShaderRead | MTLTextureUsageShaderWrite];
+  if (d == nil) return nil;
+  d.storageMode = MTLStorageModePrivate;  // only the GPU touches these
+  return [[MPSImage alloc] initWithDevice:metal::Device() imageDescriptor:d];
+}
+
+// The matrices and images of one call; Internal/Unsupported on the first failure.
+struct Operands {
+  std::string op;
+  BackendStatus status = BackendStatus::Ok();
+
+  // rows x cols floats at p, as an MPSMatrix over its buffer.
+  MPSMatrix* Matrix(const char* name, const void* p, int64_t rows, int64_t cols) {
+    if (!status.ok()) return nil;
+    const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
+    const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(rows) * row_bytes);
+    if (!ref.found()) {
+      status = BackendStatus::Unsupported(op + ": " + name + " is not in a 16-byte aligned, registered Metal buffer");
+      return nil;
+    }
+    MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
+                                                                   columns:static_cast<NSUInteger>(cols)
+                                                                  rowBytes:row_bytes
+                                                                  dataType:MPSDataTypeFloat32];
+    MPSMatrix* m = d == nil ? nil : [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+    if (m == nil) status = BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil for " + name);
+    return m;
+  }
+  MPSImage* Image(const char* name, int64_t images, int64_t channels) {
+    if (!status.ok()) return nil;
+    MPSImage* image = MakeImage(images, channels);
+    if (image == nil) status = BackendStatus::Internal(op + ": MPSImage initWithDevice: returned nil for " + name);
+    return image;
+  }
+  template <typename T>
+  T* Kernel(T* kernel, const char* what) {
+    if (status.ok() && kernel == nil) status = BackendStatus::Internal(op + ": " + what + " returned nil");
+    return kernel;
+  }
+};
+
+// The data source reads W and the bias on the CPU: GPU work queued on this thread's
+// stream must be done first.
+BackendStatus WaitForStream(const std::string& op) {
+  if (metal::ThreadTarget() == nullptr) return BackendStatus::Ok();
+  return metal::SubmitAndWait(op, [](id<MTLCommandBuffer>) {});
+}
+
+// "" or why these dims cannot run on MPSCNNFullyConnected.
+std::string Unsupported(const DenseDims& d, const DenseConfig& c) {
+  if (c.dtype != DType::kFloat32) return "float16 data (float32 only)";
+  if (c.accumulator != Accumulator::kFloat32) return "float16 accumulation (float32 only)";
+  if (d.rows == 0 || d.in == 0 || d.out == 0) return "no rows, features or outputs";
+  const int64_t slices = d.rows * ((std::max(d.in, d.out) + 3) / 4);
+  if (slices > kMaxArraySlices) {
+    return "images of " + Str(slices) + " texture slices (Metal's limit is " + Str(kMaxArraySlices) + ")";
+  }
+  return "";
+}
+
+}  // namespace
+
+BackendStatus DenseForwardFcMetal(const DenseDims& d, const DenseConfig& c, const DenseForwardArgs& a) {
+  const std::string op = "DenseForwardFcMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = Unsupported(d, c);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* x = ops.Matrix("x", a.x, d.rows, d.in);
+    MPSMatrix* y = ops.Matrix("y", a.y, d.rows, d.out);
+    MPSImage* xi = ops.Image("x", d.rows, d.in);
+    MPSImage* yi = ops.Image("y", d.rows, d.out);
+    MPSMatrixCopyToImage* to_image =
+        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
+                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+    MPSImageCopyToMatrix* to_matrix =
+        ops.Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
+                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                   "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+    MPSCNNConvolutionDescriptor* desc = ops.Kernel(
+        [MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:1
+                                                                kernelHeight:1
+                                                        inputFeatureChannels:static_cast<NSUInteger>(d.in)
+                                                       outputFeatureChannels:static_cast<NSUInteger>(d.out)],
+        "MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:");
+    if (!ops.status.ok()) return ops.status;
+    if (c.activation == Activation::kRelu) {
+      MPSNNNeuronDescriptor* relu = [MPSNNNeuronDescriptor cnnNeuronDescriptorWithType:MPSCNNNeuronTypeReLU a:0.0f];
+      if (relu == nil) return BackendStatus::Internal(op + ": MPSNNNeuronDescriptor cnnNeuronDescriptorWithType: returned nil");
+      desc.fusedNeuronDescriptor = relu;
+    }
+    BackendStatus st = WaitForStream(op);
+    if (!st.ok()) return st;
+    TFMPSDenseDataSource* source = [[TFMPSDenseDataSource alloc] initWithDescriptor:desc
+                                                                             kernel:static_cast<const float*>(a.kernel)
+                                                                               bias:static_cast<const float*>(a.bias)
+                                                                                 in:d.in
+                                                                                out:d.out];
+    MPSCNNFullyConnected* fc = [[MPSCNNFullyConnected alloc] initWithDevice:metal::Device() weights:source];
+    if (fc == nil) return BackendStatus::Internal(op + ": MPSCNNFullyConnected initWithDevice:weights: returned nil");
+    fc.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+      [fc encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+      [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
+    });
+  }
+}
+
+}  // namespace dense
+}  // namespace tfmps

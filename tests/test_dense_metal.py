@@ -1,0 +1,147 @@
+"""The MPSCNN path of the fully connected layer (ops/dense/dense_metal.mm:
+MPSCNNFullyConnected on N images of 1 x 1 x K) executed on the Linux Metal emulation,
+against the dense CPU backend (ops/dense/dense_cpu.cc, through the emulation module).
+
+This path is not what the per-op device kernels run (dense_ops.cc stays on
+MPSMatrixMultiplication); it is the one the training-graph API will use. What is on Metal
+so far: the forward, float32 with float32 accumulation, bias and relu (the fused ReLU
+neuron with a = 0). float16, empty shapes and images beyond Metal's texture-array limit
+return Unsupported, tested here to write nothing.
+
+What this can tell (docs/metal-emulation.md): the fake (emulation/mps/mps_cnn_fc.mm)
+computes Apple's documented formula with the dense CPU backend after its own image <->
+row index maps and its own [M][K] -> [K][M] weight map, so these tests check what
+dense_metal.mm does with MPS (the weight repack, the images, the data source, the
+descriptor, waits, nil handling, lifetimes). They cannot tell how Apple's kernel rounds,
+nor confirm the fake's choices where Apple is silent (listed in mps_cnn_fc.mm).
+"""
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import metal_emu
+
+emu = metal_emu.load()
+
+OK, UNSUPPORTED, INTERNAL = 0, 1, 2
+UNWRITTEN = -7.0  # what the bindings fill the outputs with
+NONE = np.zeros(0, np.float32)
+
+PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
+                    "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
+                    "MPSMatrixCopyToImage", "MPSCNNFullyConnected", "MPSCNNFullyConnectedGradient",
+                    "TFMPSDenseDataSource", "MPSCNNConvolutionDescriptor", "MPSNNNeuronDescriptor",
+                    "MPSCNNConvolutionGradientState", "NSError"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    assert emu.available(), "the metal context found no device on the emulation"
+    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+    yield
+    emu.reset_hooks()
+    for _ in range(100):
+        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+        if after == before:
+            break
+        time.sleep(0.01)
+    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+
+
+def _check(result, code=OK):
+    got, message = result
+    assert got == code, f"Metal backend returned code {got} ({message}), expected {code}"
+    return message
+
+
+def _data(n, k, m, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) if bias else NONE
+    return x, w, b
+
+
+def _compare(x, w, b, relu=False, offset=0, stream=False):
+    r, y = emu.dense_fc_forward(x, w, b, relu=relu, offset=offset, stream=stream)
+    _check(r)
+    want = emu.dense_forward_cpu(x, w, b, relu=relu)
+    k = x.shape[1]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    if relu:
+        assert (y >= 0).all()
+    return y
+
+
+def test_fc_weights_are_the_kernels_transpose():
+    w = np.arange(15, dtype=np.float32).reshape(3, 5)
+    np.testing.assert_array_equal(emu.dense_fc_weights(w), w.T)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 9), k=st.integers(1, 23), m=st.integers(1, 19), bias=st.booleans(), relu=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_forward_matches_cpu_backend(n, k, m, bias, relu, seed):
+    _compare(*_data(n, k, m, bias, seed), relu=relu)
+
+
+@pytest.mark.parametrize("n,k,m", [(1, 1, 1), (3, 4, 4), (5, 7, 3), (2, 64, 129), (33, 10, 6)])
+def test_forward_shapes(n, k, m):
+    _compare(*_data(n, k, m))
+    _compare(*_data(n, k, m, bias=False), relu=True)
+
+
+def test_forward_exact_small_integers():
+    x = np.array([[1, -2, 3], [0, 1, -1]], np.float32)
+    w = np.array([[1, 0], [2, 1], [-1, 3]], np.float32)
+    b = np.array([0.5, -10], np.float32)
+    r, y = emu.dense_fc_forward(x, w, b)
+    _check(r)
+    np.testing.assert_array_equal(y, x @ w + b)
+    r, y = emu.dense_fc_forward(x, w, b, relu=True)
+    _check(r)
+    np.testing.assert_array_equal(y, np.maximum(x @ w + b, 0))
+
+
+def test_in_a_device_stream_and_offsets():
+    args = _data(4, 6, 5)
+    _compare(*args, stream=True)
+    _compare(*args, relu=True, stream=True)
+    _compare(*args, offset=32)
+    r, y = emu.dense_fc_forward(*args, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    assert (y == UNWRITTEN).all()
+
+
+@pytest.mark.parametrize("n,k,m", [(0, 3, 4), (2, 0, 4), (2, 3, 0)])
+def test_empty_is_unsupported(n, k, m):
+    r, y = emu.dense_fc_forward(*_data(n, k, m))
+    _check(r, UNSUPPORTED)
+    assert (y == UNWRITTEN).all()
+
+
+def test_texture_array_limit():
+    _compare(*_data(512, 16, 3))  # 512 images x 4 slices: the limit
+    r, y = emu.dense_fc_forward(*_data(513, 16, 3))
+    assert "2048" in _check(r, UNSUPPORTED)
+    assert (y == UNWRITTEN).all()
+    r, y = emu.dense_fc_forward(*_data(2, 3, 4097))
+    assert "2048" in _check(r, UNSUPPORTED)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNFullyConnected", "MPSImage", "MPSMatrix", "MPSMatrixCopyToImage"])
+def test_nil_initializer_is_internal(cls):
+    emu.fail_next_init(cls, 1)
+    r, y = emu.dense_fc_forward(*_data(2, 3, 4))
+    assert "nil" in _check(r, INTERNAL)
+    assert (y == UNWRITTEN).all()
+
+
+def test_failed_command_buffer_is_internal():
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, y = emu.dense_fc_forward(*_data(2, 3, 4))
+    assert "injected GPU fault" in _check(r, INTERNAL)
