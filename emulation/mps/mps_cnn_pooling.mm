@@ -1,5 +1,244 @@
 // CPU fakes of MPS's MPSCNNPooling.h: MPSCNNPoolingMax/Average and their gradients.
-// Linux emulation only; built with ARC. They compute with the CPU backend.
+// Linux emulation only; built with ARC. They compute with the CPU backend (ops/pool/pool.h).
+//
+// What Apple documents (developer.apple.com, MPSCNNPooling / MPSCNNPoolingAverage), and
+// what the fake does with it:
+//  * Window of output (x, y) (clip rectangle origin 0): top left corner at
+//    (offset.x - floor(kernelWidth/2) + strideInPixelsX * x, likewise y), kernelWidth x
+//    kernelHeight pixels. The fake turns this into the CPU backend's geometry:
+//    pad_left = floor(kernelWidth/2) - offset.x, pad_top likewise, out = the destination's
+//    size, and runs MaxPool2DCpu / AvgPool2DCpu, whose windows are the same cells.
+//  * MPSCNNPoolingAverage with edgeMode Clamp: the window shrinks to the part inside the
+//    source, fewer values averaged (the CPU backend's divisor, the valid cells).
+//  * MPSCNNPoolingMax with edgeMode Clamp: cells outside read the nearest border pixel,
+//    which (the window's inside part being a non-empty rectangle) is one of the window's
+//    own cells: the maximum over the inside cells, MaxPool2DCpu's.
+// Where Apple is silent or the fake does not go, what it chooses (flag for a Mac run):
+//  * edgeMode Zero with a window reaching outside the source, a window entirely outside
+//    (Apple: average gives 0), zeroPadSizeX/Y != 0, a negative pad (offset.x >
+//    floor(kernelWidth/2)), offset.z != 0, a clip rectangle other than the whole
+//    destination, different image counts or channel counts: not emulated (abort).
+//  * NaN: MaxPool2DCpu propagates the first NaN of a window; what MPS's max does with NaN
+//    is not documented.
+//  * Ties: the forward value is the same whichever maximum is taken.
+//  * Images: float32 feature channels only (the fake's limit, not Apple's).
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "emulation/metal/metal_emu.h"
 #include "emulation/mps/mps_emu.h"
+#include "emulation/runtime/objc_emu.h"
+#include "ops/pool/pool.h"
+
+// MPSCNNKernel's ivars, as mps_cnn.mm's @implementation declares them (see mps_cnn_norm.mm:
+// the runtime checks the layout when it loads the classes).
+@interface MPSCNNKernel () {
+ @protected
+  MPSOffset _offset;
+  MPSImageEdgeMode _edgeMode;
+}
+@end
+
+namespace {
+
+std::string S(int64_t v) { return std::to_string(v); }
+
+void CheckFloatImage(const char* method, const char* name, MPSImage* image, id<MTLDevice> device) {
+  if (image == nil) EmuValidationFailure(method, std::string(name) + " is nil");
+  if ([image device] != device) EmuValidationFailure(method, std::string(name) + " is on another device");
+  if ([image featureChannelFormat] != MPSImageFeatureChannelFormatFloat32) {
+    EmuValidationFailure(method, std::string("emulation limit: ") + name +
+                                     " is not a float32 image (the fake pools float32 only)");
+  }
+}
+
+// Every image of `image` as dense NHWC floats.
+std::vector<float> ReadNhwc(MPSImage* image) {
+  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
+  std::vector<float> out(static_cast<size_t>(N * H * W * C));
+  const uint8_t* src = [image gpuBytes];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(&out[((n * H + h) * W + w) * C + c],
+                      src + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), sizeof(float));
+  return out;
+}
+
+// Writes every image from NHWC values, zeroing the padding channels of the last slice.
+void WriteNhwc(MPSImage* image, const std::vector<float>& in) {
+  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
+  uint8_t* dst = [image gpuBytes];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) {
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float),
+                      &in[((n * H + h) * W + w) * C + c], sizeof(float));
+        for (int64_t c = C; c % 4 != 0; ++c)
+          std::memset(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), 0, sizeof(float));
+      }
+}
+
+const tfmps::ParallelFor kSerial = [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+  if (total > 0) fn(0, total);
+};
+
+// One dimension of the window geometry from MPS's terms: the windows start at
+// o * stride - pad (pad = floor(k/2) - offset). Aborts unless every window holds a cell
+// of the source (the fake's limit) and pad >= 0; *reaches_out: some window has cells
+// outside the source.
+void Dimension(const char* method, const char* axis, int64_t in, int64_t out, int64_t k, int64_t stride,
+               int64_t offset, int64_t* pad_before, int64_t* pad_after, bool* reaches_out) {
+  const int64_t pad = k / 2 - offset;
+  if (pad < 0) {
+    EmuValidationFailure(method, std::string("emulation limit: offset.") + axis + " = " + S(offset) +
+                                     " starts the first window inside the source (kernel " + S(k) + ")");
+  }
+  const int64_t last_start = (out - 1) * stride - pad;
+  if (pad >= k || last_start >= in) {
+    EmuValidationFailure(method, std::string("emulation limit: a window lies entirely outside the source in ") +
+                                     axis + " (Apple: the average is 0; not emulated)");
+  }
+  *pad_before = pad;
+  *pad_after = std::max<int64_t>(0, last_start + k - in);
+  *reaches_out = pad > 0 || *pad_after > 0;
+}
+
+}  // namespace
+
+@implementation MPSCNNPooling {
+ @protected
+  NSUInteger _kernelWidth, _kernelHeight, _strideX, _strideY;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  const char* method = "-[MPSCNNPooling initWithDevice:kernelWidth:kernelHeight:strideInPixelsX:strideInPixelsY:]";
+  if (kernelWidth < 1 || kernelHeight < 1) EmuValidationFailure(method, "a kernel size is 0");
+  if (strideInPixelsX < 1 || strideInPixelsY < 1) EmuValidationFailure(method, "a stride is 0");
+  self = [super initEmuWithDevice:device];
+  if (self == nil) return nil;
+  _kernelWidth = kernelWidth;
+  _kernelHeight = kernelHeight;
+  _strideX = strideInPixelsX;
+  _strideY = strideInPixelsY;
+  _edgeMode = MPSImageEdgeModeZero;  // MPSCNNKernel's default
+  return self;
+}
+
+- (NSUInteger)kernelWidth { return _kernelWidth; }
+- (NSUInteger)kernelHeight { return _kernelHeight; }
+- (NSUInteger)strideInPixelsX { return _strideX; }
+- (NSUInteger)strideInPixelsY { return _strideY; }
+
+// Subclasses: YES for max, NO for average.
+- (BOOL)emuIsMax { return YES; }
+- (BOOL)emuHasZeroPadding { return NO; }
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+             destinationImage:(MPSImage*)destinationImage {
+  const std::string name = std::string("-[") + object_getClassName(self) +
+                           " encodeToCommandBuffer:sourceImage:destinationImage:]";
+  const char* method = name.c_str();
+  if ([self class] == [MPSCNNPooling class]) EmuValidationFailure(method, "MPSCNNPooling is abstract");
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationImage", destinationImage, [self device]);
+  if (sourceImage == destinationImage) EmuValidationFailure(method, "emulation check: source and destination are one image");
+  if ([sourceImage featureChannels] != [destinationImage featureChannels] ||
+      [sourceImage numberOfImages] != [destinationImage numberOfImages]) {
+    EmuValidationFailure(method, "emulation limit: source and destination differ in channels or image count");
+  }
+  if (_offset.z != 0) EmuValidationFailure(method, "emulation limit: offset.z is not 0");
+  if ([self emuHasZeroPadding]) EmuValidationFailure(method, "emulation limit: zeroPadSizeX/Y is not 0");
+  tfmps::pool::Pool2DGeometry g;
+  g.batch = [sourceImage numberOfImages];
+  g.in_h = [sourceImage height];
+  g.in_w = [sourceImage width];
+  g.channels = [sourceImage featureChannels];
+  g.k_h = static_cast<int64_t>(_kernelHeight);
+  g.k_w = static_cast<int64_t>(_kernelWidth);
+  g.stride_h = static_cast<int64_t>(_strideY);
+  g.stride_w = static_cast<int64_t>(_strideX);
+  g.out_h = [destinationImage height];
+  g.out_w = [destinationImage width];
+  bool out_h = false, out_w = false;
+  Dimension(method, "y", g.in_h, g.out_h, g.k_h, g.stride_h, _offset.y, &g.pad_top, &g.pad_bottom, &out_h);
+  Dimension(method, "x", g.in_w, g.out_w, g.k_w, g.stride_w, _offset.x, &g.pad_left, &g.pad_right, &out_w);
+  if ((out_h || out_w) && _edgeMode != MPSImageEdgeModeClamp) {
+    EmuValidationFailure(method, "emulation limit: windows reach outside the source with edgeMode Zero (not emulated)");
+  }
+  const bool is_max = [self emuIsMax];
+  MPSImage* src = sourceImage;
+  MPSImage* dst = destinationImage;
+  [dst beginGpuWrite];
+  EmuEncode(
+      commandBuffer, method,
+      [g, is_max, src, dst] {
+        const std::vector<float> x = ReadNhwc(src);
+        std::vector<float> y(static_cast<size_t>(g.out_size()));
+        if (is_max) {
+          tfmps::pool::MaxPool2DCpu(g, x.data(), y.data(), kSerial);
+        } else {
+          tfmps::pool::AvgPool2DCpu(g, x.data(), y.data(), kSerial);
+        }
+        WriteNhwc(dst, y);
+      },
+      [dst] { [dst endGpuWrite]; });
+}
+
+@end
+
+@implementation MPSCNNPoolingMax
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  return [super initWithDevice:device
+                   kernelWidth:kernelWidth
+                  kernelHeight:kernelHeight
+               strideInPixelsX:strideInPixelsX
+               strideInPixelsY:strideInPixelsY];
+}
+
+@end
+
+@implementation MPSCNNPoolingAverage {
+  NSUInteger _zeroPadSizeX, _zeroPadSizeY;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  return [super initWithDevice:device
+                   kernelWidth:kernelWidth
+                  kernelHeight:kernelHeight
+               strideInPixelsX:strideInPixelsX
+               strideInPixelsY:strideInPixelsY];
+}
+
+- (NSUInteger)zeroPadSizeX { return _zeroPadSizeX; }
+- (void)setZeroPadSizeX:(NSUInteger)v { _zeroPadSizeX = v; }
+- (NSUInteger)zeroPadSizeY { return _zeroPadSizeY; }
+- (void)setZeroPadSizeY:(NSUInteger)v { _zeroPadSizeY = v; }
+- (BOOL)emuIsMax { return NO; }
+- (BOOL)emuHasZeroPadding { return _zeroPadSizeX != 0 || _zeroPadSizeY != 0; }
+
+@end

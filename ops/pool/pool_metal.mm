@@ -1,7 +1,211 @@
-// Metal backend of pooling (MPSCNNPoolingMax/Average and their gradient kernels) (see pool_metal.h).
+// Metal backend of pooling (see pool_metal.h). Built with ARC. Nothing here has run on a
+// Mac yet: it is type-checked against the project's declarations of Apple's API and
+// executed on Linux against the Metal emulation (emulation/mps/mps_cnn_pooling.mm).
+//
+// One command buffer per call (the stream's, with a thread target), as norm_metal.mm:
+//   NHWC buffer --MPSMatrixCopyToImage--> MPSImage --MPSCNNPooling*--> MPSImage
+//   --MPSImageCopyToMatrix--> NHWC buffer
+//
+// Geometry. Apple (MPSCNNPooling): output (x, y)'s window has its top left corner at
+// (offset.x - floor(kernelWidth/2) + x * strideInPixelsX, likewise y) and spans
+// kernelWidth x kernelHeight pixels. TF's (pool.h): column j * sw - pad_left. So
+//   offset.x = floor(k_w / 2) - pad_left, offset.y = floor(k_h / 2) - pad_top,
+// and the destination is exactly [N, OH, OW, C] (the clip rectangle its whole size).
+// Padding: edgeMode Clamp. Average pooling (Apple): with Clamp "the filtering window is
+// shrunk to remain within the source image borders", fewer values averaged: TF's divisor
+// (the valid cells), zeroPadSizeX/Y = 0 (padding that would count). Max pooling: Clamp
+// reads the nearest border pixel for a cell outside the image; every TF window holds a
+// cell of the image (pool.h) and the window's part inside the image is a rectangle, so
+// the clamped pixel is one of the window's own valid cells and the maximum is TF's.
+// (Zero would read 0.0, wrong for all-negative windows.)
+//
+// kUnsupported (the CPU backend runs): empty tensors; images beyond Metal's limits
+// (16384 per side, 2048 texture slices of 4 channels); arrays not in a registered,
+// 16-byte aligned buffer.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
 #include "ops/common/metal_context.h"
 #include "ops/pool/pool_metal.h"
+
+namespace tfmps {
+namespace pool {
+namespace {
+
+constexpr int64_t kMaxArraySlices = 2048;  // Metal: layers of a 2D texture array
+constexpr int64_t kMaxTextureSide = 16384;
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+// n images of h x w pixels of c channels.
+struct ImageShape {
+  int64_t n = 0, h = 0, w = 0, c = 0;
+};
+
+std::string CheckImage(const char* name, const ImageShape& s) {
+  if (s.h > kMaxTextureSide || s.w > kMaxTextureSide) {
+    return std::string(name) + " is " + Str(s.h) + " x " + Str(s.w) + " pixels (Metal's limit is 16384 a side)";
+  }
+  const int64_t slices = s.n * ((s.c + 3) / 4);
+  if (slices > kMaxArraySlices) {
+    return std::string(name) + " has " + Str(slices) + " texture slices (Metal's limit is " + Str(kMaxArraySlices) +
+           ")";
+  }
+  return "";
+}
+
+MPSImage* MakeImage(const ImageShape& s) {
+  MPSImageDescriptor* d =
+      [MPSImageDescriptor imageDescriptorWithChannelFormat:MPSImageFeatureChannelFormatFloat32
+                                                     width:static_cast<NSUInteger>(s.w)
+                                                    height:static_cast<NSUInteger>(s.h)
+                                           featureChannels:static_cast<NSUInteger>(s.c)
+                                            numberOfImages:static_cast<NSUInteger>(s.n)
+                                                     usage:MTLTextureUsageShaderRead | MTLTextureUsageShaderWrite];
+  if (d == nil) return nil;
+  d.storageMode = MTLStorageModePrivate;  // only the GPU touches these
+  return [[MPSImage alloc] initWithDevice:metal::Device() imageDescriptor:d];
+}
+
+// An NHWC tensor as an MPSMatrix of n rows (images) of h*w*c floats over its buffer.
+MPSMatrix* Rows(const void* p, const ImageShape& s, bool* found) {
+  const size_t row_bytes = static_cast<size_t>(s.h * s.w * s.c) * sizeof(float);
+  const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(s.n) * row_bytes);
+  *found = ref.found();
+  if (!ref.found()) return nil;
+  MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(s.n)
+                                                                 columns:static_cast<NSUInteger>(s.h * s.w * s.c)
+                                                                rowBytes:row_bytes
+                                                                dataType:MPSDataTypeFloat32];
+  if (d == nil) return nil;
+  return [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
+}
+
+// The matrices, images and kernels of one call; Internal/Unsupported on the first failure.
+struct Operands {
+  std::string op;
+  BackendStatus status = BackendStatus::Ok();
+
+  MPSMatrix* Matrix(const char* name, const void* p, const ImageShape& s) {
+    if (!status.ok()) return nil;
+    bool found = false;
+    MPSMatrix* m = Rows(p, s, &found);
+    if (!found) {
+      status = BackendStatus::Unsupported(op + ": " + name + " is not in a 16-byte aligned, registered Metal buffer");
+    } else if (m == nil) {
+      status = BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil for " + name);
+    }
+    return m;
+  }
+  MPSImage* Image(const char* name, const ImageShape& s) {
+    if (!status.ok()) return nil;
+    MPSImage* image = MakeImage(s);
+    if (image == nil) status = BackendStatus::Internal(op + ": MPSImage initWithDevice: returned nil for " + name);
+    return image;
+  }
+  template <typename T>
+  T* Kernel(T* kernel, const char* what) {
+    if (status.ok() && kernel == nil) status = BackendStatus::Internal(op + ": " + what + " returned nil");
+    return kernel;
+  }
+};
+
+MPSMatrixCopyToImage* ToImage(Operands* ops) {
+  return ops->Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
+                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                     "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+}
+
+MPSImageCopyToMatrix* ToMatrix(Operands* ops) {
+  return ops->Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
+                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                     "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+}
+
+ImageShape InShape(const Pool2DGeometry& g) { return {g.batch, g.in_h, g.in_w, g.channels}; }
+ImageShape OutShape(const Pool2DGeometry& g) { return {g.batch, g.out_h, g.out_w, g.channels}; }
+
+// "" or why these sizes stay on the CPU.
+std::string Declines(const Pool2DGeometry& g) {
+  if (g.in_size() == 0 || g.out_size() == 0) return "an empty tensor";
+  std::string why = CheckImage("the input", InShape(g));
+  if (why.empty()) why = CheckImage("the output", OutShape(g));
+  return why;
+}
+
+// TF's window origin as MPS's offset (the window centre of output (0, 0)).
+MPSOffset OffsetOf(const Pool2DGeometry& g) {
+  MPSOffset o;
+  o.x = static_cast<NSInteger>(g.k_w / 2 - g.pad_left);
+  o.y = static_cast<NSInteger>(g.k_h / 2 - g.pad_top);
+  o.z = 0;
+  return o;
+}
+
+// kernel: an MPSCNNPoolingMax or MPSCNNPoolingAverage, configured.
+BackendStatus EncodeForward(Operands& ops, const Pool2DGeometry& g, const float* x, float* y,
+                            MPSCNNPooling* kernel) {
+  MPSMatrix* xm = ops.Matrix("x", x, InShape(g));
+  MPSMatrix* ym = ops.Matrix("y", y, OutShape(g));
+  MPSImage* xi = ops.Image("x", InShape(g));
+  MPSImage* yi = ops.Image("y", OutShape(g));
+  MPSMatrixCopyToImage* to_image = ToImage(&ops);
+  MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+  if (!ops.status.ok()) return ops.status;
+  kernel.offset = OffsetOf(g);
+  kernel.edgeMode = MPSImageEdgeModeClamp;
+  return metal::Submit(ops.op, [&](id<MTLCommandBuffer> cb) {
+    [to_image encodeToCommandBuffer:cb sourceMatrix:xm destinationImage:xi];
+    [kernel encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
+    [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:ym];
+  });
+}
+
+}  // namespace
+
+BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+  const std::string op = "MaxPool2DMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = Declines(g);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSCNNPoolingMax* kernel = ops.Kernel([[MPSCNNPoolingMax alloc] initWithDevice:metal::Device()
+                                                                       kernelWidth:static_cast<NSUInteger>(g.k_w)
+                                                                      kernelHeight:static_cast<NSUInteger>(g.k_h)
+                                                                   strideInPixelsX:static_cast<NSUInteger>(g.stride_w)
+                                                                   strideInPixelsY:static_cast<NSUInteger>(g.stride_h)],
+                                          "MPSCNNPoolingMax initWithDevice:kernelWidth:...");
+    if (!ops.status.ok()) return ops.status;
+    return EncodeForward(ops, g, x, y, kernel);
+  }
+}
+
+BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+  const std::string op = "AvgPool2DMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = Declines(g);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSCNNPoolingAverage* kernel =
+        ops.Kernel([[MPSCNNPoolingAverage alloc] initWithDevice:metal::Device()
+                                                    kernelWidth:static_cast<NSUInteger>(g.k_w)
+                                                   kernelHeight:static_cast<NSUInteger>(g.k_h)
+                                                strideInPixelsX:static_cast<NSUInteger>(g.stride_w)
+                                                strideInPixelsY:static_cast<NSUInteger>(g.stride_h)],
+                   "MPSCNNPoolingAverage initWithDevice:kernelWidth:...");
+    if (!ops.status.ok()) return ops.status;
+    kernel.zeroPadSizeX = 0;  // padding that would count in the divisor: none (TF's rule)
+    kernel.zeroPadSizeY = 0;
+    return EncodeForward(ops, g, x, y, kernel);
+  }
+}
+
+}  // namespace pool
+}  // namespace tfmps

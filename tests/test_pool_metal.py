@@ -1,0 +1,151 @@
+"""The Metal backend of pooling (ops/pool/pool_metal.mm: MPSCNNPoolingMax / MPSCNNPoolingAverage
+on MPSImages) executed on the Linux Metal emulation, against the CPU backend (pool_cpu: the
+same loops the MpsMaxPool2D / MpsAvgPool2D CPU kernels run) and tf.nn's pooling.
+
+What this can tell (docs/metal-emulation.md): the emulation's fake (emulation/mps/mps_cnn_pooling.mm)
+turns Apple's documented window geometry (offset = the first window's centre, its top left
+corner at offset - floor(k/2), edgeMode Clamp) back into the CPU backend's geometry and runs
+its loops, so these tests check what pool_metal.mm does with MPS: the offset it derives
+from TF's VALID / SAME padding, edgeMode and zeroPadSize, the image shapes, buffer offsets,
+streams, nil handling and object lifetimes. They cannot tell how Apple's kernel rounds an
+average, nor confirm the fake's choices where Apple is silent (listed in the fake).
+"""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import metal_emu
+
+emu = metal_emu.load()
+
+OK, UNSUPPORTED, INTERNAL = 0, 1, 2
+UNWRITTEN = -7.0  # what the bindings fill the outputs with
+
+PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
+                    "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
+                    "MPSMatrixCopyToImage", "MPSCNNPoolingMax", "MPSCNNPoolingAverage", "NSError"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    assert emu.available(), "the metal context found no device on the emulation"
+    import tf_mps.device
+
+    count = tf_mps.device.loaded() is None
+    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+    yield
+    emu.reset_hooks()
+    if not count:
+        return
+    for _ in range(100):
+        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
+        if after == before:
+            break
+        time.sleep(0.01)
+    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+
+
+def _check(result, code=OK):
+    got, message = result
+    assert got == code, f"Metal backend returned code {got} ({message}), expected {code}"
+    return message
+
+
+def _x(shape, seed=0, ties=False):
+    rng = np.random.default_rng(seed)
+    if ties:  # few distinct values: many equal maxima
+        return rng.integers(-2, 3, size=shape).astype(np.float32)
+    return (rng.standard_normal(shape) * 3 - 1).astype(np.float32)
+
+
+def _tf(kind, x, k, s, padding):
+    fn = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
+    with tf.device("/CPU:0"):
+        return fn(x, ksize=list(k), strides=list(s), padding=padding).numpy()
+
+
+def _forward(kind, x, k, s, padding, offset=0, stream=False):
+    r, y = emu.pool_forward(x, k, s, padding, avg=(kind == "avg"), offset=offset, stream=stream)
+    _check(r)
+    ref = emu.pool_cpu(kind, x, k, s, padding)
+    if kind == "max":
+        np.testing.assert_array_equal(y, ref)
+        np.testing.assert_array_equal(y, _tf(kind, x, k, s, padding))
+    else:
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6)
+        np.testing.assert_allclose(y, _tf(kind, x, k, s, padding), rtol=1e-5, atol=1e-5)
+    return y
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("k,s", [((1, 1), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 3)),
+                                 ((4, 4), (1, 1)), ((5, 3), (3, 2))])
+def test_forward_shapes(kind, padding, k, s):
+    _forward(kind, _x((2, 9, 8, 5)), k, s, padding)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_forward_all_negative_same_padding(kind):
+    # Edge mode Zero would put 0.0 into the padded windows' maximum; Clamp does not.
+    x = -np.abs(_x((1, 5, 5, 3))) - 1
+    y = _forward(kind, x, (3, 3), (2, 2), "SAME")
+    assert (y < 0).all()
+
+
+def test_forward_window_the_whole_image():
+    _forward("avg", _x((3, 4, 6, 7)), (4, 6), (1, 1), "VALID")
+    _forward("max", _x((3, 4, 6, 7)), (7, 7), (5, 5), "SAME")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12), c=st.integers(1, 9),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       padding=st.sampled_from(["VALID", "SAME"]), kind=st.sampled_from(["max", "avg"]),
+       ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_forward_random(n, h, w, c, kh, kw, sh, sw, padding, kind, ties, seed):
+    if padding == "VALID" and (kh > h or kw > w):
+        kh, kw = min(kh, h), min(kw, w)
+    _forward(kind, _x((n, h, w, c), seed, ties), (kh, kw), (sh, sw), padding)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_forward_stream_and_offsets(kind):
+    x = _x((2, 7, 6, 6), 3)
+    _forward(kind, x, (3, 3), (2, 2), "SAME", stream=True)
+    _forward(kind, x, (3, 3), (2, 2), "SAME", offset=16)
+    r, y = emu.pool_forward(x, (3, 3), (2, 2), "SAME", avg=(kind == "avg"), offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    assert (y == UNWRITTEN).all()
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_forward_unsupported_writes_nothing(kind):
+    # Metal's texture side (16384) and the empty tensor stay on the CPU.
+    for shape, k in [((1, 1, 16385, 1), (1, 1)), ((0, 4, 4, 3), (2, 2)), ((4, 4, 4, 2100 * 4 // 4), (2, 2))]:
+        x = np.ones(shape, np.float32)
+        r, y = emu.pool_forward(x, k, (1, 1), "VALID", avg=(kind == "avg"))
+        _check(r, UNSUPPORTED)
+        assert (y == UNWRITTEN).all()
+
+
+@pytest.mark.parametrize("cls,kind", [("MPSCNNPoolingMax", "max"), ("MPSCNNPoolingAverage", "avg"),
+                                      ("MPSImage", "max"), ("MPSMatrixCopyToImage", "avg")])
+def test_forward_nil_is_internal(cls, kind):
+    x = _x((1, 4, 4, 4))
+    emu.fail_next_init(cls, 1)
+    r, y = emu.pool_forward(x, (2, 2), (2, 2), "VALID", avg=(kind == "avg"))
+    assert "nil" in _check(r, INTERNAL)
+    assert (y == UNWRITTEN).all()
+
+
+def test_forward_gpu_fault_is_internal():
+    x = _x((1, 4, 4, 4))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, _ = emu.pool_forward(x, (2, 2), (2, 2), "VALID")
+    assert "injected GPU fault" in _check(r, INTERNAL)
