@@ -37,7 +37,8 @@ NONE = np.zeros(0, np.float32)
 PER_CALL_CLASSES = ["MPSCNNBatchNormalizationStatisticsGradient", "MPSCNNBatchNormalizationGradient", "TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString", "MPSMatrix",
                     "MPSMatrixDescriptor", "MPSImage", "MPSImageDescriptor", "MPSImageCopyToMatrix",
                     "MPSMatrixCopyToImage", "MPSCNNBatchNormalization", "TFMPSBatchNormDataSource", "NSError",
-                    "MPSCNNBatchNormalizationState", "MPSCNNBatchNormalizationStatistics"]
+                    "MPSCNNBatchNormalizationState", "MPSCNNBatchNormalizationStatistics",
+                    "MPSCNNInstanceNormalization", "TFMPSInstanceNormDataSource"]
 
 
 @pytest.fixture(autouse=True)
@@ -345,14 +346,160 @@ def test_backward_failed_command_buffer_is_internal():
     assert "injected GPU fault" in _check(r, INTERNAL)
 
 
+# ------------------------------------------------------------------ instance norm forward
+def cpu_instance(x, gamma, beta, epsilon):
+    with tf.device("/CPU:0"):
+        outs = lib.mps_instance_norm(x=x, gamma=gamma, beta=beta, epsilon=epsilon)
+    return [t.numpy() for t in outs]
+
+
+def _compare_instance(x, gamma, beta, epsilon=1e-3, offset=0, stream=False):
+    r, y, m, v, inv = emu.norm_forward(x, gamma, beta, NONE, NONE, epsilon, instance=True, offset=offset,
+                                       stream=stream)
+    _check(r)
+    y_cpu, m_cpu, v_cpu, inv_cpu = cpu_instance(x, gamma, beta, epsilon)
+    # Statistics: MPSCNNBatchNormalizationStatistics over one image, which the fake
+    # computes with the CPU backend's loops: bit-identical here. y: MPSCNNInstanceNormalization
+    # (the fake: the CPU backend's instance forward): bit-identical too, but tested to
+    # float32 rounding, what a Mac can promise.
+    np.testing.assert_array_equal(m, m_cpu)
+    np.testing.assert_array_equal(v, v_cpu)
+    np.testing.assert_allclose(inv, inv_cpu, rtol=3e-7, atol=0)
+    scale = max(1.0, float(np.max(np.abs(y_cpu))))
+    np.testing.assert_allclose(y, y_cpu, rtol=1e-5, atol=2e-6 * scale, err_msg="y: Metal != CPU backend")
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 5), spatial=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+       channels=st.integers(1, 13), epsilon=st.sampled_from([1e-3, 1e-5, 0.5]), seed=st.integers(0, 2**16))
+def test_instance_matches_cpu_backend(batch, spatial, channels, epsilon, seed):
+    x, g, b, _, _ = _data((batch,) + tuple(spatial) + (channels,), seed)
+    _compare_instance(x, g, b, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (5, 7, 2), (1, 1, 1, 1), (3, 2, 2, 2, 5), (4, 3, 3, 17),
+                                   (2, 9, 9, 64), (2, 17, 401, 3)])
+def test_instance_shapes(shape):
+    x, g, b, _, _ = _data(shape, 9)
+    _compare_instance(x, g, b)
+
+
+def test_instance_stream_and_offsets():
+    x, g, b, _, _ = _data((3, 5, 4, 6), 13)
+    _compare_instance(x, g, b, stream=True)
+    _compare_instance(x, g, b, offset=32)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNInstanceNormalization", "MPSCNNBatchNormalization",
+                                 "MPSCNNBatchNormalizationStatistics", "MPSCNNBatchNormalizationState", "MPSImage"])
+def test_instance_nil_initializer_is_internal(cls):
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    emu.fail_next_init(cls, 1)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)
+    assert "nil" in _check(r, INTERNAL)
+    _assert_unwritten(mo, vo, inv)
+
+
+def test_instance_empty_image_is_unsupported():
+    x, g, b, _, _ = _data((2, 0, 3, 5))
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)
+    _check(r, UNSUPPORTED)
+    _assert_unwritten(mo, vo, inv)
+
+
+def test_instance_failed_command_buffer_is_internal():
+    x, g, b, _, _ = _data((2, 3, 3, 5))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)[0]
+    assert "injected GPU fault" in _check(r, INTERNAL)
+
+
+# ------------------------------------------------------------------ instance norm gradient
+def cpu_instance_backward(dy, x, gamma, mean, inv_std, gm=NONE, gv=NONE):
+    with tf.device("/CPU:0"):
+        outs = lib.mps_instance_norm_grad(dy=dy, x=x, gamma=gamma, mean=mean, inv_std=inv_std, mean_backprop=gm,
+                                          variance_backprop=gv)
+    return [t.numpy() for t in outs]
+
+
+def _instance_backward_data(shape, seed=0, epsilon=1e-3):
+    x, g, b, _, _ = _data(shape, seed)
+    dy = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
+    _, m, _, inv = cpu_instance(x, g, b, epsilon)
+    return dy, x, g, m, inv
+
+
+def _compare_instance_backward(dy, x, g, m, inv, gm=NONE, gv=NONE, offset=0, stream=False):
+    r, dx, dgamma, dbeta = emu.norm_backward(dy, x, g, m, inv, gm, gv, instance=True, offset=offset, stream=stream)
+    _check(r)
+    dx_cpu, dgamma_cpu, dbeta_cpu = cpu_instance_backward(dy, x, g, m, inv, gm, gv)
+    dscale = float(np.sqrt(x.size // x.shape[-1])) * 4
+    np.testing.assert_allclose(dbeta, dbeta_cpu, rtol=1e-5, atol=1e-6 * dscale, err_msg="dbeta")
+    np.testing.assert_allclose(dgamma, dgamma_cpu, rtol=1e-5, atol=1e-6 * dscale, err_msg="dgamma")
+    scale = max(1.0, float(np.max(np.abs(dx_cpu))))
+    np.testing.assert_allclose(dx, dx_cpu, rtol=1e-4, atol=1e-5 * scale, err_msg="dx: Metal != CPU backend")
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 5), spatial=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+       channels=st.integers(1, 13), epsilon=st.sampled_from([1e-3, 1e-5, 0.5]), seed=st.integers(0, 2**16))
+def test_instance_backward_matches_cpu_backend(batch, spatial, channels, epsilon, seed):
+    _compare_instance_backward(*_instance_backward_data((batch,) + tuple(spatial) + (channels,), seed, epsilon))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (5, 7, 2), (1, 1, 1, 1), (3, 2, 2, 2, 5), (4, 3, 3, 17),
+                                   (2, 9, 9, 64), (2, 17, 401, 3)])
+def test_instance_backward_shapes(shape):
+    _compare_instance_backward(*_instance_backward_data(shape, 17))
+
+
+def test_instance_backward_stream_offsets_and_zero_statistics_gradients():
+    dy, x, g, m, inv = _instance_backward_data((3, 5, 4, 6), 19)
+    _compare_instance_backward(dy, x, g, m, inv, stream=True)
+    _compare_instance_backward(dy, x, g, m, inv, offset=32)
+    _compare_instance_backward(dy, x, g, m, inv, np.zeros_like(m), np.zeros_like(m))
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, inv, NONE, NONE, instance=True, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+def test_instance_backward_unsupported_cases_write_nothing():
+    dy, x, g, m, inv = _instance_backward_data((3, 4, 4, 5), 2)
+    nz = np.zeros_like(m)
+    nz[1, 2] = 0.5
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, inv, nz, np.zeros_like(m), instance=True)
+    assert "nonzero" in _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+    bad = inv.copy()
+    bad[2, 0] = 0.0
+    r, dx, dg, db = emu.norm_backward(dy, x, g, m, bad, NONE, NONE, instance=True)
+    _check(r, UNSUPPORTED)
+    _assert_unwritten(dx, dg, db)
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNBatchNormalization", "MPSCNNBatchNormalizationStatisticsGradient",
+                                 "MPSCNNBatchNormalizationGradient", "MPSCNNBatchNormalizationState", "MPSImage"])
+def test_instance_backward_nil_initializer_is_internal(cls):
+    args = _instance_backward_data((2, 3, 3, 5))
+    emu.fail_next_init(cls, 1)
+    r, dx, dg, db = emu.norm_backward(*args, NONE, NONE, instance=True)
+    assert "nil" in _check(r, INTERNAL)
+    _assert_unwritten(dx, dg, db)
+
+
+def test_instance_backward_failed_command_buffer_is_internal():
+    args = _instance_backward_data((2, 3, 3, 5))
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r = emu.norm_backward(*args, NONE, NONE, instance=True)[0]
+    assert "injected GPU fault" in _check(r, INTERNAL)
+
+
 # ------------------------------------------------------------------ what returns Unsupported / Internal
 
 
-def test_instance_norm_is_unsupported_and_writes_nothing():
-    x, g, b, _, _ = _data((2, 3, 3, 5))
-    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)
-    assert "instance" in _check(r, UNSUPPORTED)
-    _assert_unwritten(y, mo, vo, inv)
 
 
 def test_no_rows_is_unsupported():

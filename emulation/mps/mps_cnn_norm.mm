@@ -7,7 +7,8 @@
 // -encodeToCommandBuffer:sourceImage:batchNormalizationState:destinationImage:
 // (training, the state's statistics); MPSCNNBatchNormalizationStatistics' batch encode;
 // MPSCNNBatchNormalizationStatisticsGradient's batch encode and
-// MPSCNNBatchNormalizationGradient's single-image encode (no fused neuron).
+// MPSCNNBatchNormalizationGradient's single-image encode (no fused neuron);
+// MPSCNNInstanceNormalization's initializer and inherited encode.
 // What Apple documents, and what the fake does with it:
 //  * MPSCNNBatchNormalization(3): per feature channel c,
 //      out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c].
@@ -30,7 +31,16 @@
 //  * The data source's -epsilon: the header says "Default value if method unavailable:
 //    FLT_MIN" (the kernel's epsilon property is separate and documented without a
 //    default).
+//  * MPSCNNInstanceNormalization (header): "normalizes each image, on a per-channel
+//    basis, to have zero mean and unit variance: y = (x - mean) * gamma /
+//    sqrt(variance + epsilon) + beta". -initWithDevice:dataSource: reads the data
+//    source's numberOfFeatureChannels, gamma, beta and its optional -epsilon ("Default
+//    value if method unavailable: FLT_MIN"; the fake takes FLT_MIN then).
 // Where Apple is silent, what the fake chooses (flag for a Mac run):
+//  * Instance norm's variance: biased, (1/(H*W)) sum (x - mean)^2 ("unit variance" of
+//    the output holds exactly for that one). The fake runs the CPU backend's instance
+//    norm forward (groups = the images of the MPSImage, rows = H*W). NULL gamma or beta
+//    aborts (emulation limit).
 //  * The variance is the biased one (the paper's, see above); Apple's pages never write
 //    the formula. Mean and variance are accumulated "over multiple images": the fake
 //    emulates one statistics encode per fresh (or -reset) state and aborts on a second.
@@ -590,3 +600,90 @@ void BatchNormBackwardEmu(MPSCNNBatchNormalizationState* state, const std::vecto
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ instance normalization
+@implementation MPSCNNInstanceNormalization {
+  id<MPSCNNInstanceNormalizationDataSource> _dataSource;
+  int64_t _channels;
+  std::vector<float> _gamma, _beta;
+  float _epsilon;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                    dataSource:(id<MPSCNNInstanceNormalizationDataSource>)dataSource {
+  const char* method = "-[MPSCNNInstanceNormalization initWithDevice:dataSource:]";
+  if (dataSource == nil) EmuValidationFailure(method, "dataSource is nil");
+  self = [super initEmuWithDevice:device];
+  if (self == nil) return nil;
+  _channels = static_cast<int64_t>([dataSource numberOfFeatureChannels]);
+  if (_channels < 1) EmuValidationFailure(method, "the data source has no feature channels");
+  const float* gamma = [dataSource gamma];
+  const float* beta = [dataSource beta];
+  if (gamma == nullptr || beta == nullptr) {
+    EmuValidationFailure(method, "emulation limit: the data source's gamma or beta is NULL");
+  }
+  _gamma.assign(gamma, gamma + _channels);
+  _beta.assign(beta, beta + _channels);
+  _epsilon = [dataSource respondsToSelector:@selector(epsilon)] ? [dataSource epsilon]
+                                                                 : std::numeric_limits<float>::min();
+  _dataSource = dataSource;
+  return self;
+}
+
+- (float)epsilon { return _epsilon; }
+- (void)setEpsilon:(float)v { _epsilon = v; }
+- (id<MPSCNNInstanceNormalizationDataSource>)dataSource { return _dataSource; }
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+                  sourceImage:(MPSImage*)sourceImage
+             destinationImage:(MPSImage*)destinationImage {
+  const char* method = "-[MPSCNNInstanceNormalization encodeToCommandBuffer:sourceImage:destinationImage:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationImage", destinationImage, [self device]);
+  if (static_cast<int64_t>([sourceImage featureChannels]) != _channels) {
+    EmuValidationFailure(method, "sourceImage has " + S([sourceImage featureChannels]) +
+                                     " feature channels; the data source has " + S(_channels));
+  }
+  if (!SameSize(sourceImage, destinationImage)) {
+    EmuValidationFailure(method, "emulation limit: destinationImage is not the size of sourceImage");
+  }
+  if (sourceImage == destinationImage) {
+    EmuValidationFailure(method, "emulation check: the source and destination are one image");
+  }
+  const std::vector<float> gamma = _gamma, beta = _beta;
+  const float epsilon = _epsilon;
+  MPSImage* src = sourceImage;
+  MPSImage* dst = destinationImage;
+  [dst beginGpuWrite];
+  EmuEncode(
+      commandBuffer, method,
+      [gamma, beta, epsilon, src, dst] {
+        const std::vector<float> x = ReadNhwc(src);
+        std::vector<float> y(x.size());
+        tfmps::norm::NormShape s;
+        s.groups = static_cast<int64_t>([src numberOfImages]);
+        s.channels = static_cast<int64_t>(gamma.size());
+        s.rows = static_cast<int64_t>([src height] * [src width]);
+        const size_t stats = static_cast<size_t>(s.groups * s.channels);
+        std::vector<float> mean(stats), variance(stats), inv_std(stats);
+        tfmps::norm::ForwardArgs a;
+        a.dtype = tfmps::norm::DataType::kFloat32;
+        a.x = x.data();
+        a.gamma = gamma.data();
+        a.beta = beta.data();
+        a.epsilon = epsilon;
+        a.y = y.data();
+        a.mean = mean.data();
+        a.variance = variance.data();
+        a.inv_std = inv_std.data();
+        std::vector<double> workspace(
+            static_cast<size_t>(std::max<int64_t>(1, tfmps::norm::ForwardCpuWorkspace(s, /*training=*/true))));
+        tfmps::norm::ForwardCpu(s, a, workspace.data(), kSerial);
+        WriteNhwc(dst, y);
+      },
+      [dst] { [dst endGpuWrite]; });
+}
+
+@end

@@ -14,9 +14,14 @@
 // stream the call first waits for the stream's queued work.
 //
 // What runs on Metal (norm_metal.mm says why the rest does not):
-//   NormForwardMetal   batch norm inference and training (batch statistics), float32.
-//   NormBackwardMetal  the batch norm training gradient (dx, dgamma, dbeta), float32, when
-//                      the statistics outputs' own gradients are absent or zero.
+//   NormForwardMetal   batch norm inference and training (batch statistics), instance
+//                      norm; float32.
+//   NormBackwardMetal  the batch norm training gradient and the instance norm gradient
+//                      (dx, dgamma, dbeta), float32, when the statistics outputs' own
+//                      gradients are absent or zero.
+// Batch norm training and both instance norm paths also wait for their own command
+// buffer (the host reads the statistics or the per-image sums); batch norm inference and
+// the batch norm gradient do not.
 #ifndef TFMPS_NORM_NORM_METAL_H_
 #define TFMPS_NORM_NORM_METAL_H_
 

@@ -49,8 +49,23 @@
 // the statistics kernel and the source images: that a data-source-initialized state
 // serves is the one assumption here a Mac run must confirm.
 //
-// kUnsupported (the CPU backend runs): float16 data; instance norm (not written yet);
-// the inference gradient (MPS's gradient kernels are the training one); nonzero
+// Instance norm forward: each image n of x's [N, R*C] view gets its own 1-image MPSImage
+// (MPSMatrixCopyToImage's sourceMatrixOrigin row n, back with destinationMatrixOrigin).
+// y: MPSCNNInstanceNormalization (Apple: per image and channel, "y = (x - mean) * gamma /
+// sqrt(variance + epsilon) + beta", "to have zero mean and unit variance": the biased
+// variance, though Apple never writes it; flag for a Mac run), epsilon set explicitly.
+// MPS does not expose its statistics, so the mean and variance outputs come from
+// MPSCNNBatchNormalizationStatistics over that one image (batch statistics of one image
+// are its instance statistics), blitted, waited for, inv_std formed on the host.
+// Instance norm gradient: per image, the batch norm gradient kernels above on a state
+// initialized from row n of mean and 1 / inv_std^2 (epsilon 0); the per-image gradients
+// for gamma and beta are blitted to a staging buffer and summed over the images on the
+// host in double after the wait. Not MPSCNNInstanceNormalizationGradient: its state comes
+// from the forward kernel (resultStateForSourceImage:...), which recomputes the
+// statistics with the forward's epsilon; the gradient op has neither that epsilon nor a
+// way to hand MPS the given mean and inv_std, so it could only give a near result.
+//
+// kUnsupported (the CPU backend runs): float16 data; the inference gradient (MPS's gradient kernels are the training one); nonzero
 // gradients of the statistics outputs; inv_std not positive and finite; no rows (the
 // empty-statistics case); images beyond Metal's limits; x, y, dy, dx not in a
 // registered, 16-byte aligned buffer (dgamma, dbeta: not in a registered buffer).
@@ -142,6 +157,56 @@
                                                        mean:_mean
                                                    variance:_variance
                                                     epsilon:_epsilon];
+}
+
+@end
+
+// The per-channel scale and bias of one instance normalization, over the op's arrays.
+@interface TFMPSInstanceNormDataSource : NSObject <MPSCNNInstanceNormalizationDataSource>
+- (instancetype)initWithChannels:(NSUInteger)channels
+                           gamma:(const float*)gamma
+                            beta:(const float*)beta
+                         epsilon:(float)epsilon;
+@end
+
+@implementation TFMPSInstanceNormDataSource {
+  NSUInteger _channels;
+  const float* _gamma;
+  const float* _beta;
+  float _epsilon;
+}
+
+- (instancetype)initWithChannels:(NSUInteger)channels
+                           gamma:(const float*)gamma
+                            beta:(const float*)beta
+                         epsilon:(float)epsilon {
+  self = [super init];
+  if (self == nil) return nil;
+  _channels = channels;
+  _gamma = gamma;
+  _beta = beta;
+  _epsilon = epsilon;
+  return self;
+}
+
+- (NSUInteger)numberOfFeatureChannels {
+  return _channels;
+}
+// MPS reads, never writes, these.
+- (float*)gamma {
+  return const_cast<float*>(_gamma);
+}
+- (float*)beta {
+  return const_cast<float*>(_beta);
+}
+- (float)epsilon {
+  return _epsilon;
+}
+- (NSString*)label {
+  return @"tf-mps instance norm parameters";
+}
+- (id)copyWithZone:(NSZone*)zone {
+  return [[TFMPSInstanceNormDataSource alloc] initWithChannels:_channels gamma:_gamma beta:_beta epsilon:_epsilon];
 }
 
 @end
@@ -272,11 +337,117 @@ float InvStd(float variance, float epsilon) {
 
 }  // namespace
 
+namespace {
+
+// Instance norm forward: per image n (one 1-image MPSImage each, copied from row n of x's
+// [N, R*C] matrix), MPSCNNInstanceNormalization for y and MPSCNNBatchNormalizationStatistics
+// (the batch statistics of that one image are its instance statistics) for the mean and
+// variance outputs, blitted to a staging buffer the host reads after the wait.
+BackendStatus InstanceForward(const std::string& op, const NormShape& s, const ForwardArgs& a) {
+  if (s.rows == 0 || s.groups < 1 || s.channels == 0) {
+    return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the statistics)");
+  }
+  ImageShape shape;
+  const std::string why = ImagesOf(s, /*instance=*/true, &shape);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  ImageShape one = shape;
+  one.n = 1;
+  const int64_t N = s.groups, C = s.channels;
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* x = ops.Matrix("x", a.x, shape);
+    MPSMatrix* y = ops.Matrix("y", a.y, shape);
+    std::vector<MPSImage*> xi, yi;
+    for (int64_t n = 0; n < N && ops.status.ok(); ++n) {
+      xi.push_back(ops.Image("x", one));
+      yi.push_back(ops.Image("y", one));
+    }
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+    if (!ops.status.ok()) return ops.status;
+    BackendStatus st = WaitForStream(op);
+    if (!st.ok()) return st;
+    TFMPSInstanceNormDataSource* in_source =
+        [[TFMPSInstanceNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(C)
+                                                        gamma:a.gamma
+                                                         beta:a.beta
+                                                      epsilon:a.epsilon];
+    MPSCNNInstanceNormalization* inorm = [[MPSCNNInstanceNormalization alloc] initWithDevice:metal::Device()
+                                                                                   dataSource:in_source];
+    if (inorm == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNInstanceNormalization initWithDevice:dataSource: returned nil");
+    }
+    inorm.epsilon = a.epsilon;
+    TFMPSBatchNormDataSource* bn_source =
+        [[TFMPSBatchNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(C)
+                                                     gamma:a.gamma
+                                                      beta:a.beta
+                                                      mean:nullptr
+                                                  variance:nullptr
+                                                   epsilon:a.epsilon];
+    MPSCNNBatchNormalization* bn = [[MPSCNNBatchNormalization alloc] initWithDevice:metal::Device()
+                                                                         dataSource:bn_source];
+    if (bn == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalization initWithDevice:dataSource: returned nil");
+    bn.epsilon = a.epsilon;
+    MPSCNNBatchNormalizationStatistics* stats =
+        [[MPSCNNBatchNormalizationStatistics alloc] initWithDevice:metal::Device()];
+    if (stats == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationStatistics initWithDevice: returned nil");
+    }
+    std::vector<MPSCNNBatchNormalizationState*> states;
+    for (int64_t n = 0; n < N; ++n) {
+      MPSCNNBatchNormalizationState* state = [bn resultStateForSourceImage:xi[n] sourceStates:nil destinationImage:yi[n]];
+      if (state == nil || state.mean == nil || state.variance == nil) {
+        return BackendStatus::Internal(op + ": MPSCNNBatchNormalization resultStateForSourceImage: returned nil");
+      }
+      states.push_back(state);
+    }
+    const size_t bytes = static_cast<size_t>(C) * sizeof(float);
+    id<MTLBuffer> staged = [metal::Device() newBufferWithLength:2 * static_cast<size_t>(N) * bytes
+                                                        options:MTLResourceStorageModeShared];
+    if (staged == nil) return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");
+    st = metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+      for (int64_t n = 0; n < N; ++n) {
+        to_image.sourceMatrixOrigin = MTLOriginMake(0, static_cast<NSUInteger>(n), 0);
+        [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi[n]];
+        [stats encodeBatchToCommandBuffer:cb sourceImages:@[ xi[n] ] batchNormalizationState:states[n]];
+        [inorm encodeToCommandBuffer:cb sourceImage:xi[n] destinationImage:yi[n]];
+        to_matrix.destinationMatrixOrigin = MTLOriginMake(0, static_cast<NSUInteger>(n), 0);
+        [to_matrix encodeToCommandBuffer:cb sourceImage:yi[n] destinationMatrix:y];
+      }
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      for (int64_t n = 0; n < N; ++n) {
+        [blit copyFromBuffer:states[n].mean
+                 sourceOffset:0
+                     toBuffer:staged
+            destinationOffset:static_cast<size_t>(n) * bytes
+                         size:bytes];
+        [blit copyFromBuffer:states[n].variance
+                 sourceOffset:0
+                     toBuffer:staged
+            destinationOffset:static_cast<size_t>(N + n) * bytes
+                         size:bytes];
+      }
+      [blit endEncoding];
+    });
+    if (!st.ok()) return st;
+    const float* stat = static_cast<const float*>([staged contents]);
+    for (int64_t i = 0; i < N * C; ++i) {
+      a.mean[i] = stat[i];
+      a.variance[i] = stat[N * C + i];
+      a.inv_std[i] = InvStd(a.variance[i], a.epsilon);
+    }
+    return BackendStatus::Ok();
+  }
+}
+
+}  // namespace
+
 BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool instance) {
   const std::string op = instance ? "InstanceNormForwardMetal" : "BatchNormForwardMetal";
   if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   if (a.dtype != DataType::kFloat32) return BackendStatus::Unsupported(op + ": float16 data (float32 only)");
-  if (instance) return BackendStatus::Unsupported(op + ": instance norm is not on Metal yet");
+  if (instance) return InstanceForward(op, s, a);
   if (s.rows == 0 || s.groups != 1 || s.channels == 0) {
     return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the statistics)");
   }
@@ -355,11 +526,166 @@ BackendStatus NormForwardMetal(const NormShape& s, const ForwardArgs& a, bool in
   }
 }
 
+namespace {
+
+// MPS's gradient is the one of y's dependence on x through the statistics; the extra
+// terms of the statistics outputs' own gradients (norm.h: gm, gv) are not in it. Read on
+// the host (after the stream's wait): "" or why not.
+std::string StatisticsGradientsAreZero(const BackwardArgs& a, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if ((a.mean_backprop != nullptr && a.mean_backprop[i] != 0.0f) ||
+        (a.variance_backprop != nullptr && a.variance_backprop[i] != 0.0f)) {
+      return "nonzero gradients of the mean or variance outputs";
+    }
+  }
+  return "";
+}
+
+// variance = 1 / inv_std^2 for a data source with epsilon 0 (see the file comment): ""
+// or why not.
+std::string VarianceOf(const float* mean, const float* inv_std, int64_t count, std::vector<float>* variance) {
+  variance->resize(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const double inv = inv_std[i];
+    if (!(inv > 0.0) || !std::isfinite(inv) || !std::isfinite(mean[i])) {
+      return "inv_std is not positive and finite, or mean is not finite";
+    }
+    const float v = static_cast<float>(1.0 / (inv * inv));
+    if (!std::isfinite(v) || v <= 0.0f) return "1 / inv_std^2 is not a positive float32";
+    (*variance)[static_cast<size_t>(i)] = v;
+  }
+  return "";
+}
+
+// Instance norm gradient: per image n, the batch norm training gradient kernels on a
+// state initialized from row n of mean and inv_std (the batch statistics of one image are
+// its instance statistics); the per-image gradients for gamma and beta are blitted to a
+// staging buffer and summed over the images on the host (in double) after the wait.
+BackendStatus InstanceBackward(const std::string& op, const NormShape& s, const BackwardArgs& a) {
+  if (s.rows == 0 || s.groups < 1 || s.channels == 0) {
+    return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the zero sums)");
+  }
+  ImageShape shape;
+  const std::string why = ImagesOf(s, /*instance=*/true, &shape);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  ImageShape one = shape;
+  one.n = 1;
+  const int64_t N = s.groups, C = s.channels;
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* dy = ops.Matrix("dy", a.dy, shape);
+    MPSMatrix* x = ops.Matrix("x", a.x, shape);
+    MPSMatrix* dx = ops.Matrix("dx", a.dx, shape);
+    std::vector<MPSImage*> dyi, xi, dxi;
+    for (int64_t n = 0; n < N && ops.status.ok(); ++n) {
+      dyi.push_back(ops.Image("dy", one));
+      xi.push_back(ops.Image("x", one));
+      dxi.push_back(ops.Image("dx", one));
+    }
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+    if (!ops.status.ok()) return ops.status;
+    BackendStatus st = WaitForStream(op);
+    if (!st.ok()) return st;
+    std::string no = StatisticsGradientsAreZero(a, N * C);
+    if (!no.empty()) return BackendStatus::Unsupported(op + ": " + no);
+    std::vector<float> variance, zeros(static_cast<size_t>(C), 0.0f);
+    no = VarianceOf(a.mean, a.inv_std, N * C, &variance);
+    if (!no.empty()) return BackendStatus::Unsupported(op + ": " + no);
+    MPSCNNBatchNormalizationStatisticsGradient* stats_grad =
+        [[MPSCNNBatchNormalizationStatisticsGradient alloc] initWithDevice:metal::Device() fusedNeuronDescriptor:nil];
+    if (stats_grad == nil) {
+      return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationStatisticsGradient initWithDevice: returned nil");
+    }
+    MPSCNNBatchNormalizationGradient* grad =
+        [[MPSCNNBatchNormalizationGradient alloc] initWithDevice:metal::Device() fusedNeuronDescriptor:nil];
+    if (grad == nil) return BackendStatus::Internal(op + ": MPSCNNBatchNormalizationGradient initWithDevice: returned nil");
+    std::vector<MPSCNNBatchNormalizationState*> states;
+    for (int64_t n = 0; n < N; ++n) {
+      TFMPSBatchNormDataSource* source =
+          [[TFMPSBatchNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(C)
+                                                       gamma:a.gamma
+                                                        beta:zeros.data()
+                                                        mean:a.mean + n * C
+                                                    variance:variance.data() + n * C
+                                                     epsilon:0.0f];
+      MPSCNNBatchNormalization* bn = [[MPSCNNBatchNormalization alloc] initWithDevice:metal::Device()
+                                                                           dataSource:source];
+      if (bn == nil) {
+        return BackendStatus::Internal(op + ": MPSCNNBatchNormalization initWithDevice:dataSource: returned nil");
+      }
+      bn.epsilon = 0.0f;
+      MPSCNNBatchNormalizationState* state = [bn resultStateForSourceImage:xi[n] sourceStates:nil
+                                                          destinationImage:dxi[n]];
+      if (state == nil) {
+        return BackendStatus::Internal(op + ": MPSCNNBatchNormalization resultStateForSourceImage: returned nil");
+      }
+      states.push_back(state);
+    }
+    const size_t bytes = static_cast<size_t>(C) * sizeof(float);
+    id<MTLBuffer> staged = [metal::Device() newBufferWithLength:2 * static_cast<size_t>(N) * bytes
+                                                        options:MTLResourceStorageModeShared];
+    if (staged == nil) return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");
+    bool no_gradients = false;
+    st = metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+      for (int64_t n = 0; n < N; ++n) {
+        to_image.sourceMatrixOrigin = MTLOriginMake(0, static_cast<NSUInteger>(n), 0);
+        [to_image encodeToCommandBuffer:cb sourceMatrix:dy destinationImage:dyi[n]];
+        [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi[n]];
+        [stats_grad encodeBatchToCommandBuffer:cb
+                               sourceGradients:@[ dyi[n] ]
+                                  sourceImages:@[ xi[n] ]
+                       batchNormalizationState:states[n]];
+        [grad encodeToCommandBuffer:cb
+                     sourceGradient:dyi[n]
+                        sourceImage:xi[n]
+            batchNormalizationState:states[n]
+                destinationGradient:dxi[n]];
+        to_matrix.destinationMatrixOrigin = MTLOriginMake(0, static_cast<NSUInteger>(n), 0);
+        [to_matrix encodeToCommandBuffer:cb sourceImage:dxi[n] destinationMatrix:dx];
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        if (states[n].gradientForGamma == nil || states[n].gradientForBeta == nil) no_gradients = true;
+      }
+      if (no_gradients) return;
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      for (int64_t n = 0; n < N; ++n) {
+        [blit copyFromBuffer:states[n].gradientForGamma
+                 sourceOffset:0
+                     toBuffer:staged
+            destinationOffset:static_cast<size_t>(n) * bytes
+                         size:bytes];
+        [blit copyFromBuffer:states[n].gradientForBeta
+                 sourceOffset:0
+                     toBuffer:staged
+            destinationOffset:static_cast<size_t>(N + n) * bytes
+                         size:bytes];
+      }
+      [blit endEncoding];
+    });
+    if (!st.ok()) return st;
+    if (no_gradients) return BackendStatus::Internal(op + ": a state's gradientForGamma or gradientForBeta is nil");
+    const float* g = static_cast<const float*>([staged contents]);
+    for (int64_t c = 0; c < C; ++c) {
+      double dgamma = 0.0, dbeta = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        dgamma += g[n * C + c];
+        dbeta += g[(N + n) * C + c];
+      }
+      a.gamma_backprop[c] = static_cast<float>(dgamma);
+      a.beta_backprop[c] = static_cast<float>(dbeta);
+    }
+    return BackendStatus::Ok();
+  }
+}
+
+}  // namespace
+
 BackendStatus NormBackwardMetal(const NormShape& s, const BackwardArgs& a, bool instance) {
   const std::string op = instance ? "InstanceNormBackwardMetal" : "BatchNormBackwardMetal";
   if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   if (a.dtype != DataType::kFloat32) return BackendStatus::Unsupported(op + ": float16 data (float32 only)");
-  if (instance) return BackendStatus::Unsupported(op + ": instance norm is not on Metal yet");
+  if (instance) return InstanceBackward(op, s, a);
   if (!a.training) {
     return BackendStatus::Unsupported(op + ": the inference gradient (MPS's gradient kernels are the training "
                                            "gradient of the batch statistics)");
@@ -389,29 +715,13 @@ BackendStatus NormBackwardMetal(const NormShape& s, const BackwardArgs& a, bool 
     if (!ops.status.ok()) return ops.status;
     BackendStatus st = WaitForStream(op);
     if (!st.ok()) return st;
-    // MPS's gradient is the one of y's dependence on x through the batch statistics; the
-    // extra terms of the statistics outputs' own gradients (norm.h: gm, gv) are not in it.
-    for (int64_t c = 0; c < s.channels; ++c) {
-      if ((a.mean_backprop != nullptr && a.mean_backprop[c] != 0.0f) ||
-          (a.variance_backprop != nullptr && a.variance_backprop[c] != 0.0f)) {
-        return BackendStatus::Unsupported(op + ": nonzero gradients of the batch mean or variance outputs");
-      }
-    }
+    std::string no = StatisticsGradientsAreZero(a, s.channels);
+    if (!no.empty()) return BackendStatus::Unsupported(op + ": " + no);
     // The forward's statistics, given as mean and inv_std, initialize the state through
-    // the data source (Apple: its mean and variance "initialize the state for a
-    // subsequent batch normalization"); with epsilon 0 MPS's 1 / sqrt(variance + epsilon)
-    // is inv_std up to float32 rounding when variance = 1 / inv_std^2.
-    std::vector<float> variance(static_cast<size_t>(s.channels)), zeros(static_cast<size_t>(s.channels), 0.0f);
-    for (int64_t c = 0; c < s.channels; ++c) {
-      const double inv = a.inv_std[c];
-      if (!(inv > 0.0) || !std::isfinite(inv) || !std::isfinite(a.mean[c])) {
-        return BackendStatus::Unsupported(op + ": inv_std is not positive and finite, or mean is not finite");
-      }
-      variance[static_cast<size_t>(c)] = static_cast<float>(1.0 / (inv * inv));
-      if (!std::isfinite(variance[static_cast<size_t>(c)]) || variance[static_cast<size_t>(c)] <= 0.0f) {
-        return BackendStatus::Unsupported(op + ": 1 / inv_std^2 is not a positive float32");
-      }
-    }
+    // the data source (see the file comment).
+    std::vector<float> variance, zeros(static_cast<size_t>(s.channels), 0.0f);
+    no = VarianceOf(a.mean, a.inv_std, s.channels, &variance);
+    if (!no.empty()) return BackendStatus::Unsupported(op + ": " + no);
     TFMPSBatchNormDataSource* source =
         [[TFMPSBatchNormDataSource alloc] initWithChannels:static_cast<NSUInteger>(s.channels)
                                                      gamma:a.gamma

@@ -120,4 +120,29 @@ typedef NSArray<MPSImage*> MPSImageBatch;
           destinationGradient:(MPSImage*)destinationGradient;
 @end
 
+// MPSCNNInstanceNormalization.h (macOS 10.13.4): the per-channel scale and bias of an
+// instance normalization. epsilon is optional: "Default value if method unavailable:
+// FLT_MIN".
+@protocol MPSCNNInstanceNormalizationDataSource <NSObject, NSCopying>
+@required
+- (float*)gamma;
+- (float*)beta;
+@property(readonly, nonatomic) NSUInteger numberOfFeatureChannels;
+- (NSString*)label;
+@optional
+- (float)epsilon;
+@end
+
+// MPSCNNInstanceNormalization.h (macOS 10.13.4): "normalizes each image, on a per-channel
+// basis, to have zero mean and unit variance: for each image: for each channel:
+// y = (x - mean) * gamma / sqrt(variance + epsilon) + beta". The inherited
+// -encodeToCommandBuffer:sourceImage:destinationImage: runs it.
+@interface MPSCNNInstanceNormalization : MPSCNNKernel
+@property(readwrite, nonatomic) float epsilon;
+@property(readonly, retain, nonatomic) id<MPSCNNInstanceNormalizationDataSource> dataSource;
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                    dataSource:(id<MPSCNNInstanceNormalizationDataSource>)dataSource;
+- (instancetype)initWithDevice:(id<MTLDevice>)device NS_UNAVAILABLE;
+@end
+
 #endif  // TFMPS_STUB_MPSCNNNORMALIZATION_H_
