@@ -145,3 +145,107 @@ def test_failed_command_buffer_is_internal():
     emu.fail_next_command_buffers(1, "injected GPU fault")
     r, y = emu.dense_fc_forward(*_data(2, 3, 4))
     assert "injected GPU fault" in _check(r, INTERNAL)
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def _compare_grads(n, k, m, seed=0, offset=0, stream=False, bias=True):
+    x, w, _ = _data(n, k, m, bias=False, seed=seed)
+    dy = np.random.default_rng(seed + 1).standard_normal((n, m)).astype(np.float32)
+    want_dx, want_dw, want_db = emu.dense_backprop_cpu(x, w, dy)
+    r, dx = emu.dense_fc_backprop_input(dy, w, offset=offset, stream=stream)
+    _check(r)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5 * np.sqrt(m))
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy, bias=bias, offset=offset, stream=stream)
+    _check(r)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5 * np.sqrt(n))
+    if bias:
+        np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-5 * np.sqrt(n))
+    else:
+        assert db.size == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 9), k=st.integers(1, 23), m=st.integers(1, 19), seed=st.integers(0, 2**16))
+def test_gradients_match_cpu_backend(n, k, m, seed):
+    _compare_grads(n, k, m, seed)
+
+
+@pytest.mark.parametrize("n,k,m", [(1, 1, 1), (3, 4, 4), (5, 7, 3), (2, 64, 129), (33, 10, 6)])
+def test_gradient_shapes(n, k, m):
+    _compare_grads(n, k, m)
+    _compare_grads(n, k, m, bias=False)
+
+
+def test_gradients_exact_small_integers():
+    x = np.array([[1, -2, 3], [0, 1, -1]], np.float32)
+    w = np.array([[1, 0], [2, 1], [-1, 3]], np.float32)
+    dy = np.array([[1, 2], [-3, 1]], np.float32)
+    r, dx = emu.dense_fc_backprop_input(dy, w)
+    _check(r)
+    np.testing.assert_array_equal(dx, dy @ w.T)
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy)
+    _check(r)
+    np.testing.assert_array_equal(dw, x.T @ dy)
+    np.testing.assert_array_equal(db, dy.sum(0))
+
+
+def test_gradients_in_a_device_stream_and_offsets():
+    _compare_grads(4, 6, 5, stream=True)
+    _compare_grads(4, 6, 5, offset=32)
+    x, w, _ = _data(4, 6, 5, bias=False)
+    dy = np.ones((4, 5), np.float32)
+    r, dx = emu.dense_fc_backprop_input(dy, w, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    assert (dx == UNWRITTEN).all()
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy, offset=4)
+    assert "aligned" in _check(r, UNSUPPORTED)
+    assert (dw == UNWRITTEN).all() and (db == UNWRITTEN).all()
+
+
+def test_gradients_relu_is_unsupported():
+    x, w, _ = _data(3, 4, 5, bias=False)
+    dy = np.ones((3, 5), np.float32)
+    r, dx = emu.dense_fc_backprop_input(dy, w, relu=True)
+    assert "relu" in _check(r, UNSUPPORTED)
+    assert (dx == UNWRITTEN).all()
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy, relu=True)
+    assert "relu" in _check(r, UNSUPPORTED)
+    assert (dw == UNWRITTEN).all() and (db == UNWRITTEN).all()
+
+
+@pytest.mark.parametrize("n,k,m", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (513, 16, 3)])
+def test_gradients_empty_or_too_large_is_unsupported(n, k, m):
+    x, w, _ = _data(n, k, m, bias=False)
+    dy = np.ones((n, m), np.float32)
+    r, dx = emu.dense_fc_backprop_input(dy, w)
+    _check(r, UNSUPPORTED)
+    assert (dx == UNWRITTEN).all()
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy)
+    _check(r, UNSUPPORTED)
+    assert (dw == UNWRITTEN).all() and (db == UNWRITTEN).all()
+
+
+@pytest.mark.parametrize("cls", ["MPSCNNFullyConnected", "MPSCNNFullyConnectedGradient",
+                                 "MPSCNNConvolutionGradientState", "MPSImage"])
+def test_gradients_nil_initializer_is_internal(cls):
+    x, w, _ = _data(2, 3, 4, bias=False)
+    dy = np.ones((2, 4), np.float32)
+    emu.fail_next_init(cls, 1)
+    r, dx = emu.dense_fc_backprop_input(dy, w)
+    assert "nil" in _check(r, INTERNAL)
+    assert (dx == UNWRITTEN).all()
+    emu.fail_next_init(cls, 1)
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy)
+    assert "nil" in _check(r, INTERNAL)
+    assert (dw == UNWRITTEN).all() and (db == UNWRITTEN).all()
+
+
+def test_gradients_failed_command_buffer_is_internal():
+    x, w, _ = _data(2, 3, 4, bias=False)
+    dy = np.ones((2, 4), np.float32)
+    emu.fail_next_command_buffers(1, "injected GPU fault")
+    r, dw, db = emu.dense_fc_backprop_kernel(x, dy)
+    assert "injected GPU fault" in _check(r, INTERNAL)
+    assert (dw == UNWRITTEN).all() and (db == UNWRITTEN).all()

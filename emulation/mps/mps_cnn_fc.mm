@@ -2,6 +2,13 @@
 // Linux emulation only; built with ARC. They compute with the CPU backend of the dense
 // family (ops/dense/dense.h, float32 accumulation).
 //
+// What is emulated: MPSCNNFullyConnected's initializer, encode and
+// -resultStateForSourceImage:sourceStates:destinationImage: (an
+// MPSCNNConvolutionGradientState with gradientForWeights [No][1][1][Ni] and
+// gradientForBiases [No], private float32 buffers, as mps_cnn.mm's convolution makes
+// them); MPSCNNFullyConnectedGradient's initializer and encode (GradientWithData: dx =
+// dy W into destinationGradient with its own data source's weights;
+// GradientWithWeightsAndBias: the batch sums dW = dy^T x, db = sum dy into the state).
 // What Apple documents, and what the fake does with it:
 //  * MPSCNNFullyConnected (MPSCNNConvolution subclass, -initWithDevice:weights:): "the
 //    kernel width is equal to the width of the source image, and the kernel height is
@@ -13,6 +20,9 @@
 //  * The data source is read as MPSCNNConvolution's: -load (NO: nil), -descriptor,
 //    -dataType, -weights, -biasTerms ([No] or NULL), -purge; the kernel keeps copies.
 //  * fusedNeuronDescriptor: none, or ReLU with a = 0 (as mps_cnn.mm's convolution).
+//  * MPSCNNFullyConnectedGradient (macOS 10.13.4) "computes the gradient for fully
+//    connected layer"; it inherits MPSCNNConvolutionGradient (gradientOption, default
+//    All) and, as a gradient kernel, takes no fused neuron (the fake aborts on one).
 //  * accumulatorPrecisionOption: starts at Half, as mps_cnn.mm's convolution, and the
 //    encode aborts unless it is Float (the fake sums in float32 only).
 // Where Apple is silent, what the fake chooses (flag for a Mac run):
@@ -63,6 +73,18 @@ struct ConvParamsMirror {
 @interface MPSCNNConvolution () {
   ConvParamsMirror _p;
   MPSNNConvolutionAccumulatorPrecisionOption _accumulatorPrecisionOption;
+}
+@end
+
+// MPSCNNConvolutionGradientState's ivars that the fully connected kernels set, as
+// mps_cnn.mm's @implementation declares them (@public there). Their offsets are the
+// symbols mps_cnn.mm defines, so a renamed ivar fails at link time; no class here
+// subclasses the state, so the others need no mirror.
+@interface MPSCNNConvolutionGradientState () {
+ @public
+  id<MTLBuffer> _gradientForWeights;
+  id<MTLBuffer> _gradientForBiases;
+  MPSCNNConvolution* _convolution;
 }
 @end
 
@@ -283,17 +305,129 @@ void CheckGeometry(const char* method, const FcParams& p, MPSOffset offset, MPSI
 - (MPSCNNConvolutionGradientState*)resultStateForSourceImage:(MPSImage*)sourceImage
                                                 sourceStates:(NSArray<MPSState*>*)sourceStates
                                             destinationImage:(MPSImage*)destinationImage {
-  EmuValidationFailure("-[MPSCNNFullyConnected resultStateForSourceImage:sourceStates:destinationImage:]",
-                       "emulation limit: the fully connected gradient state is not emulated yet");
+  const char* method = "-[MPSCNNFullyConnected resultStateForSourceImage:sourceStates:destinationImage:]";
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationImage", destinationImage, [self device]);
+  CheckGeometry(method, _fc, _offset, sourceImage, destinationImage);
+  if (EmuInitShouldFail("MPSCNNConvolutionGradientState")) return nil;
+  MPSCNNConvolutionGradientState* state = [[MPSCNNConvolutionGradientState alloc] init];
+  if (state == nil) return nil;
+  state->_convolution = self;
+  state->_gradientForWeights = [[self device] newBufferWithLength:static_cast<size_t>(_fc.in * _fc.out) * sizeof(float)
+                                                          options:MTLResourceStorageModePrivate];
+  state->_gradientForBiases = [[self device] newBufferWithLength:static_cast<size_t>(_fc.out) * sizeof(float)
+                                                         options:MTLResourceStorageModePrivate];
+  if (state->_gradientForWeights == nil || state->_gradientForBiases == nil) return nil;
+  return state;
 }
 
 @end
 
-@implementation MPSCNNFullyConnectedGradient
+@implementation MPSCNNFullyConnectedGradient {
+  FcParams _fc;
+}
 
 - (instancetype)initWithDevice:(id<MTLDevice>)device weights:(id<MPSCNNConvolutionDataSource>)weights {
-  EmuValidationFailure("-[MPSCNNFullyConnectedGradient initWithDevice:weights:]",
-                       "emulation limit: MPSCNNFullyConnectedGradient is not emulated yet");
+  const char* method = "-[MPSCNNFullyConnectedGradient initWithDevice:weights:]";
+  if (weights == nil) EmuValidationFailure(method, "weights (the data source) is nil");
+  self = [super initEmuWithDevice:device];
+  if (self == nil) return nil;
+  if (!LoadFc(method, weights, /*training=*/true, &_fc)) return nil;
+  // MPSCNNConvolutionGradient's accessor (its ivar, mirrored above): Apple's default.
+  [self setGradientOption:MPSCNNConvolutionGradientOptionAll];
+  return self;
+}
+
+- (NSUInteger)sourceGradientFeatureChannels { return static_cast<NSUInteger>(_fc.out); }
+- (NSUInteger)sourceImageFeatureChannels { return static_cast<NSUInteger>(_fc.in); }
+- (NSUInteger)groups { return 1; }
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+                gradientState:(MPSState*)gradientState
+          destinationGradient:(MPSImage*)destinationGradient {
+  const char* method =
+      "-[MPSCNNFullyConnectedGradient encodeToCommandBuffer:sourceGradient:sourceImage:gradientState:"
+      "destinationGradient:]";
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  if (![gradientState isKindOfClass:[MPSCNNConvolutionGradientState class]]) {
+    EmuValidationFailure(method, "gradientState is not an MPSCNNConvolutionGradientState");
+  }
+  MPSCNNConvolutionGradientState* state = (MPSCNNConvolutionGradientState*)gradientState;
+  MPSCNNConvolution* forward = state->_convolution;
+  if (![forward isKindOfClass:[MPSCNNFullyConnected class]]) {
+    EmuValidationFailure(method, "emulation check: the gradient state is not an MPSCNNFullyConnected's");
+  }
+  if (static_cast<int64_t>([forward inputFeatureChannels]) != _fc.in ||
+      static_cast<int64_t>([forward outputFeatureChannels]) != _fc.out) {
+    EmuValidationFailure(method, "emulation check: the gradient kernel's data source describes another layer than "
+                                 "the gradient state's");
+  }
+  CheckFloatImage(method, "sourceGradient", sourceGradient, [self device]);
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationGradient", destinationGradient, [self device]);
+  const int options = static_cast<int>([self gradientOption]);
+  if ((options & 3) == 0 || (options & ~3) != 0) {
+    EmuValidationFailure(method, "gradientOption " + S(options) + " is not a valid MPSCNNConvolutionGradientOption");
+  }
+  if ([self kernelOffsetX] != 0 || [self kernelOffsetY] != 0) {
+    EmuValidationFailure(method, "emulation limit: kernelOffsetX/Y are not 0");
+  }
+  // The forward's geometry: sourceImage is its source, sourceGradient its destination's
+  // size, destinationGradient its source's size.
+  CheckGeometry(method, _fc, MPSOffset{0, 0, 0}, sourceImage, sourceGradient);
+  CheckGeometry(method, _fc, MPSOffset{0, 0, 0}, destinationGradient, sourceGradient);
+  if (destinationGradient == sourceGradient || destinationGradient == sourceImage) {
+    EmuValidationFailure(method, "emulation check: destinationGradient is also a source");
+  }
+  const bool data = (options & MPSCNNConvolutionGradientOptionGradientWithData) != 0;
+  const bool weights = (options & MPSCNNConvolutionGradientOptionGradientWithWeightsAndBias) != 0;
+  const std::vector<float> kernel = data ? ToKernel(_fc) : std::vector<float>();
+  const int64_t in = _fc.in, out = _fc.out;
+  MPSImage* dy_image = sourceGradient;
+  MPSImage* x_image = sourceImage;
+  MPSImage* dx_image = destinationGradient;
+  id<MTLBuffer> dw_buffer = state->_gradientForWeights;
+  id<MTLBuffer> db_buffer = state->_gradientForBiases;
+  if (data) [dx_image beginGpuWrite];
+  EmuEncode(
+      commandBuffer, method,
+      [data, weights, kernel, in, out, dy_image, x_image, dx_image, dw_buffer, db_buffer] {
+        tfmps::dense::DenseDims d;
+        d.rows = static_cast<int64_t>([dy_image numberOfImages]);
+        d.in = in;
+        d.out = out;
+        const tfmps::dense::DenseConfig c;  // identity: the gradient kernels carry no neuron
+        const std::vector<float> dy = ReadRows(dy_image);
+        std::vector<float> workspace;
+        if (data) {
+          std::vector<float> dx(static_cast<size_t>(d.rows * in));
+          const tfmps::dense::CpuContext cpu =
+              SerialCpu(&workspace, tfmps::dense::DenseBackpropInputCpuWorkspace(d, c));
+          tfmps::dense::DenseBackpropInputArgs a{dy.data(), kernel.data(), nullptr, dx.data()};
+          tfmps::dense::DenseBackpropInputCpu(d, c, a, cpu);
+          WriteRows(dx_image, dx);
+        }
+        if (weights) {
+          const std::vector<float> x = ReadRows(x_image);
+          std::vector<float> dw(static_cast<size_t>(in * out)), db(static_cast<size_t>(out));
+          const tfmps::dense::CpuContext cpu =
+              SerialCpu(&workspace, tfmps::dense::DenseBackpropKernelCpuWorkspace(d, c, /*bias=*/true));
+          tfmps::dense::DenseBackpropKernelArgs a{x.data(), dy.data(), nullptr, dw.data(), db.data()};
+          tfmps::dense::DenseBackpropKernelCpu(d, c, a, cpu);
+          // [K][M] -> the data source's layout [M][1][1][K] (Apple: the state's weight
+          // gradient is laid out as the weights).
+          float* w = static_cast<float*>(EmuBufferBytes(dw_buffer));
+          for (int64_t o = 0; o < out; ++o)
+            for (int64_t i = 0; i < in; ++i) w[o * in + i] = dw[i * out + o];
+          std::memcpy(EmuBufferBytes(db_buffer), db.data(), db.size() * sizeof(float));
+        }
+      },
+      [data, dx_image] {
+        if (data) [dx_image endGpuWrite];
+      });
 }
 
 @end

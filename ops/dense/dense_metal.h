@@ -19,8 +19,9 @@
 // MPSCNNConvolutionDataSource at initialization), so with a device stream the call first
 // waits for the stream's queued work.
 //
-// What runs on Metal: DenseForwardFcMetal, float32 data with float32 accumulation,
-// identity or relu, with or without bias.
+// What runs on Metal (float32 data with float32 accumulation): DenseForwardFcMetal
+// (identity or relu, with or without bias); DenseBackpropInputFcMetal and
+// DenseBackpropKernelFcMetal (identity only).
 #ifndef TFMPS_DENSE_DENSE_METAL_H_
 #define TFMPS_DENSE_DENSE_METAL_H_
 
@@ -40,7 +41,20 @@ inline void KernelToFcWeights(int64_t in, int64_t out, const float* w, float* fc
     for (int64_t m = 0; m < out; ++m) fc[m * in + k] = w[k * out + m];
 }
 
+// The inverse: Apple's [M][1][1][K] (the gradient state's gradientForWeights) -> [K][M].
+inline void FcWeightsToKernel(int64_t in, int64_t out, const float* fc, float* w) {
+  for (int64_t k = 0; k < in; ++k)
+    for (int64_t m = 0; m < out; ++m) w[k * out + m] = fc[m * in + k];
+}
+
 BackendStatus DenseForwardFcMetal(const DenseDims& d, const DenseConfig& c, const DenseForwardArgs& a);
+// dx = dy W^T on MPSCNNFullyConnectedGradient (GradientWithData). Identity only: relu's
+// mask (dense.h) is not MPS's (the gradient kernels take no fused neuron): kUnsupported.
+BackendStatus DenseBackpropInputFcMetal(const DenseDims& d, const DenseConfig& c, const DenseBackpropInputArgs& a);
+// dW = x^T dy and db = sum dy (a.dbias NULL: none) on MPSCNNFullyConnectedGradient
+// (GradientWithWeightsAndBias), through the gradient state's buffers, which the host
+// reads: the call waits for its command buffer. Identity only, as above.
+BackendStatus DenseBackpropKernelFcMetal(const DenseDims& d, const DenseConfig& c, const DenseBackpropKernelArgs& a);
 
 }  // namespace dense
 }  // namespace tfmps

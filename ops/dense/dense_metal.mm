@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -228,6 +229,139 @@ BackendStatus DenseForwardFcMetal(const DenseDims& d, const DenseConfig& c, cons
       [fc encodeToCommandBuffer:cb sourceImage:xi destinationImage:yi];
       [to_matrix encodeToCommandBuffer:cb sourceImage:yi destinationMatrix:y];
     });
+  }
+}
+
+
+namespace {
+
+// The forward kernel and its gradient kernel over one data source (W, or zeros), and the
+// gradient state of a forward from xi to yi. Internal on the first nil.
+struct Gradient {
+  MPSCNNFullyConnected* fc = nil;
+  MPSCNNFullyConnectedGradient* grad = nil;
+  MPSCNNConvolutionGradientState* state = nil;
+};
+
+BackendStatus MakeGradient(const std::string& op, const DenseDims& d, const float* kernel, MPSImage* xi, MPSImage* yi,
+                           MPSCNNConvolutionGradientOption option, Gradient* g) {
+  MPSCNNConvolutionDescriptor* desc =
+      [MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:1
+                                                              kernelHeight:1
+                                                      inputFeatureChannels:static_cast<NSUInteger>(d.in)
+                                                     outputFeatureChannels:static_cast<NSUInteger>(d.out)];
+  if (desc == nil) return BackendStatus::Internal(op + ": MPSCNNConvolutionDescriptor returned nil");
+  TFMPSDenseDataSource* source = [[TFMPSDenseDataSource alloc] initWithDescriptor:desc
+                                                                           kernel:kernel
+                                                                             bias:nullptr
+                                                                               in:d.in
+                                                                              out:d.out];
+  g->fc = [[MPSCNNFullyConnected alloc] initWithDevice:metal::Device() weights:source];
+  if (g->fc == nil) return BackendStatus::Internal(op + ": MPSCNNFullyConnected initWithDevice:weights: returned nil");
+  g->fc.accumulatorPrecisionOption = MPSNNConvolutionAccumulatorPrecisionOptionFloat;
+  g->grad = [[MPSCNNFullyConnectedGradient alloc] initWithDevice:metal::Device() weights:source];
+  if (g->grad == nil) {
+    return BackendStatus::Internal(op + ": MPSCNNFullyConnectedGradient initWithDevice:weights: returned nil");
+  }
+  g->grad.gradientOption = option;
+  g->state = [g->fc resultStateForSourceImage:xi sourceStates:nil destinationImage:yi];
+  if (g->state == nil) return BackendStatus::Internal(op + ": resultStateForSourceImage: returned nil");
+  return BackendStatus::Ok();
+}
+
+std::string GradientUnsupported(const DenseDims& d, const DenseConfig& c) {
+  if (c.activation != Activation::kNone) {
+    return "relu (its mask is not MPS's: the gradient kernels take no fused neuron)";
+  }
+  return Unsupported(d, c);
+}
+
+}  // namespace
+
+BackendStatus DenseBackpropInputFcMetal(const DenseDims& d, const DenseConfig& c, const DenseBackpropInputArgs& a) {
+  const std::string op = "DenseBackpropInputFcMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = GradientUnsupported(d, c);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* dy = ops.Matrix("dy", a.dy, d.rows, d.out);
+    MPSMatrix* dx = ops.Matrix("dx", a.dx, d.rows, d.in);
+    MPSImage* dyi = ops.Image("dy", d.rows, d.out);
+    MPSImage* dxi = ops.Image("dx", d.rows, d.in);
+    // The forward's source, for the gradient state's sizes (not read for GradientWithData).
+    MPSImage* xi = ops.Image("x (sizes only)", d.rows, d.in);
+    MPSMatrixCopyToImage* to_image =
+        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
+                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+    MPSImageCopyToMatrix* to_matrix =
+        ops.Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
+                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                   "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+    if (!ops.status.ok()) return ops.status;
+    BackendStatus st = WaitForStream(op);  // the data source reads W on the CPU
+    if (!st.ok()) return st;
+    Gradient g;
+    st = MakeGradient(op, d, static_cast<const float*>(a.kernel), xi, dyi,
+                      MPSCNNConvolutionGradientOptionGradientWithData, &g);
+    if (!st.ok()) return st;
+    return metal::Submit(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:dy destinationImage:dyi];
+      [g.grad encodeToCommandBuffer:cb sourceGradient:dyi sourceImage:xi gradientState:g.state destinationGradient:dxi];
+      [to_matrix encodeToCommandBuffer:cb sourceImage:dxi destinationMatrix:dx];
+    });
+  }
+}
+
+BackendStatus DenseBackpropKernelFcMetal(const DenseDims& d, const DenseConfig& c, const DenseBackpropKernelArgs& a) {
+  const std::string op = "DenseBackpropKernelFcMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = GradientUnsupported(d, c);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  const size_t w_bytes = static_cast<size_t>(d.in * d.out) * sizeof(float);
+  const size_t b_bytes = static_cast<size_t>(d.out) * sizeof(float);
+  @autoreleasepool {
+    Operands ops{op};
+    MPSMatrix* x = ops.Matrix("x", a.x, d.rows, d.in);
+    MPSMatrix* dy = ops.Matrix("dy", a.dy, d.rows, d.out);
+    MPSImage* xi = ops.Image("x", d.rows, d.in);
+    MPSImage* dyi = ops.Image("dy", d.rows, d.out);
+    // Not written with GradientWithWeightsAndBias, but the encode call takes one.
+    MPSImage* dxi = ops.Image("dx (unused)", d.rows, d.in);
+    MPSMatrixCopyToImage* to_image =
+        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
+                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
+                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+    if (!ops.status.ok()) return ops.status;
+    id<MTLBuffer> staged = [metal::Device() newBufferWithLength:w_bytes + b_bytes options:MTLResourceStorageModeShared];
+    if (staged == nil) return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");
+    // Zero weights: the gradient with respect to the weights and bias does not read them.
+    const std::vector<float> zeros(static_cast<size_t>(d.in * d.out), 0.0f);
+    Gradient g;
+    BackendStatus st = MakeGradient(op, d, zeros.data(), xi, dyi,
+                                    MPSCNNConvolutionGradientOptionGradientWithWeightsAndBias, &g);
+    if (!st.ok()) return st;
+    id<MTLBuffer> dw = g.state.gradientForWeights;
+    id<MTLBuffer> db = g.state.gradientForBiases;
+    if (dw == nil || [dw length] < w_bytes || db == nil || [db length] < b_bytes) {
+      return BackendStatus::Internal(op + ": the gradient state has no gradient buffer of the layer's size");
+    }
+    // The host reads the result right after: SubmitAndWait.
+    st = metal::SubmitAndWait(op, [&](id<MTLCommandBuffer> cb) {
+      [to_image encodeToCommandBuffer:cb sourceMatrix:x destinationImage:xi];
+      [to_image encodeToCommandBuffer:cb sourceMatrix:dy destinationImage:dyi];
+      [g.grad encodeToCommandBuffer:cb sourceGradient:dyi sourceImage:xi gradientState:g.state destinationGradient:dxi];
+      id<MTLBlitCommandEncoder> blit = [cb blitCommandEncoder];
+      [blit copyFromBuffer:dw sourceOffset:0 toBuffer:staged destinationOffset:0 size:w_bytes];
+      [blit copyFromBuffer:db sourceOffset:0 toBuffer:staged destinationOffset:w_bytes size:b_bytes];
+      [blit endEncoding];
+    });
+    if (!st.ok()) return st;
+    const float* out = static_cast<const float*>([staged contents]);
+    FcWeightsToKernel(d.in, d.out, out, static_cast<float*>(a.dkernel));
+    if (a.dbias != nullptr) std::memcpy(a.dbias, out + d.in * d.out, b_bytes);
+    return BackendStatus::Ok();
   }
 }
 
