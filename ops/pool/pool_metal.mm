@@ -28,6 +28,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "ops/common/metal_context.h"
@@ -166,9 +168,24 @@ BackendStatus EncodeForward(Operands& ops, const Pool2DGeometry& g, const float*
   });
 }
 
+// TFMPS_POOL_METAL_TRACE=1: one stderr line per entry point call with its outcome (to see
+// which calls a TF program sends through Metal, and why the others decline).
+BackendStatus Traced(const std::string& op, BackendStatus st) {
+  static const bool trace = [] {
+    const char* v = std::getenv("TFMPS_POOL_METAL_TRACE");
+    return v != nullptr && v[0] == '1';
+  }();
+  if (trace) {
+    std::fprintf(stderr, "tf-mps pool metal: %s %s%s%s\n", op.c_str(),
+                 st.ok() ? "ok" : st.code == BackendStatus::Code::kUnsupported ? "unsupported" : "internal",
+                 st.message.empty() ? "" : ": ", st.message.c_str());
+  }
+  return st;
+}
+
 }  // namespace
 
-BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+static BackendStatus MaxPool2DMetalImpl(const Pool2DGeometry& g, const float* x, float* y) {
   const std::string op = "MaxPool2DMetal";
   if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   const std::string why = Declines(g);
@@ -186,7 +203,7 @@ BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) 
   }
 }
 
-BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+static BackendStatus AvgPool2DMetalImpl(const Pool2DGeometry& g, const float* x, float* y) {
   const std::string op = "AvgPool2DMetal";
   if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
   const std::string why = Declines(g);
@@ -205,6 +222,14 @@ BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) 
     kernel.zeroPadSizeY = 0;
     return EncodeForward(ops, g, x, y, kernel);
   }
+}
+
+BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+  return Traced("MaxPool2DMetal", MaxPool2DMetalImpl(g, x, y));
+}
+
+BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
+  return Traced("AvgPool2DMetal", AvgPool2DMetalImpl(g, x, y));
 }
 
 }  // namespace pool

@@ -26,6 +26,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #ifdef TFMPS_DEVICE_KERNELS
 #include "ops/device/device_kernels_glue.h"
+#include "ops/pool/pool_metal.h"
 #endif
 
 namespace tfmps {
@@ -308,19 +309,20 @@ without reading input's values (input gives the shape, and the second-order grad
 // -------------------------------------------------------------------------- kernels
 namespace {
 
-// Runs the CPU backend; on the tf-mps device after the kernel's stream's work.
-void Dispatch(OpKernelContext* ctx, const std::function<void()>& cpu) {
+// The Metal backend of a kernel (pool_metal.h), or empty: none for it.
+using MetalFn = std::function<BackendStatus()>;
+
+// On the tf-mps device: `metal` (when given) with the kernel's stream as the Metal target,
+// and the CPU backend after the stream's work when it declines (kUnsupported). Elsewhere
+// the CPU backend.
+void Dispatch(OpKernelContext* ctx, const MetalFn& metal, const std::function<void()>& cpu) {
 #ifdef TFMPS_DEVICE_KERNELS
   device_glue::Run(
       ctx,
-      [] {
-        // MPSCNNPoolingMax/Average and their gradient kernels come with the MPSImage path
-        // (NHWC buffers <-> MPSImage on the GPU) being written in emulation/ for the conv
-        // family; until then the CPU backend runs on the device's memory.
-        return BackendStatus::Unsupported("pooling on Metal needs the MPSImage path");
-      },
+      [&] { return metal ? metal() : BackendStatus::Unsupported("pool: no Metal path for this op"); },
       cpu);
 #else
+  (void)metal;
   cpu();
 #endif
 }
@@ -396,9 +398,13 @@ class PoolKernel : public OpKernel {
   }
 
   // Runs fn(parallel) on the backend with the float16 conversions around it.
+  // On the tf-mps device `metal` runs first (float32 tensors only: the float16 path's
+  // float32 copies are not in Metal buffers).
   void Run(OpKernelContext* ctx, std::vector<FloatIn*> ins, FloatOut* out,
-           const std::function<void(const ParallelFor&)>& fn) const {
-    Dispatch(ctx, [&] {
+           const std::function<void(const ParallelFor&)>& fn, const MetalFn& metal = nullptr) const {
+    bool float32 = out->dst->dtype() == tensorflow::DT_FLOAT;
+    for (FloatIn* in : ins) float32 = float32 && in->src->dtype() == tensorflow::DT_FLOAT;
+    Dispatch(ctx, float32 ? metal : MetalFn(), [&] {
       const ParallelFor parallel = tfglue::CpuParallelFor(ctx);
       for (FloatIn* in : ins) {
         if (in->src->dtype() == tensorflow::DT_HALF) {
@@ -432,13 +438,20 @@ class PoolOp : public PoolKernel {
     if (out.dst->NumElements() == 0) return;
     FloatIn x;
     OP_REQUIRES_OK(ctx, In(ctx, kFwdInput, &x));
-    Run(ctx, {&x}, &out, [&](const ParallelFor& parallel) {
-      if (kMax) {
-        MaxPool2DCpu(g, x.data, out.data, parallel);
-      } else {
-        AvgPool2DCpu(g, x.data, out.data, parallel);
-      }
-    });
+    Run(
+        ctx, {&x}, &out,
+        [&](const ParallelFor& parallel) {
+          if (kMax) {
+            MaxPool2DCpu(g, x.data, out.data, parallel);
+          } else {
+            AvgPool2DCpu(g, x.data, out.data, parallel);
+          }
+        },
+#ifdef TFMPS_DEVICE_KERNELS
+        [&] { return kMax ? MaxPool2DMetal(g, x.data, out.data) : AvgPool2DMetal(g, x.data, out.data); });
+#else
+        nullptr);
+#endif
   }
 };
 
