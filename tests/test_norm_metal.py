@@ -403,6 +403,16 @@ def test_instance_nil_initializer_is_internal(cls):
     _assert_unwritten(mo, vo, inv)
 
 
+def test_instance_slices_limit_is_per_image():
+    # 3 images of 8192 channels: 2048 texture slices each (Metal's limit), 6144 in all.
+    x, g, b, _, _ = _data((3, 1, 2, 8192), 21)
+    _compare_instance(x, g, b)
+    x, g, b, _, _ = _data((2, 1, 2, 8193), 21)
+    r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)
+    assert "2048" in _check(r, UNSUPPORTED)
+    _assert_unwritten(y, mo, vo, inv)
+
+
 def test_instance_empty_image_is_unsupported():
     x, g, b, _, _ = _data((2, 0, 3, 5))
     r, y, mo, vo, inv = emu.norm_forward(x, g, b, NONE, NONE, 1e-3, instance=True)

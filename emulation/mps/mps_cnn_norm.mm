@@ -63,9 +63,10 @@
 //    encode per state (accumulating over several batches aborts).
 //  * NULL gamma or beta: not emulated (abort). NULL mean or variance: allowed at init
 //    (training gets them from a state), but then the stateless encode aborts.
-//  * epsilon: Apple's pages do not state the default. The fake takes the data source's
-//    optional -epsilon (macOS 10.14) when it answers it, else leaves epsilon NaN, and
-//    the encode aborts while it is NaN: code must set it (or answer -epsilon).
+//  * epsilon: the kernel's property is documented without a default; the header gives
+//    the data source's optional -epsilon "Default value if method unavailable: FLT_MIN".
+//    The fake takes -epsilon when the data source answers it, else FLT_MIN (as Apple's
+//    header says). An epsilon set to NaN aborts the encodes (emulation check).
 //  * Images: float32 feature channels only (the fake's limit, not Apple's); source and
 //    destination of the same size and numberOfFeatureChannels channels; the whole
 //    destination is written (no clipRect, offset 0, edgeMode irrelevant: 1 x 1).
@@ -214,7 +215,7 @@ bool SameSize(MPSImage* a, MPSImage* b) {
     _variance.assign(variance, variance + _channels);
   }
   _epsilon = [dataSource respondsToSelector:@selector(epsilon)] ? [dataSource epsilon]
-                                                                 : std::numeric_limits<float>::quiet_NaN();
+                                                                 : std::numeric_limits<float>::min();
   [dataSource purge];
   _dataSource = dataSource;
   return self;
@@ -311,8 +312,7 @@ bool SameSize(MPSImage* a, MPSImage* b) {
     EmuValidationFailure(method, "emulation check: the source and destination are one image");
   }
   if (std::isnan(_epsilon)) {
-    EmuValidationFailure(method, "emulation check: epsilon was never set (Apple's pages do not state its "
-                                 "default: set it, or answer -epsilon in the data source)");
+    EmuValidationFailure(method, "emulation check: epsilon is NaN");
   }
   const std::vector<float> gamma = _gamma, beta = _beta, fixed_mean = _mean, fixed_variance = _variance;
   const float epsilon = _epsilon;
@@ -484,7 +484,7 @@ void CheckGradientImages(const char* method, MPSImage* gradient, MPSImage* sourc
                                  "MPSCNNBatchNormalizationStatistics encode)");
   }
   state->_epsilon = [state->_batchNormalization epsilon];
-  if (std::isnan(state->_epsilon)) EmuValidationFailure(method, "emulation check: the batch normalization's epsilon was never set");
+  if (std::isnan(state->_epsilon)) EmuValidationFailure(method, "emulation check: the batch normalization's epsilon is NaN");
   if (state->_gradientForGamma != nil) {
     EmuValidationFailure(method, "emulation limit: accumulating gradients over several encodes on one state");
   }

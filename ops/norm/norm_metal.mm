@@ -15,8 +15,9 @@
 //   out = (in - mean[c]) * gamma[c] / sqrt(variance[c] + epsilon) + beta[c]
 // (MPSCNNBatchNormalization(3)), the op's formula (norm.h: y = (x - mean) * gamma *
 // inv_std + beta, inv_std = 1 / sqrt(variance + epsilon)) up to float32 rounding. The
-// kernel's epsilon property is set to the op's epsilon explicitly (and the data source
-// answers -epsilon with it too), since Apple's pages do not state the default. The
+// kernel's epsilon property is set to the op's epsilon explicitly and the data source
+// answers -epsilon with it too (the header's default when it does not is FLT_MIN; the
+// property's is not documented). The
 // statistics outputs are written on the CPU after the stream's wait: mean and variance
 // are the given ones, inv_std = 1 / sqrt(variance + epsilon) computed as the CPU backend
 // does (in double, rounded once), so those are bit-identical to the CPU backend.
@@ -347,11 +348,14 @@ BackendStatus InstanceForward(const std::string& op, const NormShape& s, const F
   if (s.rows == 0 || s.groups < 1 || s.channels == 0) {
     return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the statistics)");
   }
-  ImageShape shape;
-  const std::string why = ImagesOf(s, /*instance=*/true, &shape);
+  // One image per group: Metal's limits apply to each 1-image MPSImage.
+  NormShape one_group = s;
+  one_group.groups = 1;
+  ImageShape one;
+  const std::string why = ImagesOf(one_group, /*instance=*/true, &one);
   if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
-  ImageShape one = shape;
-  one.n = 1;
+  ImageShape shape = one;  // the [N, R*C] matrices' rows
+  shape.n = s.groups;
   const int64_t N = s.groups, C = s.channels;
   @autoreleasepool {
     Operands ops{op};
@@ -565,11 +569,14 @@ BackendStatus InstanceBackward(const std::string& op, const NormShape& s, const 
   if (s.rows == 0 || s.groups < 1 || s.channels == 0) {
     return BackendStatus::Unsupported(op + ": no rows (the CPU backend writes the zero sums)");
   }
-  ImageShape shape;
-  const std::string why = ImagesOf(s, /*instance=*/true, &shape);
+  // One image per group: Metal's limits apply to each 1-image MPSImage.
+  NormShape one_group = s;
+  one_group.groups = 1;
+  ImageShape one;
+  const std::string why = ImagesOf(one_group, /*instance=*/true, &one);
   if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
-  ImageShape one = shape;
-  one.n = 1;
+  ImageShape shape = one;  // the [N, R*C] matrices' rows
+  shape.n = s.groups;
   const int64_t N = s.groups, C = s.channels;
   @autoreleasepool {
     Operands ops{op};
