@@ -13,7 +13,24 @@
 //  * MPSCNNPoolingMax with edgeMode Clamp: cells outside read the nearest border pixel,
 //    which (the window's inside part being a non-empty rectangle) is one of the window's
 //    own cells: the maximum over the inside cells, MaxPool2DCpu's.
+//  * MPSCNNPoolingGradient: the sum runs over the source gradient's pixels from
+//    primaryOffset to primaryOffset + sourceSize (normally the forward's clipRect);
+//    y is a pixel of the secondary source (the forward's source image). Max: the
+//    arg-max found again from the source image (MaxPool2DGradCpu); average: the window
+//    weights 1 / N(x), N(x) as MPSCNNPoolingAverage (AvgPool2DGradCpu); its source image's
+//    values are not read (Apple: any correctly sized image will do).
 // Where Apple is silent or the fake does not go, what it chooses (flag for a Mac run):
+//  * Gradients: the windows are placed from secondaryOffset as the forward's from its
+//    offset (the window centre of output (0, 0) in the forward's source): the fake's
+//    reading of Apple's (cut short) text, the main thing a Mac run must confirm.
+//    primaryOffset other than 0, sourceSize other than the source gradient's size,
+//    kernelOffsetX/Y != 0, zeroPadSizeX/Y != 0: not emulated. The gradient state is a
+//    plain MPSNNGradientState from the forward's -resultStateForSourceImage:... and
+//    carries nothing. Ties in a max window: Apple says the pick is "implementation
+//    specific"; the fake takes the first in scan order (TF's), so tests cannot see a
+//    different tie rule: the backend declines tied windows itself. N(x) of the average
+//    gradient: the valid cells (as the Clamp forward); Apple's gradient kernel has no
+//    documented edgeMode choosing between that and the full window.
 //  * edgeMode Zero with a window reaching outside the source, a window entirely outside
 //    (Apple: average gives 0), zeroPadSizeX/Y != 0, a negative pad (offset.x >
 //    floor(kernelWidth/2)), offset.z != 0, a clip rectangle other than the whole
@@ -42,6 +59,13 @@
  @protected
   MPSOffset _offset;
   MPSImageEdgeMode _edgeMode;
+}
+@end
+
+// MPSCNNGradientKernel's ivars, as mps_cnn.mm's @implementation declares them.
+@interface MPSCNNGradientKernel () {
+ @protected
+  NSInteger _kernelOffsetX, _kernelOffsetY;
 }
 @end
 
@@ -142,6 +166,16 @@ void Dimension(const char* method, const char* axis, int64_t in, int64_t out, in
 - (NSUInteger)strideInPixelsX { return _strideX; }
 - (NSUInteger)strideInPixelsY { return _strideY; }
 
+// What the gradient kernels take: a plain MPSNNGradientState (the fake's gradients read
+// nothing from it; their geometry is their own properties').
+- (MPSState*)resultStateForSourceImage:(MPSImage*)sourceImage
+                          sourceStates:(NSArray<MPSState*>*)sourceStates
+                      destinationImage:(MPSImage*)destinationImage {
+  const char* method = "-[MPSCNNPooling resultStateForSourceImage:sourceStates:destinationImage:]";
+  if (sourceImage == nil || destinationImage == nil) EmuValidationFailure(method, "an image is nil");
+  return [[MPSNNGradientState alloc] init];
+}
+
 // Subclasses: YES for max, NO for average.
 - (BOOL)emuIsMax { return YES; }
 - (BOOL)emuHasZeroPadding { return NO; }
@@ -219,6 +253,161 @@ void Dimension(const char* method, const char* axis, int64_t in, int64_t out, in
 @end
 
 @implementation MPSCNNPoolingAverage {
+  NSUInteger _zeroPadSizeX, _zeroPadSizeY;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  return [super initWithDevice:device
+                   kernelWidth:kernelWidth
+                  kernelHeight:kernelHeight
+               strideInPixelsX:strideInPixelsX
+               strideInPixelsY:strideInPixelsY];
+}
+
+- (NSUInteger)zeroPadSizeX { return _zeroPadSizeX; }
+- (void)setZeroPadSizeX:(NSUInteger)v { _zeroPadSizeX = v; }
+- (NSUInteger)zeroPadSizeY { return _zeroPadSizeY; }
+- (void)setZeroPadSizeY:(NSUInteger)v { _zeroPadSizeY = v; }
+- (BOOL)emuIsMax { return NO; }
+- (BOOL)emuHasZeroPadding { return _zeroPadSizeX != 0 || _zeroPadSizeY != 0; }
+
+@end
+
+// ------------------------------------------------------------------------ gradients
+@implementation MPSCNNPoolingGradient {
+ @protected
+  NSUInteger _kernelWidth, _kernelHeight, _strideX, _strideY;
+  MTLSize _sourceSize;
+  MPSOffset _primaryOffset, _secondaryOffset;
+}
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  const char* method =
+      "-[MPSCNNPoolingGradient initWithDevice:kernelWidth:kernelHeight:strideInPixelsX:strideInPixelsY:]";
+  if (kernelWidth < 1 || kernelHeight < 1) EmuValidationFailure(method, "a kernel size is 0");
+  if (strideInPixelsX < 1 || strideInPixelsY < 1) EmuValidationFailure(method, "a stride is 0");
+  self = [super initEmuWithDevice:device];
+  if (self == nil) return nil;
+  _kernelWidth = kernelWidth;
+  _kernelHeight = kernelHeight;
+  _strideX = strideInPixelsX;
+  _strideY = strideInPixelsY;
+  _sourceSize = MTLSizeMake(0, 0, 0);  // Apple does not state a default: the encode needs it set
+  return self;
+}
+
+- (MTLSize)sourceSize { return _sourceSize; }
+- (void)setSourceSize:(MTLSize)v { _sourceSize = v; }
+- (MPSOffset)primaryOffset { return _primaryOffset; }
+- (void)setPrimaryOffset:(MPSOffset)v { _primaryOffset = v; }
+- (MPSOffset)secondaryOffset { return _secondaryOffset; }
+- (void)setSecondaryOffset:(MPSOffset)v { _secondaryOffset = v; }
+- (BOOL)emuIsMax { return YES; }
+- (BOOL)emuHasZeroPadding { return NO; }
+
+- (void)encodeToCommandBuffer:(id<MTLCommandBuffer>)commandBuffer
+               sourceGradient:(MPSImage*)sourceGradient
+                  sourceImage:(MPSImage*)sourceImage
+                gradientState:(MPSState*)gradientState
+          destinationGradient:(MPSImage*)destinationGradient {
+  const std::string name = std::string("-[") + object_getClassName(self) +
+                           " encodeToCommandBuffer:sourceGradient:sourceImage:gradientState:destinationGradient:]";
+  const char* method = name.c_str();
+  if ([self class] == [MPSCNNPoolingGradient class]) EmuValidationFailure(method, "MPSCNNPoolingGradient is abstract");
+  if (commandBuffer == nil) EmuValidationFailure(method, "commandBuffer is nil");
+  if ([commandBuffer device] != [self device]) EmuValidationFailure(method, "the command buffer is for another device");
+  if (gradientState == nil || ![gradientState isKindOfClass:[MPSNNGradientState class]]) {
+    EmuValidationFailure(method, "gradientState is nil or not the forward pooling's MPSNNGradientState");
+  }
+  CheckFloatImage(method, "sourceGradient", sourceGradient, [self device]);
+  CheckFloatImage(method, "sourceImage", sourceImage, [self device]);
+  CheckFloatImage(method, "destinationGradient", destinationGradient, [self device]);
+  if (destinationGradient == sourceGradient || destinationGradient == sourceImage) {
+    EmuValidationFailure(method, "emulation check: the destination is a source");
+  }
+  const NSUInteger C = [sourceImage featureChannels], N = [sourceImage numberOfImages];
+  if ([sourceGradient featureChannels] != C || [destinationGradient featureChannels] != C ||
+      [sourceGradient numberOfImages] != N || [destinationGradient numberOfImages] != N) {
+    EmuValidationFailure(method, "emulation limit: the images differ in channels or image count");
+  }
+  if ([destinationGradient width] != [sourceImage width] || [destinationGradient height] != [sourceImage height]) {
+    EmuValidationFailure(method, "emulation limit: destinationGradient is not the size of sourceImage");
+  }
+  if (_primaryOffset.x != 0 || _primaryOffset.y != 0 || _primaryOffset.z != 0 || _secondaryOffset.z != 0) {
+    EmuValidationFailure(method, "emulation limit: primaryOffset is not 0 (the forward's clipRect origin), or "
+                                 "secondaryOffset.z is not 0");
+  }
+  if (_sourceSize.width != [sourceGradient width] || _sourceSize.height != [sourceGradient height]) {
+    EmuValidationFailure(method, "emulation limit: sourceSize (" + S(_sourceSize.width) + " x " +
+                                     S(_sourceSize.height) + ") is not the source gradient's size (" +
+                                     S([sourceGradient width]) + " x " + S([sourceGradient height]) + ")");
+  }
+  if (_kernelOffsetX != 0 || _kernelOffsetY != 0) {
+    EmuValidationFailure(method, "emulation limit: kernelOffsetX/Y is not 0");
+  }
+  if ([self emuHasZeroPadding]) EmuValidationFailure(method, "emulation limit: zeroPadSizeX/Y is not 0");
+  tfmps::pool::Pool2DGeometry g;
+  g.batch = static_cast<int64_t>(N);
+  g.in_h = [sourceImage height];
+  g.in_w = [sourceImage width];
+  g.channels = static_cast<int64_t>(C);
+  g.k_h = static_cast<int64_t>(_kernelHeight);
+  g.k_w = static_cast<int64_t>(_kernelWidth);
+  g.stride_h = static_cast<int64_t>(_strideY);
+  g.stride_w = static_cast<int64_t>(_strideX);
+  g.out_h = [sourceGradient height];
+  g.out_w = [sourceGradient width];
+  bool out_h = false, out_w = false;
+  Dimension(method, "y", g.in_h, g.out_h, g.k_h, g.stride_h, _secondaryOffset.y, &g.pad_top, &g.pad_bottom, &out_h);
+  Dimension(method, "x", g.in_w, g.out_w, g.k_w, g.stride_w, _secondaryOffset.x, &g.pad_left, &g.pad_right, &out_w);
+  const bool is_max = [self emuIsMax];
+  MPSImage* dy_image = sourceGradient;
+  MPSImage* x_image = sourceImage;
+  MPSImage* dst = destinationGradient;
+  [dst beginGpuWrite];
+  EmuEncode(
+      commandBuffer, method,
+      [g, is_max, dy_image, x_image, dst] {
+        const std::vector<float> dy = ReadNhwc(dy_image);
+        std::vector<float> dx(static_cast<size_t>(g.in_size()));
+        if (is_max) {
+          const std::vector<float> x = ReadNhwc(x_image);  // the arg-max, found again
+          tfmps::pool::MaxPool2DGradCpu(g, x.data(), dy.data(), dx.data(), kSerial);
+        } else {
+          tfmps::pool::AvgPool2DGradCpu(g, dy.data(), dx.data(), kSerial);
+        }
+        WriteNhwc(dst, dx);
+      },
+      [dst] { [dst endGpuWrite]; });
+}
+
+@end
+
+@implementation MPSCNNPoolingMaxGradient
+
+- (instancetype)initWithDevice:(id<MTLDevice>)device
+                   kernelWidth:(NSUInteger)kernelWidth
+                  kernelHeight:(NSUInteger)kernelHeight
+               strideInPixelsX:(NSUInteger)strideInPixelsX
+               strideInPixelsY:(NSUInteger)strideInPixelsY {
+  return [super initWithDevice:device
+                   kernelWidth:kernelWidth
+                  kernelHeight:kernelHeight
+               strideInPixelsX:strideInPixelsX
+               strideInPixelsY:strideInPixelsY];
+}
+
+@end
+
+@implementation MPSCNNPoolingAverageGradient {
   NSUInteger _zeroPadSizeX, _zeroPadSizeY;
 }
 

@@ -24,6 +24,15 @@ namespace pool {
 BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y);
 BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y);
 
+// dx [N, H, W, C] from dy [N, OH, OW, C] (MPSCNNPoolingAverageGradient).
+BackendStatus AvgPool2DGradMetal(const Pool2DGeometry& g, const float* dy, float* dx);
+
+// dx from x (for the arg-max) and dy (MPSCNNPoolingMaxGradient, which re-reads x). Apple
+// leaves the pick among tied maxima to the implementation, TF routes to the first: the
+// call reads x on the host first (with a device stream, after waiting for its work) and
+// declines (kUnsupported) when any window's maximum is tied or x holds a NaN.
+BackendStatus MaxPool2DGradMetal(const Pool2DGeometry& g, const float* x, const float* dy, float* dx);
+
 }  // namespace pool
 }  // namespace tfmps
 

@@ -26,11 +26,15 @@
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "ops/common/metal_context.h"
 #include "ops/pool/pool_metal.h"
@@ -168,6 +172,95 @@ BackendStatus EncodeForward(Operands& ops, const Pool2DGeometry& g, const float*
   });
 }
 
+// The gradient kernels, configured as Apple describes the normal operation: the source
+// gradient's pixels from primaryOffset = the forward's clipRect origin (0) over sourceSize
+// = the forward's clipRect size (OW x OH); the windows placed in the forward's source
+// (the secondary source) by secondaryOffset = the forward's offset. That last mapping is
+// this backend's reading of Apple's text (the emulation's fake takes the same): a Mac run
+// must confirm it (docs/metal-emulation.md).
+void ConfigureGradient(MPSCNNPoolingGradient* kernel, const Pool2DGeometry& g) {
+  MPSOffset zero;
+  zero.x = 0;
+  zero.y = 0;
+  zero.z = 0;
+  kernel.primaryOffset = zero;
+  kernel.secondaryOffset = OffsetOf(g);
+  kernel.sourceSize = MTLSizeMake(static_cast<NSUInteger>(g.out_w), static_cast<NSUInteger>(g.out_h), 1);
+}
+
+// forward_kernel: the forward pooling whose result state the gradient takes.
+BackendStatus EncodeGradient(Operands& ops, const Pool2DGeometry& g, const float* x, const float* dy, float* dx,
+                             MPSCNNPooling* forward_kernel, MPSCNNPoolingGradient* kernel) {
+  MPSMatrix* dym = ops.Matrix("dy", dy, OutShape(g));
+  MPSMatrix* dxm = ops.Matrix("dx", dx, InShape(g));
+  MPSMatrix* xm = x != nullptr ? ops.Matrix("x", x, InShape(g)) : nil;
+  MPSImage* dyi = ops.Image("dy", OutShape(g));
+  MPSImage* xi = ops.Image("x", InShape(g));  // the average's: only its size matters
+  MPSImage* dxi = ops.Image("dx", InShape(g));
+  MPSMatrixCopyToImage* to_image = ToImage(&ops);
+  MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
+  if (!ops.status.ok()) return ops.status;
+  forward_kernel.offset = OffsetOf(g);
+  forward_kernel.edgeMode = MPSImageEdgeModeClamp;
+  MPSState* state = [forward_kernel resultStateForSourceImage:xi sourceStates:nil destinationImage:dyi];
+  if (state == nil) return BackendStatus::Internal(ops.op + ": resultStateForSourceImage: returned nil");
+  ConfigureGradient(kernel, g);
+  return metal::Submit(ops.op, [&](id<MTLCommandBuffer> cb) {
+    [to_image encodeToCommandBuffer:cb sourceMatrix:dym destinationImage:dyi];
+    if (xm != nil) [to_image encodeToCommandBuffer:cb sourceMatrix:xm destinationImage:xi];
+    [kernel encodeToCommandBuffer:cb sourceGradient:dyi sourceImage:xi gradientState:state destinationGradient:dxi];
+    [to_matrix encodeToCommandBuffer:cb sourceImage:dxi destinationMatrix:dxm];
+  });
+}
+
+// "" when every window of x has a single maximum and x no NaN, else why not.
+std::string TiesOrNan(const Pool2DGeometry& g, const float* x) {
+  const int64_t C = g.channels;
+  std::vector<float> best(static_cast<size_t>(C));
+  std::vector<int> count(static_cast<size_t>(C));
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const float* xn = x + n * g.in_h * g.in_w * C;
+    for (int64_t i = 0; i < g.out_h; ++i) {
+      const int64_t h0 = std::max<int64_t>(0, i * g.stride_h - g.pad_top);
+      const int64_t h1 = std::min(g.in_h, i * g.stride_h - g.pad_top + g.k_h);
+      for (int64_t j = 0; j < g.out_w; ++j) {
+        const int64_t v0 = std::max<int64_t>(0, j * g.stride_w - g.pad_left);
+        const int64_t v1 = std::min(g.in_w, j * g.stride_w - g.pad_left + g.k_w);
+        std::fill(best.begin(), best.end(), -std::numeric_limits<float>::infinity());
+        std::fill(count.begin(), count.end(), 0);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t v = v0; v < v1; ++v) {
+            const float* p = xn + (h * g.in_w + v) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const float e = p[c];
+              if (std::isnan(e)) return "x holds a NaN (how MPS's max treats NaN is not documented)";
+              if (e > best[c]) {
+                best[c] = e;
+                count[c] = 1;
+              } else if (e == best[c]) {
+                ++count[c];
+              }
+            }
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          if (count[c] != 1) {
+            return "a window has tied maxima (MPSCNNPoolingMaxGradient's pick is implementation specific, TF's "
+                   "the first in scan order)";
+          }
+        }
+      }
+    }
+  }
+  return "";
+}
+
+// The host reads x: GPU work queued on this thread's stream must be done first.
+BackendStatus WaitForStream(const std::string& op) {
+  if (metal::ThreadTarget() == nullptr) return BackendStatus::Ok();
+  return metal::SubmitAndWait(op, [](id<MTLCommandBuffer>) {});
+}
+
 // TFMPS_POOL_METAL_TRACE=1: one stderr line per entry point call with its outcome (to see
 // which calls a TF program sends through Metal, and why the others decline).
 BackendStatus Traced(const std::string& op, BackendStatus st) {
@@ -224,12 +317,75 @@ static BackendStatus AvgPool2DMetalImpl(const Pool2DGeometry& g, const float* x,
   }
 }
 
+static BackendStatus AvgPool2DGradMetalImpl(const Pool2DGeometry& g, const float* dy, float* dx) {
+  const std::string op = "AvgPool2DGradMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  const std::string why = Declines(g);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    const NSUInteger kw = static_cast<NSUInteger>(g.k_w), kh = static_cast<NSUInteger>(g.k_h),
+                     sx = static_cast<NSUInteger>(g.stride_w), sy = static_cast<NSUInteger>(g.stride_h);
+    MPSCNNPoolingAverage* forward =
+        ops.Kernel([[MPSCNNPoolingAverage alloc] initWithDevice:metal::Device() kernelWidth:kw kernelHeight:kh
+                                                strideInPixelsX:sx strideInPixelsY:sy],
+                   "MPSCNNPoolingAverage initWithDevice:kernelWidth:...");
+    MPSCNNPoolingAverageGradient* kernel =
+        ops.Kernel([[MPSCNNPoolingAverageGradient alloc] initWithDevice:metal::Device() kernelWidth:kw kernelHeight:kh
+                                                        strideInPixelsX:sx strideInPixelsY:sy],
+                   "MPSCNNPoolingAverageGradient initWithDevice:kernelWidth:...");
+    if (!ops.status.ok()) return ops.status;
+    forward.zeroPadSizeX = 0;
+    forward.zeroPadSizeY = 0;
+    kernel.zeroPadSizeX = 0;
+    kernel.zeroPadSizeY = 0;
+    return EncodeGradient(ops, g, nullptr, dy, dx, forward, kernel);
+  }
+}
+
+static BackendStatus MaxPool2DGradMetalImpl(const Pool2DGeometry& g, const float* x, const float* dy, float* dx) {
+  const std::string op = "MaxPool2DGradMetal";
+  if (!metal::Available()) return BackendStatus::Unsupported(op + ": no Metal device");
+  std::string why = Declines(g);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  if (!metal::FindAlignedBuffer(x, static_cast<size_t>(g.in_size()) * sizeof(float)).found()) {
+    return BackendStatus::Unsupported(op + ": x is not in a 16-byte aligned, registered Metal buffer");
+  }
+  BackendStatus st = WaitForStream(op);
+  if (!st.ok()) return st;
+  why = TiesOrNan(g, x);
+  if (!why.empty()) return BackendStatus::Unsupported(op + ": " + why);
+  @autoreleasepool {
+    Operands ops{op};
+    const NSUInteger kw = static_cast<NSUInteger>(g.k_w), kh = static_cast<NSUInteger>(g.k_h),
+                     sx = static_cast<NSUInteger>(g.stride_w), sy = static_cast<NSUInteger>(g.stride_h);
+    MPSCNNPoolingMax* forward =
+        ops.Kernel([[MPSCNNPoolingMax alloc] initWithDevice:metal::Device() kernelWidth:kw kernelHeight:kh
+                                            strideInPixelsX:sx strideInPixelsY:sy],
+                   "MPSCNNPoolingMax initWithDevice:kernelWidth:...");
+    MPSCNNPoolingMaxGradient* kernel =
+        ops.Kernel([[MPSCNNPoolingMaxGradient alloc] initWithDevice:metal::Device() kernelWidth:kw kernelHeight:kh
+                                                    strideInPixelsX:sx strideInPixelsY:sy],
+                   "MPSCNNPoolingMaxGradient initWithDevice:kernelWidth:...");
+    if (!ops.status.ok()) return ops.status;
+    return EncodeGradient(ops, g, x, dy, dx, forward, kernel);
+  }
+}
+
 BackendStatus MaxPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
   return Traced("MaxPool2DMetal", MaxPool2DMetalImpl(g, x, y));
 }
 
 BackendStatus AvgPool2DMetal(const Pool2DGeometry& g, const float* x, float* y) {
   return Traced("AvgPool2DMetal", AvgPool2DMetalImpl(g, x, y));
+}
+
+BackendStatus AvgPool2DGradMetal(const Pool2DGeometry& g, const float* dy, float* dx) {
+  return Traced("AvgPool2DGradMetal", AvgPool2DGradMetalImpl(g, dy, dx));
+}
+
+BackendStatus MaxPool2DGradMetal(const Pool2DGeometry& g, const float* x, const float* dy, float* dx) {
+  return Traced("MaxPool2DGradMetal", MaxPool2DGradMetalImpl(g, x, dy, dx));
 }
 
 }  // namespace pool
