@@ -31,6 +31,20 @@
 //  * The destination must be a 1 x 1 image with numberOfImages >= 1, and the source
 //    must have the same numberOfImages (one output per source image); offset must be
 //    (0, 0, 0). Float32 images only (the fake's limit).
+//  * The gradient state (Apple: gradientForWeights / gradientForBiases nonnull, "the
+//    gradient with respect to weights and biases"; its layout is taken to be the data
+//    source's weights layout, [No][1][1][Ni] here, as mps_cnn.mm takes the
+//    convolution's): private float32 buffers (the code must blit them to read them),
+//    written whole by each GradientWithWeightsAndBias encode (the sums over the batch;
+//    no accumulation across encodes). It records the forward kernel only, not the
+//    batch: the gradient encode checks the images against each other and the layer.
+//  * The gradient computes dx with its own data source's weights (Apple: "the same data
+//    source provider" as the forward's); sourceImage is read only for the weight
+//    gradient. kernelOffsetX/Y must stay 0.
+//  * Apple's MPSCNNConvolutionGradient page calls the forward weight order
+//    [No][kernelWidth][kernelHeight][Ni]; with the 1 x 1 kernels emulated here every
+//    reading agrees. A Mac run should confirm the 1 x 1 FC's [No][Ni] order with one
+//    non-symmetric W (tests/test_dense_metal.py's exact small-integer cases).
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 
 #include <algorithm>
