@@ -473,8 +473,14 @@ class MaxPoolGradOp : public PoolKernel {
     FloatIn x, d;
     OP_REQUIRES_OK(ctx, In(ctx, kMgInput, &x));
     OP_REQUIRES_OK(ctx, In(ctx, kMgGrad, &d));
-    Run(ctx, {&x, &d}, &out,
-        [&](const ParallelFor& parallel) { MaxPool2DGradCpu(g, x.data, d.data, out.data, parallel); });
+    Run(
+        ctx, {&x, &d}, &out,
+        [&](const ParallelFor& parallel) { MaxPool2DGradCpu(g, x.data, d.data, out.data, parallel); },
+#ifdef TFMPS_DEVICE_KERNELS
+        [&] { return MaxPool2DGradMetal(g, x.data, d.data, out.data); });
+#else
+        nullptr);
+#endif
   }
 };
 
@@ -528,7 +534,13 @@ class AvgPoolGradOp : public PoolKernel {
     if (out.dst->NumElements() == 0) return;
     FloatIn d;
     OP_REQUIRES_OK(ctx, In(ctx, kAgGrad, &d));
-    Run(ctx, {&d}, &out, [&](const ParallelFor& parallel) { AvgPool2DGradCpu(g, d.data, out.data, parallel); });
+    Run(
+        ctx, {&d}, &out, [&](const ParallelFor& parallel) { AvgPool2DGradCpu(g, d.data, out.data, parallel); },
+#ifdef TFMPS_DEVICE_KERNELS
+        [&] { return AvgPool2DGradMetal(g, d.data, out.data); });
+#else
+        nullptr);
+#endif
   }
 };
 
