@@ -4,9 +4,10 @@ against the dense CPU backend (ops/dense/dense_cpu.cc, through the emulation mod
 
 This path is not what the per-op device kernels run (dense_ops.cc stays on
 MPSMatrixMultiplication); it is the one the training-graph API will use. What is on Metal
-so far: the forward, float32 with float32 accumulation, bias and relu (the fused ReLU
-neuron with a = 0). float16, empty shapes and images beyond Metal's texture-array limit
-return Unsupported, tested here to write nothing.
+so far, float32 with float32 accumulation: the forward with bias and relu (the fused ReLU
+neuron with a = 0), and the identity gradients on MPSCNNFullyConnectedGradient (dx; dW
+and db through the gradient state). float16, relu gradients, empty shapes and images
+beyond Metal's texture-array limit return Unsupported, tested here to write nothing.
 
 What this can tell (docs/metal-emulation.md): the fake (emulation/mps/mps_cnn_fc.mm)
 computes Apple's documented formula with the dense CPU backend after its own image <->

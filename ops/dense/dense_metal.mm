@@ -19,7 +19,16 @@
 // kUnsupported (the CPU backend runs): float16 data or accumulation; no rows, features
 // or outputs (the CPU backend's zero/bias-only cases); N * ceil(K / 4) or
 // N * ceil(M / 4) beyond Metal's 2048 texture-array slices; x or y not in a registered,
-// 16-byte aligned buffer.
+// 16-byte aligned buffer; in the gradients also relu (dense.h's mask is y > 0 while the
+// gradient kernels take no fused neuron: the caller would have to mask dy first).
+//
+// Gradients (MPSCNNFullyConnectedGradient, an MPSCNNConvolutionGradient): a forward
+// MPSCNNFullyConnected and the gradient kernel over one data source, the state from the
+// forward's -resultStateForSourceImage:sourceStates:destinationImage: (the forward is
+// not encoded: the state carries the sizes). dx: GradientWithData (x's image only sizes
+// the state). dW, db: GradientWithWeightsAndBias over zero weights (not read), the
+// state's gradientForWeights ([M][1][1][K], the data source's layout) and
+// gradientForBiases blitted to a shared buffer, read after the wait, [M][K] -> [K][M].
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
