@@ -19,9 +19,25 @@
 // the clamped pixel is one of the window's own valid cells and the maximum is TF's.
 // (Zero would read 0.0, wrong for all-negative windows.)
 //
+// Gradients: NHWC dy (and x for max) to MPSImages, MPSCNNPooling{Max,Average}Gradient with
+// the forward kernel's -resultStateForSourceImage:... state, dx image back to NHWC, one
+// command buffer. Apple (MPSCNNPoolingGradient): the sum runs over the source gradient's
+// pixels from primaryOffset over sourceSize, "in normal operation" the forward's
+// clipRect (origin 0, size OW x OH here); the windows sit in the secondary source (the
+// forward's source image): secondaryOffset = the forward's offset above is this backend's
+// reading, to be confirmed on a Mac. The average gradient reads only the source image's
+// size (Apple: "any correctly sized image will produce correct results"), so its x image
+// is left unfilled. The max gradient finds the arg-max again from x; Apple: with several
+// maximal values in a window "one of them is picked ... implementation specific", while
+// TF routes to the first in scan order, so MaxPool2DGradMetal reads x on the host (after
+// the stream's wait: a sync point) and declines any window with a tied maximum, or any NaN
+// (MPS's NaN rule is not documented). That scan costs about one CPU max-pool forward.
+//
 // kUnsupported (the CPU backend runs): empty tensors; images beyond Metal's limits
 // (16384 per side, 2048 texture slices of 4 channels); arrays not in a registered,
-// 16-byte aligned buffer.
+// 16-byte aligned buffer; max gradients with ties or NaN. Apple documents no kernel-size
+// limit for MPSCNNPooling (odd or even sizes), so none is imposed. float16 never reaches
+// here (pool_ops.cc keeps it on the CPU path).
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
