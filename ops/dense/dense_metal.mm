@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "ops/common/metal_context.h"
+#include "ops/common/metal_images.h"
 #include "ops/dense/dense_metal.h"
 
 // The weights of one fully connected layer over the dense kernel W [K][M] and bias [M]
@@ -118,58 +119,12 @@ namespace tfmps {
 namespace dense {
 namespace {
 
-constexpr int64_t kMaxArraySlices = 2048;  // Metal: layers of a 2D texture array
+using metal::kMaxArraySlices;
+using metal::Operands;
+using metal::ToImage;
+using metal::ToMatrix;
 
 std::string Str(int64_t v) { return std::to_string(v); }
-
-// `images` images of 1 x 1 x `channels`.
-MPSImage* MakeImage(int64_t images, int64_t channels) {
-  MPSImageDescriptor* d =
-      [MPSImageDescriptor imageDescriptorWithChannelFormat:MPSImageFeatureChannelFormatFloat32
-                                                     width:1
-                                                    height:1
-                                           featureChannels:static_cast<NSUInteger>(channels)
-                                            numberOfImages:static_cast<NSUInteger>(images)
-                                                     usage:MTLTextureUsageShaderRead | MTLTextureUsageShaderWrite];
-  if (d == nil) return nil;
-  d.storageMode = MTLStorageModePrivate;  // only the GPU touches these
-  return [[MPSImage alloc] initWithDevice:metal::Device() imageDescriptor:d];
-}
-
-// The matrices and images of one call; Internal/Unsupported on the first failure.
-struct Operands {
-  std::string op;
-  BackendStatus status = BackendStatus::Ok();
-
-  // rows x cols floats at p, as an MPSMatrix over its buffer.
-  MPSMatrix* Matrix(const char* name, const void* p, int64_t rows, int64_t cols) {
-    if (!status.ok()) return nil;
-    const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
-    const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(rows) * row_bytes);
-    if (!ref.found()) {
-      status = BackendStatus::Unsupported(op + ": " + name + " is not in a 16-byte aligned, registered Metal buffer");
-      return nil;
-    }
-    MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(rows)
-                                                                   columns:static_cast<NSUInteger>(cols)
-                                                                  rowBytes:row_bytes
-                                                                  dataType:MPSDataTypeFloat32];
-    MPSMatrix* m = d == nil ? nil : [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
-    if (m == nil) status = BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil for " + name);
-    return m;
-  }
-  MPSImage* Image(const char* name, int64_t images, int64_t channels) {
-    if (!status.ok()) return nil;
-    MPSImage* image = MakeImage(images, channels);
-    if (image == nil) status = BackendStatus::Internal(op + ": MPSImage initWithDevice: returned nil for " + name);
-    return image;
-  }
-  template <typename T>
-  T* Kernel(T* kernel, const char* what) {
-    if (status.ok() && kernel == nil) status = BackendStatus::Internal(op + ": " + what + " returned nil");
-    return kernel;
-  }
-};
 
 // The data source reads W and the bias on the CPU: GPU work queued on this thread's
 // stream must be done first.
@@ -203,14 +158,8 @@ BackendStatus DenseForwardFcMetal(const DenseDims& d, const DenseConfig& c, cons
     MPSMatrix* y = ops.Matrix("y", a.y, d.rows, d.out);
     MPSImage* xi = ops.Image("x", d.rows, d.in);
     MPSImage* yi = ops.Image("y", d.rows, d.out);
-    MPSMatrixCopyToImage* to_image =
-        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
-                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
-    MPSImageCopyToMatrix* to_matrix =
-        ops.Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
-                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                   "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
     MPSCNNConvolutionDescriptor* desc = ops.Kernel(
         [MPSCNNConvolutionDescriptor cnnConvolutionDescriptorWithKernelWidth:1
                                                                 kernelHeight:1
@@ -300,14 +249,8 @@ BackendStatus DenseBackpropInputFcMetal(const DenseDims& d, const DenseConfig& c
     MPSImage* dxi = ops.Image("dx", d.rows, d.in);
     // The forward's source, for the gradient state's sizes (not read for GradientWithData).
     MPSImage* xi = ops.Image("x (sizes only)", d.rows, d.in);
-    MPSMatrixCopyToImage* to_image =
-        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
-                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
-    MPSImageCopyToMatrix* to_matrix =
-        ops.Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
-                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                   "MPSImageCopyToMatrix initWithDevice:dataLayout:");
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
+    MPSImageCopyToMatrix* to_matrix = ToMatrix(&ops);
     if (!ops.status.ok()) return ops.status;
     BackendStatus st = WaitForStream(op);  // the data source reads W on the CPU
     if (!st.ok()) return st;
@@ -338,10 +281,7 @@ BackendStatus DenseBackpropKernelFcMetal(const DenseDims& d, const DenseConfig& 
     MPSImage* dyi = ops.Image("dy", d.rows, d.out);
     // Not written with GradientWithWeightsAndBias, but the encode call takes one.
     MPSImage* dxi = ops.Image("dx (unused)", d.rows, d.in);
-    MPSMatrixCopyToImage* to_image =
-        ops.Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
-                                                     dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                   "MPSMatrixCopyToImage initWithDevice:dataLayout:");
+    MPSMatrixCopyToImage* to_image = ToImage(&ops);
     if (!ops.status.ok()) return ops.status;
     id<MTLBuffer> staged = [metal::Device() newBufferWithLength:w_bytes + b_bytes options:MTLResourceStorageModeShared];
     if (staged == nil) return BackendStatus::Internal(op + ": newBufferWithLength: returned nil");

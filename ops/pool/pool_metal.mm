@@ -53,101 +53,18 @@
 #include <vector>
 
 #include "ops/common/metal_context.h"
+#include "ops/common/metal_images.h"
 #include "ops/pool/pool_metal.h"
 
 namespace tfmps {
 namespace pool {
 namespace {
 
-constexpr int64_t kMaxArraySlices = 2048;  // Metal: layers of a 2D texture array
-constexpr int64_t kMaxTextureSide = 16384;
-
-std::string Str(int64_t v) { return std::to_string(v); }
-
-// n images of h x w pixels of c channels.
-struct ImageShape {
-  int64_t n = 0, h = 0, w = 0, c = 0;
-};
-
-std::string CheckImage(const char* name, const ImageShape& s) {
-  if (s.h > kMaxTextureSide || s.w > kMaxTextureSide) {
-    return std::string(name) + " is " + Str(s.h) + " x " + Str(s.w) + " pixels (Metal's limit is 16384 a side)";
-  }
-  const int64_t slices = s.n * ((s.c + 3) / 4);
-  if (slices > kMaxArraySlices) {
-    return std::string(name) + " has " + Str(slices) + " texture slices (Metal's limit is " + Str(kMaxArraySlices) +
-           ")";
-  }
-  return "";
-}
-
-MPSImage* MakeImage(const ImageShape& s) {
-  MPSImageDescriptor* d =
-      [MPSImageDescriptor imageDescriptorWithChannelFormat:MPSImageFeatureChannelFormatFloat32
-                                                     width:static_cast<NSUInteger>(s.w)
-                                                    height:static_cast<NSUInteger>(s.h)
-                                           featureChannels:static_cast<NSUInteger>(s.c)
-                                            numberOfImages:static_cast<NSUInteger>(s.n)
-                                                     usage:MTLTextureUsageShaderRead | MTLTextureUsageShaderWrite];
-  if (d == nil) return nil;
-  d.storageMode = MTLStorageModePrivate;  // only the GPU touches these
-  return [[MPSImage alloc] initWithDevice:metal::Device() imageDescriptor:d];
-}
-
-// An NHWC tensor as an MPSMatrix of n rows (images) of h*w*c floats over its buffer.
-MPSMatrix* Rows(const void* p, const ImageShape& s, bool* found) {
-  const size_t row_bytes = static_cast<size_t>(s.h * s.w * s.c) * sizeof(float);
-  const metal::BufferRef ref = metal::FindAlignedBuffer(p, static_cast<size_t>(s.n) * row_bytes);
-  *found = ref.found();
-  if (!ref.found()) return nil;
-  MPSMatrixDescriptor* d = [MPSMatrixDescriptor matrixDescriptorWithRows:static_cast<NSUInteger>(s.n)
-                                                                 columns:static_cast<NSUInteger>(s.h * s.w * s.c)
-                                                                rowBytes:row_bytes
-                                                                dataType:MPSDataTypeFloat32];
-  if (d == nil) return nil;
-  return [[MPSMatrix alloc] initWithBuffer:metal::BufferOf(ref) offset:ref.offset descriptor:d];
-}
-
-// The matrices, images and kernels of one call; Internal/Unsupported on the first failure.
-struct Operands {
-  std::string op;
-  BackendStatus status = BackendStatus::Ok();
-
-  MPSMatrix* Matrix(const char* name, const void* p, const ImageShape& s) {
-    if (!status.ok()) return nil;
-    bool found = false;
-    MPSMatrix* m = Rows(p, s, &found);
-    if (!found) {
-      status = BackendStatus::Unsupported(op + ": " + name + " is not in a 16-byte aligned, registered Metal buffer");
-    } else if (m == nil) {
-      status = BackendStatus::Internal(op + ": MPSMatrix initWithBuffer: returned nil for " + name);
-    }
-    return m;
-  }
-  MPSImage* Image(const char* name, const ImageShape& s) {
-    if (!status.ok()) return nil;
-    MPSImage* image = MakeImage(s);
-    if (image == nil) status = BackendStatus::Internal(op + ": MPSImage initWithDevice: returned nil for " + name);
-    return image;
-  }
-  template <typename T>
-  T* Kernel(T* kernel, const char* what) {
-    if (status.ok() && kernel == nil) status = BackendStatus::Internal(op + ": " + what + " returned nil");
-    return kernel;
-  }
-};
-
-MPSMatrixCopyToImage* ToImage(Operands* ops) {
-  return ops->Kernel([[MPSMatrixCopyToImage alloc] initWithDevice:metal::Device()
-                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                     "MPSMatrixCopyToImage initWithDevice:dataLayout:");
-}
-
-MPSImageCopyToMatrix* ToMatrix(Operands* ops) {
-  return ops->Kernel([[MPSImageCopyToMatrix alloc] initWithDevice:metal::Device()
-                                                       dataLayout:MPSDataLayoutHeightxWidthxFeatureChannels],
-                     "MPSImageCopyToMatrix initWithDevice:dataLayout:");
-}
+using metal::CheckImage;
+using metal::ImageShape;
+using metal::Operands;
+using metal::ToImage;
+using metal::ToMatrix;
 
 ImageShape InShape(const Pool2DGeometry& g) { return {g.batch, g.in_h, g.in_w, g.channels}; }
 ImageShape OutShape(const Pool2DGeometry& g) { return {g.batch, g.out_h, g.out_w, g.channels}; }
