@@ -109,41 +109,7 @@ namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 
 void CheckFloatImage(const char* method, const char* name, MPSImage* image, id<MTLDevice> device) {
-  if (image == nil) EmuValidationFailure(method, std::string(name) + " is nil");
-  if ([image device] != device) EmuValidationFailure(method, std::string(name) + " is on another device");
-  if ([image featureChannelFormat] != MPSImageFeatureChannelFormatFloat32) {
-    EmuValidationFailure(method, std::string("emulation limit: ") + name +
-                                     " is not a float32 image (the fake normalizes float32 only)");
-  }
-}
-
-// Every image of `image` as dense NHWC floats.
-std::vector<float> ReadNhwc(MPSImage* image) {
-  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
-  std::vector<float> out(static_cast<size_t>(N * H * W * C));
-  const uint8_t* src = [image gpuBytes];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(&out[((n * H + h) * W + w) * C + c],
-                      src + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), sizeof(float));
-  return out;
-}
-
-// Writes every image from NHWC values, zeroing the padding channels of the last slice.
-void WriteNhwc(MPSImage* image, const std::vector<float>& in) {
-  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
-  uint8_t* dst = [image gpuBytes];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float),
-                      &in[((n * H + h) * W + w) * C + c], sizeof(float));
-        for (int64_t c = C; c % 4 != 0; ++c)
-          std::memset(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), 0, sizeof(float));
-      }
+  EmuCheckFloatImage(method, name, image, device, "the fake normalizes float32 only");
 }
 
 const tfmps::ParallelFor kSerial = [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
@@ -331,7 +297,7 @@ bool SameSize(MPSImage* a, MPSImage* b) {
           mean.assign(m, m + gamma.size());
           variance.assign(v, v + gamma.size());
         }
-        const std::vector<float> x = ReadNhwc(src);
+        const std::vector<float> x = EmuReadNhwc(src);
         std::vector<float> y(x.size());
         tfmps::norm::NormShape s;
         s.groups = 1;
@@ -353,7 +319,7 @@ bool SameSize(MPSImage* a, MPSImage* b) {
         std::vector<double> workspace(
             static_cast<size_t>(std::max<int64_t>(1, tfmps::norm::ForwardCpuWorkspace(s, /*training=*/false))));
         tfmps::norm::ForwardCpu(s, a, workspace.data(), kSerial);
-        WriteNhwc(dst, y);
+        EmuWriteNhwc(dst, y);
       },
       [dst] { [dst endGpuWrite]; });
 }
@@ -405,7 +371,7 @@ bool SameSize(MPSImage* a, MPSImage* b) {
   EmuEncode(commandBuffer, method, [images, channels, mean_buffer, variance_buffer] {
     std::vector<float> x;
     for (MPSImage* image : images) {
-      const std::vector<float> part = ReadNhwc(image);
+      const std::vector<float> part = EmuReadNhwc(image);
       x.insert(x.end(), part.begin(), part.end());
     }
     tfmps::norm::NormShape s;
@@ -505,7 +471,7 @@ void CheckGradientImages(const char* method, MPSImage* gradient, MPSImage* sourc
   EmuEncode(commandBuffer, method, [state, grads, images, dgamma, dbeta] {
     std::vector<float> dy, x, dx;
     for (size_t i = 0; i < images.size(); ++i) {
-      const std::vector<float> g = ReadNhwc(grads[i]), v = ReadNhwc(images[i]);
+      const std::vector<float> g = EmuReadNhwc(grads[i]), v = EmuReadNhwc(images[i]);
       dy.insert(dy.end(), g.begin(), g.end());
       x.insert(x.end(), v.begin(), v.end());
     }
@@ -557,8 +523,8 @@ void CheckGradientImages(const char* method, MPSImage* gradient, MPSImage* sourc
       commandBuffer, method,
       [state, g, src, dst] {
         std::vector<float> dx, dgamma(static_cast<size_t>(state->_channels)), dbeta(dgamma.size());
-        BatchNormBackwardEmu(state, ReadNhwc(g), ReadNhwc(src), &dx, dgamma.data(), dbeta.data());
-        WriteNhwc(dst, dx);
+        BatchNormBackwardEmu(state, EmuReadNhwc(g), EmuReadNhwc(src), &dx, dgamma.data(), dbeta.data());
+        EmuWriteNhwc(dst, dx);
       },
       [dst] { [dst endGpuWrite]; });
 }
@@ -660,7 +626,7 @@ void BatchNormBackwardEmu(MPSCNNBatchNormalizationState* state, const std::vecto
   EmuEncode(
       commandBuffer, method,
       [gamma, beta, epsilon, src, dst] {
-        const std::vector<float> x = ReadNhwc(src);
+        const std::vector<float> x = EmuReadNhwc(src);
         std::vector<float> y(x.size());
         tfmps::norm::NormShape s;
         s.groups = static_cast<int64_t>([src numberOfImages]);
@@ -681,7 +647,7 @@ void BatchNormBackwardEmu(MPSCNNBatchNormalizationState* state, const std::vecto
         std::vector<double> workspace(
             static_cast<size_t>(std::max<int64_t>(1, tfmps::norm::ForwardCpuWorkspace(s, /*training=*/true))));
         tfmps::norm::ForwardCpu(s, a, workspace.data(), kSerial);
-        WriteNhwc(dst, y);
+        EmuWriteNhwc(dst, y);
       },
       [dst] { [dst endGpuWrite]; });
 }

@@ -74,41 +74,7 @@ namespace {
 std::string S(int64_t v) { return std::to_string(v); }
 
 void CheckFloatImage(const char* method, const char* name, MPSImage* image, id<MTLDevice> device) {
-  if (image == nil) EmuValidationFailure(method, std::string(name) + " is nil");
-  if ([image device] != device) EmuValidationFailure(method, std::string(name) + " is on another device");
-  if ([image featureChannelFormat] != MPSImageFeatureChannelFormatFloat32) {
-    EmuValidationFailure(method, std::string("emulation limit: ") + name +
-                                     " is not a float32 image (the fake pools float32 only)");
-  }
-}
-
-// Every image of `image` as dense NHWC floats.
-std::vector<float> ReadNhwc(MPSImage* image) {
-  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
-  std::vector<float> out(static_cast<size_t>(N * H * W * C));
-  const uint8_t* src = [image gpuBytes];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(&out[((n * H + h) * W + w) * C + c],
-                      src + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), sizeof(float));
-  return out;
-}
-
-// Writes every image from NHWC values, zeroing the padding channels of the last slice.
-void WriteNhwc(MPSImage* image, const std::vector<float>& in) {
-  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
-  uint8_t* dst = [image gpuBytes];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        for (int64_t c = 0; c < C; ++c)
-          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float),
-                      &in[((n * H + h) * W + w) * C + c], sizeof(float));
-        for (int64_t c = C; c % 4 != 0; ++c)
-          std::memset(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), 0, sizeof(float));
-      }
+  EmuCheckFloatImage(method, name, image, device, "the fake pools float32 only");
 }
 
 const tfmps::ParallelFor kSerial = [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
@@ -222,14 +188,14 @@ void Dimension(const char* method, const char* axis, int64_t in, int64_t out, in
   EmuEncode(
       commandBuffer, method,
       [g, is_max, src, dst] {
-        const std::vector<float> x = ReadNhwc(src);
+        const std::vector<float> x = EmuReadNhwc(src);
         std::vector<float> y(static_cast<size_t>(g.out_size()));
         if (is_max) {
           tfmps::pool::MaxPool2DCpu(g, x.data(), y.data(), kSerial);
         } else {
           tfmps::pool::AvgPool2DCpu(g, x.data(), y.data(), kSerial);
         }
-        WriteNhwc(dst, y);
+        EmuWriteNhwc(dst, y);
       },
       [dst] { [dst endGpuWrite]; });
 }
@@ -376,15 +342,15 @@ void Dimension(const char* method, const char* axis, int64_t in, int64_t out, in
   EmuEncode(
       commandBuffer, method,
       [g, is_max, dy_image, x_image, dst] {
-        const std::vector<float> dy = ReadNhwc(dy_image);
+        const std::vector<float> dy = EmuReadNhwc(dy_image);
         std::vector<float> dx(static_cast<size_t>(g.in_size()));
         if (is_max) {
-          const std::vector<float> x = ReadNhwc(x_image);  // the arg-max, found again
+          const std::vector<float> x = EmuReadNhwc(x_image);  // the arg-max, found again
           tfmps::pool::MaxPool2DGradCpu(g, x.data(), dy.data(), dx.data(), kSerial);
         } else {
           tfmps::pool::AvgPool2DGradCpu(g, dy.data(), dx.data(), kSerial);
         }
-        WriteNhwc(dst, dx);
+        EmuWriteNhwc(dst, dx);
       },
       [dst] { [dst endGpuWrite]; });
 }

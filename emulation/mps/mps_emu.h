@@ -5,8 +5,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+
+#include "emulation/metal/metal_emu.h"
 
 // Bytes per element of an MPSDataType (the low 16 bits count bits).
 inline size_t EmuElementSize(MPSDataType t) {
@@ -46,5 +51,46 @@ EmuByteRange EmuRangeOf(MPSVector* v);
 - (void)endGpuWrite;
 - (size_t)indexOfImage:(NSUInteger)n channel:(NSUInteger)c row:(NSUInteger)h column:(NSUInteger)w;
 @end
+
+// An image a fake computes on: not nil, on `device`, float32 (`why` ends the emulation
+// limit's message, e.g. "the fake pools float32 only").
+inline void EmuCheckFloatImage(const char* method, const char* name, MPSImage* image, id<MTLDevice> device,
+                               const char* why) {
+  if (image == nil) EmuValidationFailure(method, std::string(name) + " is nil");
+  if ([image device] != device) EmuValidationFailure(method, std::string(name) + " is on another device");
+  if ([image featureChannelFormat] != MPSImageFeatureChannelFormatFloat32) {
+    EmuValidationFailure(method, std::string("emulation limit: ") + name + " is not a float32 image (" + why + ")");
+  }
+}
+
+// Every image of a float32 `image` as dense NHWC floats.
+inline std::vector<float> EmuReadNhwc(MPSImage* image) {
+  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
+  std::vector<float> out(static_cast<size_t>(N * H * W * C));
+  const uint8_t* src = [image gpuBytes];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(&out[((n * H + h) * W + w) * C + c],
+                      src + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), sizeof(float));
+  return out;
+}
+
+// Writes every image of a float32 `image` from NHWC values, zeroing the padding channels
+// of the last slice.
+inline void EmuWriteNhwc(MPSImage* image, const std::vector<float>& in) {
+  const int64_t N = [image numberOfImages], H = [image height], W = [image width], C = [image featureChannels];
+  uint8_t* dst = [image gpuBytes];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) {
+        for (int64_t c = 0; c < C; ++c)
+          std::memcpy(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float),
+                      &in[((n * H + h) * W + w) * C + c], sizeof(float));
+        for (int64_t c = C; c % 4 != 0; ++c)
+          std::memset(dst + [image indexOfImage:n channel:c row:h column:w] * sizeof(float), 0, sizeof(float));
+      }
+}
 
 #endif  // TFMPS_EMULATION_MPS_MPS_EMU_H_
