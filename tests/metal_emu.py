@@ -35,3 +35,32 @@ def binary(name):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def no_leaks(emu, classes, skip_with_device=True):
+    """A generator for an autouse fixture: the live instance count of each of `classes`
+    returns to its value before the test (an Objective-C leak check).
+
+    With the tf-mps device in the process (--tfmps-device) its own Metal objects come and
+    go: counts are per class, so with skip_with_device they are checked in the plain run
+    only. A completed command buffer is released by the queue's thread just after the
+    waiter woke (test_metal_backends.py): the check gives it up to a second."""
+    import time
+
+    assert emu.available(), "the metal context found no device on the emulation"
+    count = True
+    if skip_with_device:
+        import tf_mps.device
+
+        count = tf_mps.device.loaded() is None
+    before = {c: emu.live_instances(c) for c in classes}
+    yield
+    emu.reset_hooks()
+    if not count:
+        return
+    for _ in range(100):
+        after = {c: emu.live_instances(c) for c in classes}
+        if after == before:
+            break
+        time.sleep(0.01)
+    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"

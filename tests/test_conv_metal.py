@@ -14,7 +14,6 @@ last bits) nor confirm the emulation's reading of Apple's documentation where it
 silent (listed in mps_cnn.mm).
 """
 
-import time
 
 import numpy as np
 import pytest
@@ -41,25 +40,7 @@ PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSEmuBlitEnco
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    assert emu.available(), "the metal context found no device on the emulation"
-    import tf_mps.device
-
-    # With the tf-mps device in the process (--tfmps-device) its own Metal objects come
-    # and go: counts are per class, so they are checked in the plain run only.
-    count = tf_mps.device.loaded() is None
-    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-    yield
-    emu.reset_hooks()
-    if not count:
-        return
-    # A completed command buffer is released by the queue's thread just after the
-    # waiter woke (test_metal_backends.py): give it up to a second.
-    for _ in range(100):
-        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-        if after == before:
-            break
-        time.sleep(0.01)
-    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+    yield from metal_emu.no_leaks(emu, PER_CALL_CLASSES)
 
 
 # ------------------------------------------------------------------ the CPU backend

@@ -17,7 +17,6 @@ descriptor, waits, nil handling, lifetimes). They cannot tell how Apple's kernel
 nor confirm the fake's choices where Apple is silent (listed in mps_cnn_fc.mm).
 """
 
-import time
 
 import numpy as np
 import pytest
@@ -41,16 +40,7 @@ PER_CALL_CLASSES = ["TFMPSEmuBuffer", "TFMPSEmuCommandBuffer", "TFMPSHeapString"
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    assert emu.available(), "the metal context found no device on the emulation"
-    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-    yield
-    emu.reset_hooks()
-    for _ in range(100):
-        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-        if after == before:
-            break
-        time.sleep(0.01)
-    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+    yield from metal_emu.no_leaks(emu, PER_CALL_CLASSES, skip_with_device=False)
 
 
 def _check(result, code=OK):

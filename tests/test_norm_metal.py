@@ -16,7 +16,6 @@ tell how Apple's kernel rounds, nor confirm the fake's choices where Apple is si
 (listed in mps_cnn_norm.mm).
 """
 
-import time
 
 import numpy as np
 import pytest
@@ -43,21 +42,7 @@ PER_CALL_CLASSES = ["MPSCNNBatchNormalizationStatisticsGradient", "MPSCNNBatchNo
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    assert emu.available(), "the metal context found no device on the emulation"
-    import tf_mps.device
-
-    count = tf_mps.device.loaded() is None
-    before = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-    yield
-    emu.reset_hooks()
-    if not count:
-        return
-    for _ in range(100):
-        after = {c: emu.live_instances(c) for c in PER_CALL_CLASSES}
-        if after == before:
-            break
-        time.sleep(0.01)
-    assert after == before, f"Objective-C objects leaked: {after} after, {before} before"
+    yield from metal_emu.no_leaks(emu, PER_CALL_CLASSES)
 
 
 def _check(result, code=OK):
